@@ -1,0 +1,76 @@
+"""Readiness probes of the parts a server process needs: database, Redis, channel layer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+
+# A probe that takes longer than this counts as failed: a readiness check must answer
+# quickly even when a dependency hangs.
+PROBE_TIMEOUT_S = 2.0
+
+
+def _database_probe() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+async def _redis_probe() -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=PROBE_TIMEOUT_S)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def _channel_layer_probe() -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("no channel layer configured")
+    # A round trip through the layer. The pub/sub layer is at-most-once and only delivers
+    # to a subscribed reader, so the reader starts first and the probe is re-sent until it
+    # arrives (the caller's timeout bounds the loop).
+    channel = await layer.new_channel(prefix="readyz")
+    marker = uuid.uuid4().hex
+    reader = asyncio.ensure_future(layer.receive(channel))
+    try:
+        while True:
+            await layer.send(channel, {"type": "readyz.probe", "marker": marker})
+            done, _ = await asyncio.wait({reader}, timeout=0.1)
+            if done:
+                break
+        if reader.result().get("marker") != marker:
+            raise RuntimeError("channel layer returned another message")
+    finally:
+        reader.cancel()
+
+
+async def _run(probe: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(probe(), PROBE_TIMEOUT_S)
+    except Exception as exc:  # any failure means not ready; report it
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+async def readiness() -> dict[str, dict[str, Any]]:
+    """Run every probe concurrently; each entry says ok, or the error."""
+    probes: dict[str, Any] = {
+        "database": database_sync_to_async(_database_probe),
+        "channel_layer": _channel_layer_probe,
+    }
+    if settings.REDIS_URL:
+        probes["redis"] = _redis_probe
+    results = await asyncio.gather(*(_run(p) for p in probes.values()))
+    return dict(zip(probes, results, strict=True))

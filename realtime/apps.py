@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class RealtimeConfig(AppConfig):
+    """The WebSocket protocol, the event log, presence, fan-out and connection limits."""
+
+    name = "realtime"
+    verbose_name = "Realtime"

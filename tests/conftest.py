@@ -1,0 +1,51 @@
+"""Shared fixtures: real Redis and PostgreSQL when configured, and small data builders.
+
+Tests marked ``redis`` or ``postgres`` need the real service. Without it they skip with
+the reason on a laptop; with ``CI=true`` they fail instead, so CI never skips them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.conf import settings
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _missing(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _require_services(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("redis"):
+        if not settings.REDIS_URL:
+            _missing("REDIS_URL is not set (export REDIS_URL=redis://127.0.0.1:6379/0)")
+        elif not _redis_answers(settings.REDIS_URL):
+            _missing(f"Redis at {settings.REDIS_URL} does not answer")
+    if request.node.get_closest_marker("postgres"):
+        if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+            _missing("DATABASE_URL is not PostgreSQL (export DATABASE_URL=postgres://...)")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The real Redis of this run; the test is skipped (or fails in CI) without one."""
+    if not settings.REDIS_URL:
+        _missing("REDIS_URL is not set (export REDIS_URL=redis://127.0.0.1:6379/0)")
+    if not _redis_answers(settings.REDIS_URL):
+        _missing(f"Redis at {settings.REDIS_URL} does not answer")
+    return settings.REDIS_URL

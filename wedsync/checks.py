@@ -1,0 +1,1 @@
+"""System checks for dangerous configurations (stable IDs: wedsync.E0xx / wedsync.W0xx)."""
