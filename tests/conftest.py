@@ -7,6 +7,7 @@ the reason on a laptop; with ``CI=true`` they fail instead, so CI never skips th
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -39,6 +40,12 @@ def _require_services(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("postgres"):
         if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
             _missing("DATABASE_URL is not PostgreSQL (export DATABASE_URL=postgres://...)")
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    """Tests make many users; the real hasher costs ~0.3 s each and tests nothing here."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

@@ -1,0 +1,110 @@
+"""Liveness and readiness endpoints (monitoring/views.py, monitoring/health.py)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from django.test import Client, override_settings
+
+IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# transaction=True: the database probe goes through database_sync_to_async, which closes
+# "old" connections first (CONN_MAX_AGE=0), and so would close the test's transaction.
+
+
+def dead_redis_url() -> str:
+    """A Redis URL on a local port where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def test_healthz__answers_200_json_without_touching_anything(client: Client) -> None:
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(REDIS_URL="", CHANNEL_LAYERS=IN_MEMORY)
+def test_readyz__embedded_default_reports_database_and_channel_layer_ok(client: Client) -> None:
+    response = client.get("/readyz")
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "ready"
+    assert set(body["checks"]) == {"database", "channel_layer"}
+    for name, check in body["checks"].items():
+        assert check["ok"] is True, name
+        assert check["ms"] >= 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readyz__unreachable_redis_is_503_with_the_error_and_no_traceback(
+    client: Client,
+) -> None:
+    # given: Redis configured on a port where nothing listens; the in-process layer, so that
+    # only the Redis probe can fail
+    with override_settings(REDIS_URL=dead_redis_url(), CHANNEL_LAYERS=IN_MEMORY):
+        # when
+        started = time.monotonic()
+        response = client.get("/readyz")
+        elapsed = time.monotonic() - started
+
+    # then
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "not_ready"
+    assert body["checks"]["redis"]["ok"] is False
+    assert body["checks"]["redis"]["error"]  # names what went wrong
+    assert "ConnectionError" in body["checks"]["redis"]["error"]
+    assert body["checks"]["database"]["ok"] is True
+    assert body["checks"]["channel_layer"]["ok"] is True
+    assert "Traceback" not in response.content.decode()
+    assert elapsed < 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readyz__redis_layer_on_unreachable_redis_fails_within_the_probe_timeout(
+    client: Client,
+) -> None:
+    # given: the pub/sub layer and the Redis probe both on a dead port
+    url = dead_redis_url()
+    layers = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": url, "socket_timeout": None}]},
+        }
+    }
+    with override_settings(REDIS_URL=url, CHANNEL_LAYERS=layers):
+        # when
+        started = time.monotonic()
+        response = client.get("/readyz")
+        elapsed = time.monotonic() - started
+
+    # then
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["redis"]["ok"] is False
+    assert checks["channel_layer"]["ok"] is False
+    assert checks["channel_layer"]["error"]
+    assert "Traceback" not in response.content.decode()
+    assert elapsed < 5
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_readyz__real_redis_reports_redis_and_the_redis_layer_ok(
+    client: Client, redis_url: str
+) -> None:
+    response = client.get("/readyz")
+
+    assert response.status_code == 200, response.content
+    checks = response.json()["checks"]
+    assert set(checks) == {"database", "redis", "channel_layer"}
+    assert all(check["ok"] for check in checks.values()), checks
