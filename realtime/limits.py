@@ -24,14 +24,16 @@ from realtime.errors import RealtimeError
 
 # PROTOCOL §7: critical events are never rate-limited. The catalogue marks emergency.* as
 # priority critical; matched by prefix so that a new emergency event is exempt from day one.
-CRITICAL_EVENT_PREFIX = "emergency."
+# The catalogue's critical events (PROTOCOL §5): named exactly, so that made-up names such
+# as "emergency.bogus" cannot use the exemption to flood the database.
+CRITICAL_EVENTS = frozenset({"emergency.raised", "emergency.resolved"})
 # Tokens are floats: 0.05 s x 20/s may come to 0.9999999; that is a whole token.
 _EPSILON = 1e-9
 
 
 def is_critical(event: str) -> bool:
     """Whether an event name is a critical (never rate-limited) one."""
-    return event.startswith(CRITICAL_EVENT_PREFIX)
+    return event in CRITICAL_EVENTS
 
 
 class TokenBucket:

@@ -125,6 +125,8 @@ def test_publish_limiter__only_emergencies_are_critical() -> None:
     assert not is_critical("message.posted")
     assert not is_critical("emergency")
     assert not is_critical("timeline.emergency.raised")
+    assert is_critical("emergency.resolved")
+    assert not is_critical("emergency.bogus")
 
 
 def test_publish_limiter__repeated_refusals_set_should_close() -> None:
