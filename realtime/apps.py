@@ -6,3 +6,6 @@ class RealtimeConfig(AppConfig):
 
     name = "realtime"
     verbose_name = "Realtime"
+
+    def ready(self) -> None:
+        from . import signals  # noqa: F401  (connects the access-change receivers)

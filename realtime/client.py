@@ -228,7 +228,7 @@ class RealtimeClient:
         """The topics tracked, and re-subscribed on reconnect."""
         return list(self._topics)
 
-    async def wait_for_seq(self, topic: str, seq: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def wait_for_seq(self, topic: str, seq: int, timeout: float = 10.0) -> None:
         """Return once ``last_seq(topic) >= seq``; raises RequestTimeout after ``timeout``."""
         if self._topics.get(topic, -1) >= seq:
             return

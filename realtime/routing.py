@@ -1,11 +1,13 @@
-"""WebSocket routes, wrapped in the origin check and session authentication."""
+"""WebSocket routes, wrapped in the origin check, session and token authentication."""
 
-from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
-from channels.security.websocket import AllowedHostsOriginValidator
+from django.urls import path
 
-websocket_urlpatterns: list = []
+from .auth import realtime_auth_stack
+from .consumers import RealtimeConsumer
 
-websocket_application = AllowedHostsOriginValidator(
-    AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-)
+websocket_urlpatterns = [
+    path("ws/realtime/", RealtimeConsumer.as_asgi()),
+]
+
+websocket_application = realtime_auth_stack(URLRouter(websocket_urlpatterns))

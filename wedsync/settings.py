@@ -148,7 +148,14 @@ if CHANNEL_LAYER not in {"pubsub", "core"}:
     raise ImproperlyConfigured(f"CHANNEL_LAYER must be 'pubsub' or 'core', not {CHANNEL_LAYER!r}")
 
 if EMBEDDED:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Capacity per channel: past it the layer drops a message, and the connection fills
+    # the gap from the event log (docs/adr/0001-channel-layer.md).
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 1000},
+        }
+    }
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
@@ -197,12 +204,16 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 if EMBEDDED:
-    CELERY_BROKER_DIR = VAR_DIR / "celery"
+    # Its own folder per stack, so that a test's stack does not share a developer's queue.
+    CELERY_BROKER_DIR = Path(env.str("CELERY_BROKER_DIR", default=str(VAR_DIR / "celery")))
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_BROKER_DIR / "queue"),
         "data_folder_out": str(CELERY_BROKER_DIR / "queue"),
         "processed_folder": str(CELERY_BROKER_DIR / "processed"),
+        # The exchange tables (broadcast, remote control); kombu's default is ./control
+        # relative to the working directory.
+        "control_folder": str(CELERY_BROKER_DIR / "control"),
         "store_processed": False,
     }
 else:
@@ -213,6 +224,11 @@ else:
 # django-celery-beat's database scheduler copies this into the database, where staff can
 # edit it in admin. Entries are added by the apps that own the tasks.
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
+CELERY_BEAT_SCHEDULE["realtime-prune-event-log"] = {
+    "task": "realtime.tasks.prune_event_log",
+    "schedule": 60 * 60,  # hourly: retention is in days, an hour late costs nothing
+    "options": {"expires": 50 * 60},  # a run not started within 50 min gives way to the next
+}
 
 # --- production hardening (effective when DEBUG is off) --------------------------------
 
@@ -234,6 +250,32 @@ if not DEBUG:
 # Realtime tokens (PROTOCOL §2): default lifetime, and the longest one may ask for.
 REALTIME_TOKEN_TTL = env.int("REALTIME_TOKEN_TTL", default=3600)
 REALTIME_TOKEN_MAX_TTL = env.int("REALTIME_TOKEN_MAX_TTL", default=60 * 60 * 24 * 7)
+
+# Per-connection limits (PROTOCOL §4, §8; enforced by realtime/limits.py and the consumer).
+REALTIME_PUBLISH_RATE = env.float("REALTIME_PUBLISH_RATE", default=20.0)  # publishes/s
+REALTIME_PUBLISH_BURST = env.int("REALTIME_PUBLISH_BURST", default=40)
+# Fixed by the wire contract; realtime.protocol.MAX_TOPICS_PER_FRAME enforces it.
+REALTIME_MAX_TOPICS_PER_FRAME = 100
+REALTIME_MAX_TOPICS_PER_CONNECTION = 200
+REALTIME_IDLE_TIMEOUT = 60  # seconds without a frame before close 4000
+# This many rate_limited replies within the window close the connection with 4008. Generous
+# on purpose: a refusal costs almost nothing, and a phone flushing an outbox queued during a
+# signal drop must not be cut off; a client ignoring the limit still trips it in seconds.
+REALTIME_RATE_LIMIT_STRIKES = env.int("REALTIME_RATE_LIMIT_STRIKES", default=50)
+REALTIME_RATE_LIMIT_WINDOW = env.float("REALTIME_RATE_LIMIT_WINDOW", default=10.0)  # seconds
+
+# Event log retention (PROTOCOL §7): replay with `since` reaches back this far; older
+# events are pruned hourly (realtime.tasks.prune_event_log). Topic seqs never restart.
+REALTIME_RETENTION_DAYS = env.int("REALTIME_RETENTION_DAYS", default=7)
+REALTIME_RETENTION_EVENTS = env.int("REALTIME_RETENTION_EVENTS", default=10_000)  # per topic
+
+# Per-connection outbox (PROTOCOL §7): a client this many frames behind is closed with
+# 1013 and recovers with `since`; replays wait up to the timeout for room in it.
+REALTIME_OUTBOX_SIZE = env.int("REALTIME_OUTBOX_SIZE", default=1024)
+REALTIME_OUTBOX_PUT_TIMEOUT = env.float("REALTIME_OUTBOX_PUT_TIMEOUT", default=10.0)
+# Seconds between sweeps of a server process's connections: stale ones are closed,
+# presence refreshed, and events the channel layer lost are delivered from the log.
+REALTIME_SWEEP_INTERVAL = env.float("REALTIME_SWEEP_INTERVAL", default=5.0)
 
 # Declared number of ASGI server processes in this deployment. It cannot be detected, so
 # the operator states it; a system check refuses several with the in-process layer.

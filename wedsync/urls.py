@@ -1,12 +1,34 @@
 """URL routes of the whole site."""
 
 from django.contrib import admin
-from django.urls import path
+from django.http import HttpRequest, HttpResponse
+from django.urls import include, path
+from django.views import defaults
 
 from monitoring import views as monitoring_views
+from realtime.api import json_error
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", monitoring_views.healthz, name="healthz"),
     path("readyz", monitoring_views.readyz, name="readyz"),
+    path("", include("realtime.urls")),
 ]
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """JSON for the API, Django's page elsewhere."""
+    if _is_api(request):
+        return json_error("not_found", "no such resource", 404)
+    return defaults.page_not_found(request, exception)
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    """JSON for the API (never a traceback), Django's page elsewhere."""
+    if _is_api(request):
+        return json_error("internal", "the server failed to handle this request", 500)
+    return defaults.server_error(request)

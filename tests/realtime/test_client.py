@@ -239,7 +239,7 @@ async def make_client(
 async def until(condition: Callable[[], bool]) -> None:
     """Poll a condition the client exposes no event for (state, server-side counts)."""
     async with asyncio.timeout(2):
-        while not condition():  # noqa: ASYNC110
+        while not condition():
             await asyncio.sleep(0.005)
 
 

@@ -27,8 +27,10 @@ from urllib.parse import urlsplit, urlunsplit
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from wedsync.asgi_server import SERVERS, asgi_server_command
+
 # How long a stopped child may take to exit after SIGTERM before it gets SIGKILL: a
-# Celery worker finishes the task at hand (warm shutdown), daphne closes its sockets.
+# Celery worker finishes the task at hand (warm shutdown), the server closes its sockets.
 GRACE_S = 10.0
 # How long the ASGI server may take to answer /healthz after start (Django set-up, the
 # first import of every app); past it the stack is stopped and the command fails.
@@ -101,14 +103,20 @@ def _exit_text(returncode: int) -> str:
 
 class Command(BaseCommand):
     help = (
-        "Run the whole stack as child processes: the ASGI server (daphne), a Celery "
+        "Run the whole stack as child processes: the ASGI server (uvicorn), a Celery "
         "worker and Celery beat. Ctrl-C stops everything."
     )
     requires_migrations_checks = True
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default="127.0.0.1", help="address to bind daphne to")
-        parser.add_argument("--port", type=int, default=8000, help="port to bind daphne to")
+        parser.add_argument("--host", default="127.0.0.1", help="address to bind the server to")
+        parser.add_argument("--port", type=int, default=8000, help="port to bind the server to")
+        parser.add_argument(
+            "--server",
+            choices=SERVERS,
+            default="uvicorn",
+            help="the ASGI server (docs/adr/0003-asgi-server.md)",
+        )
         parser.add_argument(
             "--demo-file",
             default=str(Path(settings.VAR_DIR) / "demo.json"),
@@ -163,7 +171,7 @@ class Command(BaseCommand):
         children = [
             Child(
                 "web",
-                [python, "-m", "daphne", "-b", host, "-p", str(port), "wedsync.asgi:application"],
+                asgi_server_command(host, port, options["server"]),
             )
         ]
         if not options["no_worker"]:

@@ -1,0 +1,240 @@
+"""HTTP API of PROTOCOL §9 (rows 1 to 5): token, weddings, snapshot, history, publish.
+
+Every endpoint accepts the Django session (with CSRF for writes) or a token as
+``Authorization: Bearer <token>``. Errors are JSON ``{"error": {"code", "message"}}``;
+a wedding that does not exist and one the user may not see get the same 404.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from django.db import DatabaseError, connection, transaction
+from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.views.decorators.csrf import csrf_exempt
+
+from wedsync import selectors as domain
+from wedsync.models import Wedding
+
+from . import selectors, services
+from .broadcast import event_frame
+from .errors import RealtimeError, topic_forbidden
+from .protocol import MAX_FRAME_BYTES
+from .tokens import TokenError, token_authenticate, token_expires_at, token_issue
+
+# Longest history page a client may ask for.
+MAX_PAGE = 1000
+
+
+def json_response(data: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
+
+
+def json_error(code: str, message: str, status: int, **extra: Any) -> HttpResponse:
+    return json_response({"error": {"code": code, "message": message, **extra}}, status)
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def _csrf_rejection(request: HttpRequest) -> HttpResponse | None:
+    check = CsrfViewMiddleware(lambda req: HttpResponse())
+    check.process_request(request)
+    return check.process_view(request, None, (), {})
+
+
+def api_view(*methods: str) -> Callable:
+    """Authenticate (session or bearer token), check the method, turn errors into JSON."""
+
+    def decorate(view: Callable) -> Callable:
+        @csrf_exempt
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                return json_error(
+                    "method_not_allowed", f"use {' or '.join(methods)}", 405
+                )
+            header = request.headers.get("Authorization", "")
+            if header.startswith("Bearer "):
+                try:
+                    request.user = token_authenticate(header[7:].strip())
+                except TokenError as exc:
+                    return json_error("unauthenticated", str(exc), 401)
+            elif not request.user.is_authenticated:
+                return json_error("unauthenticated", "log in or send a bearer token", 401)
+            elif request.method not in ("GET", "HEAD") and _csrf_rejection(request):
+                return json_error("csrf_failed", "CSRF token missing or wrong", 403)
+            try:
+                return view(request, *args, **kwargs)
+            except ApiError as exc:
+                return json_error(exc.code, exc.message, exc.status)
+            except RealtimeError as exc:
+                return json_response({"error": exc.as_dict()}, exc.http_status)
+            except DatabaseError:
+                return json_error("unavailable", "the database is not available", 503)
+
+        return wrapper
+
+    return decorate
+
+
+def _body(request: HttpRequest) -> dict[str, Any]:
+    if len(request.body) > MAX_FRAME_BYTES:
+        raise ApiError("too_large", "request body is too large", 413)
+    try:
+        data = orjson.loads(request.body or b"{}")
+    except orjson.JSONDecodeError:
+        raise ApiError("bad_request", "the body is not valid JSON", 400) from None
+    if not isinstance(data, dict):
+        raise ApiError("bad_request", "the body must be a JSON object", 400)
+    return data
+
+
+def _visible_wedding(request: HttpRequest, wedding_id: int) -> Wedding:
+    wedding = domain.weddings_visible_to(request.user).filter(pk=wedding_id).first()
+    if wedding is None:
+        err = topic_forbidden(f"wedding:{wedding_id}")
+        raise ApiError("not_found", err.message, 404)
+    return wedding
+
+
+def wedding_summary(wedding: Wedding) -> dict[str, Any]:
+    return {
+        "id": wedding.pk,
+        "topic": wedding.topic,
+        "couple": wedding.couple_names,
+        "date": wedding.date.isoformat(),
+        "ceremony_time": wedding.ceremony_time.isoformat(timespec="minutes"),
+        "time_zone": wedding.time_zone,
+        "venue": wedding.venue_name,
+        "venue_address": wedding.venue_address,
+        "guest_count": wedding.guest_count,
+        "status": wedding.status,
+        "notes": wedding.notes,
+    }
+
+
+@api_view("POST")
+def token_view(request: HttpRequest) -> HttpResponse:
+    """A realtime token for the signed-in user (PROTOCOL §2)."""
+    data = _body(request)
+    try:
+        token = token_issue(user=request.user, ttl=data.get("ttl"))
+    except (TypeError, ValueError) as exc:
+        raise ApiError("bad_request", str(exc), 400) from None
+    return json_response({"token": token, "expires_at": token_expires_at(token)})
+
+
+@api_view("GET")
+def weddings_view(request: HttpRequest) -> HttpResponse:
+    """The weddings the user may see."""
+    weddings = domain.weddings_visible_to(request.user).order_by("date", "ceremony_time", "id")
+    return json_response({"weddings": [wedding_summary(w) for w in weddings]})
+
+
+def snapshot(wedding: Wedding) -> dict[str, Any]:
+    """The wedding's state and the seq it includes, read consistently.
+
+    On PostgreSQL the reads share one REPEATABLE READ snapshot; on SQLite the
+    transaction holds the write lock (IMMEDIATE mode), so no event can land between
+    the reads. Either way, snapshot + events after ``seq`` is the exact state.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        seq = selectors.topic_seq(wedding.topic)
+        wedding.refresh_from_db()
+        timeline = [
+            domain.timeline_item_as_dict(item) for item in domain.timeline_for_wedding(wedding.pk)
+        ]
+        suppliers = [
+            {"id": b.supplier_id, "name": b.supplier.name, "category": b.supplier.category}
+            for b in wedding.bookings.filter(active=True).select_related("supplier")
+        ]
+        statuses = selectors.vendor_statuses(wedding.topic)
+    return {
+        "wedding": wedding_summary(wedding),
+        "timeline": timeline,
+        "suppliers": suppliers,
+        "statuses": statuses,
+        "seq": seq,
+    }
+
+
+@api_view("GET")
+def wedding_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
+    """The wedding snapshot with the topic seq it includes (PROTOCOL §9)."""
+    return json_response(snapshot(_visible_wedding(request, wedding_id)))
+
+
+def _int_param(request: HttpRequest, name: str, default: int, low: int, high: int) -> int:
+    raw = request.GET.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError("bad_request", f"{name} must be an integer", 400) from None
+    if not low <= value <= high:
+        raise ApiError("bad_request", f"{name} must be between {low} and {high}", 400)
+    return value
+
+
+@api_view("GET", "POST")
+def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
+    """GET: history after ``since`` (the HTTP fallback for gaps). POST: publish."""
+    if request.method == "POST":
+        return _publish(request, wedding_id)
+    wedding = _visible_wedding(request, wedding_id)
+    since = _int_param(request, "since", 0, 0, 2**62)
+    limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
+    seq = selectors.topic_seq(wedding.topic)
+    recovered = since <= seq and selectors.replay_covers(wedding.topic, since)
+    events = selectors.events_since(wedding.topic, since, limit=limit) if recovered else []
+    last = events[-1].seq if events else since
+    return json_response(
+        {
+            "topic": wedding.topic,
+            "seq": seq,
+            "recovered": recovered,
+            "events": [event_frame(e) for e in events],
+            "next_since": last if recovered and last < seq else None,
+        }
+    )
+
+
+def _publish(request: HttpRequest, wedding_id: int) -> HttpResponse:
+    data = _body(request)
+    unknown = set(data) - {"event", "payload", "idempotency_key"}
+    if unknown:
+        raise RealtimeError(
+            "invalid_payload", f"unknown field {sorted(unknown)[0]!r}", field=sorted(unknown)[0]
+        )
+    if not isinstance(data.get("event"), str):
+        raise RealtimeError("invalid_payload", "event must be a string", field="event")
+    if not isinstance(data.get("payload", {}), dict):
+        raise RealtimeError("invalid_payload", "payload must be an object", field="payload")
+    key = data.get("idempotency_key")
+    if key is not None and not isinstance(key, str):
+        raise RealtimeError(
+            "invalid_payload", "idempotency_key must be a string", field="idempotency_key"
+        )
+    result = services.event_publish(
+        topic=f"wedding:{wedding_id}",
+        event=data["event"],
+        payload=data.get("payload", {}),
+        user=request.user,
+        idempotency_key=key,
+    )
+    body: dict[str, Any] = {"status": "ok", "topic": result.event.topic, "seq": result.event.seq}
+    if not result.created:
+        body["duplicate"] = True
+    return json_response(body, 201 if result.created else 200)

@@ -1,0 +1,83 @@
+"""Fan-out of stored events to the channel layer, once their transaction has committed.
+
+``realtime.services`` registers ``broadcast_event`` with ``transaction.on_commit``; no
+other module sends events. A failed send is logged and swallowed: the event is already
+stored, and every connection fills a gap from the event log before it delivers anything
+later (PROTOCOL §7), so a lost broadcast delays delivery and loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+import orjson
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from realtime.models import Event
+
+logger = logging.getLogger(__name__)
+
+# A broadcast runs on the publisher's request path after commit. A channel layer that
+# hangs (Redis down, a full buffer) must not hold the publisher up for long; the
+# receivers catch up from the log.
+SEND_TIMEOUT_SECONDS = 2.0
+
+
+def group_name(topic: str) -> str:
+    """The channel-layer group of a topic: ``wedding:42`` → ``rt.wedding.42`` (no ':')."""
+    return "rt." + str(topic).replace(":", ".")
+
+
+def utc_ms(value: dt.datetime) -> str:
+    """A wire timestamp: ISO-8601 UTC with milliseconds and "Z" (2026-06-13T14:02:11.123Z)."""
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_frame(event: Event) -> dict[str, Any]:
+    """The PROTOCOL §6 event frame of a stored event."""
+    frame: dict[str, Any] = {
+        "type": "event",
+        "topic": event.topic,
+        "seq": event.seq,
+        "event": event.event,
+        "priority": event.priority,
+        "payload": event.payload,
+        "actor": {"user_id": event.actor_user_id, "supplier_id": event.actor_supplier_id},
+        "ts": utc_ms(event.created_at),
+    }
+    if event.ack_required:
+        frame["ack_required"] = True
+    return frame
+
+
+def event_frame_text(event: Event) -> str:
+    """The event frame encoded once, so consumers forward it without re-encoding."""
+    return orjson.dumps(event_frame(event)).decode()
+
+
+async def _send(topic: str, message: dict[str, Any]) -> None:
+    await asyncio.wait_for(
+        get_channel_layer().group_send(group_name(topic), message), SEND_TIMEOUT_SECONDS
+    )
+
+
+def broadcast_event(event: Event) -> None:
+    """Send a committed event to its topic's group; never raises (failures are logged)."""
+    try:
+        message = {
+            "type": "rt.event",
+            "topic": event.topic,
+            "seq": event.seq,
+            "text": event_frame_text(event),
+        }
+        async_to_sync(_send)(event.topic, message)
+    except Exception:
+        logger.exception(
+            "broadcast of %s#%s failed; subscribers will catch up from the event log",
+            event.topic,
+            event.seq,
+        )

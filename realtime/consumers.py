@@ -1,0 +1,382 @@
+"""The WebSocket consumer at /ws/realtime/: one multiplexed connection per client.
+
+It authenticates (the handshake middleware did the work), decodes each frame into a
+typed message, calls a service, and replies. Ordering and gap repair live in
+``delivery``; authorisation, validation and storage in ``topics``, ``catalogue`` and
+``services``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from channels.consumer import AsyncConsumer
+from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+from django.conf import settings
+
+from . import protocol, services
+from .broadcast import group_name
+from .delivery import Outbox, OutboxFull, TopicStream, deliver, fill, finish_sync
+from .errors import RealtimeError
+from .limits import PublishLimiter
+from .presence import get_presence_store
+from .session import (
+    authorize_topics,
+    member_info,
+    still_allowed,
+    sync_positions,
+    user_group_name,
+)
+
+logger = logging.getLogger(__name__)
+
+CLOSE_STALE = 4000
+CLOSE_UNAUTHENTICATED = 4001
+CLOSE_POLICY = 4008
+CLOSE_TOO_LARGE = 4009
+CLOSE_OVERLOADED = 1013
+CLOSE_RESTART = 1012
+
+
+class RealtimeConsumer(AsyncConsumer):
+    """One client's connection: subscriptions, publishes, presence, acks."""
+
+    async def dispatch(self, message: dict) -> None:
+        # Channels runs close_old_connections() in a thread before every handler; our
+        # handlers reach the database only through database_sync_to_async, which does it
+        # itself, so deliveries skip that thread round trip (FINDINGS.md #4).
+        handler = getattr(self, message["type"].replace(".", "_"), None)
+        if handler is None:
+            logger.warning("no handler for message type %s", message["type"])
+            return
+        await handler(message)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def websocket_connect(self, message: dict) -> None:
+        self.conn_id = uuid.uuid4().hex
+        self.streams: dict[str, TopicStream] = {}
+        self.members: dict[str, dict] = {}
+        self.last_seen = time.monotonic()
+        self.closing = False
+        self.user = self.scope.get("user")
+        await self.send({"type": "websocket.accept"})
+        self.outbox = Outbox(
+            self._send_text,
+            maxsize=settings.REALTIME_OUTBOX_SIZE,
+            put_timeout=settings.REALTIME_OUTBOX_PUT_TIMEOUT,
+        )
+        if self.user is None or not self.user.is_authenticated:
+            await self.close(CLOSE_UNAUTHENTICATED, "authentication required")
+            return
+        self.limiter = PublishLimiter()
+        self.presence = get_presence_store()
+        await self.channel_layer.group_add(user_group_name(self.user.pk), self.channel_name)
+        registry.add(self)
+
+    async def websocket_disconnect(self, message: dict) -> None:
+        registry.discard(self)
+        outbox = getattr(self, "outbox", None)
+        if outbox is not None:
+            outbox.stop()
+        if getattr(self, "user", None) is not None and self.user.is_authenticated:
+            for topic in list(self.streams):
+                await self._drop_topic(topic)
+            await self.channel_layer.group_discard(
+                user_group_name(self.user.pk), self.channel_name
+            )
+        raise StopConsumer
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close the socket once, after the frames already queued for it."""
+        if self.closing:
+            return
+        self.closing = True
+        if code not in (CLOSE_OVERLOADED,):
+            await self.outbox.drain()
+        await self.send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+
+    async def _send_text(self, text: str) -> None:
+        await self.send({"type": "websocket.send", "text": text})
+
+    # --- frames from the client ---------------------------------------------------------
+
+    async def websocket_receive(self, message: dict) -> None:
+        if self.closing:
+            return
+        self.last_seen = time.monotonic()
+        text, data = message.get("text"), message.get("bytes")
+        try:
+            frame = protocol.decode_frame(
+                text if text is not None else data, is_binary=text is None
+            )
+        except RealtimeError as err:
+            ref = err.extra.pop("ref", None)
+            reply = protocol.error_frame(err) if ref is None else protocol.reply_error(ref, err)
+            await self._reply(reply)
+            if err.code == "too_large":
+                await self.close(CLOSE_TOO_LARGE, "frame too large")
+            return
+        try:
+            await self._handle(frame)
+        except RealtimeError as err:
+            await self._reply(protocol.reply_error(frame.ref, err))
+            if err.code == "rate_limited" and self.limiter.should_close:
+                await self.close(CLOSE_POLICY, "rate limit exceeded repeatedly")
+        except OutboxFull:
+            await self.close(CLOSE_OVERLOADED, "client too slow")
+        except Exception:
+            logger.exception("frame %s failed", type(frame).__name__)
+            err = RealtimeError("unavailable", "the server could not handle this frame")
+            await self._reply(protocol.reply_error(frame.ref, err))
+
+    async def _reply(self, text: str) -> None:
+        try:
+            await self.outbox.put(text)
+        except OutboxFull:
+            await self.close(CLOSE_OVERLOADED, "client too slow")
+
+    async def _handle(self, frame: Any) -> None:
+        match frame:
+            case protocol.Ping():
+                await self._reply(protocol.pong(frame.ref))
+            case protocol.Subscribe():
+                await self._subscribe(frame)
+            case protocol.Unsubscribe():
+                for topic in frame.topics:
+                    await self._drop_topic(topic)
+                await self._reply(protocol.reply_ok(frame.ref, topics=list(frame.topics)))
+            case protocol.Publish():
+                self.limiter.check(frame.event)
+                result = await database_sync_to_async(services.event_publish)(
+                    topic=frame.topic,
+                    event=frame.event,
+                    payload=frame.payload,
+                    user=self.user,
+                    idempotency_key=frame.idempotency_key,
+                )
+                fields: dict[str, Any] = {"topic": frame.topic, "seq": result.event.seq}
+                if not result.created:
+                    fields["duplicate"] = True
+                await self._reply(protocol.reply_ok(frame.ref, **fields))
+            case protocol.Presence():
+                if frame.topic not in self.streams:
+                    await database_sync_to_async(authorize_topics)(self.user, [frame.topic])
+                members = await self.presence.members(frame.topic)
+                await self._reply(
+                    protocol.reply_ok(frame.ref, topic=frame.topic, members=members)
+                )
+            case protocol.Ack():
+                result = await database_sync_to_async(services.ack_record)(
+                    user=self.user, topic=frame.topic, seq=frame.seq
+                )
+                await self._reply(
+                    protocol.reply_ok(frame.ref, topic=frame.topic, seq=result.seq)
+                )
+
+    async def _subscribe(self, frame: protocol.Subscribe) -> None:
+        requested = dict(frame.topics)
+        room = settings.REALTIME_MAX_TOPICS_PER_CONNECTION - len(self.streams)
+        statuses: dict[str, dict] = {}
+        fresh: list[str] = []
+        for topic in requested:
+            if topic in self.streams:
+                statuses[topic] = {"status": "ok", "seq": self.streams[topic].last_seq}
+            elif room > 0:
+                fresh.append(topic)
+                room -= 1
+            else:
+                statuses[topic] = {
+                    "status": "error",
+                    "code": "limit_reached",
+                    "message": "at most "
+                    f"{settings.REALTIME_MAX_TOPICS_PER_CONNECTION} topics per connection",
+                }
+        allowed, refused = await database_sync_to_async(authorize_topics)(self.user, fresh)
+        for topic, err in refused.items():
+            statuses[topic] = {"status": "error", **err.as_dict()}
+        # Join the groups first, then read the log: an event stored in between arrives
+        # both ways and the duplicate is dropped; none can fall between the two.
+        for topic in allowed:
+            self.streams[topic] = TopicStream(topic)
+            await self.channel_layer.group_add(group_name(topic), self.channel_name)
+        since = {t: requested[t].since for t in allowed}
+        positions = await sync_positions(since)
+        for topic in allowed:
+            seq, recovered, start = positions[topic]
+            self.streams[topic].last_seq = start
+            status: dict[str, Any] = {"status": "ok", "seq": seq}
+            if since[topic] is not None:
+                status["recovered"] = recovered
+            statuses[topic] = status
+        ok = any(s["status"] == "ok" for s in statuses.values()) or not statuses
+        reply = protocol.reply_ok(frame.ref, topics=statuses)
+        if not ok:
+            reply = protocol.reply_error(
+                frame.ref,
+                RealtimeError("forbidden", "no topic could be subscribed", topics=statuses),
+            )
+        await self._reply(reply)
+        for topic in allowed:
+            stream = self.streams[topic]
+            await fill(stream, self.outbox, positions[topic][0], live=False)
+            await finish_sync(stream, self.outbox)
+        for topic in allowed:
+            await self._join_presence(topic)
+
+    async def _drop_topic(self, topic: str) -> None:
+        if self.streams.pop(topic, None) is None:
+            return
+        await self.channel_layer.group_discard(group_name(topic), self.channel_name)
+        member = self.members.pop(topic, None)
+        if member is None:
+            return
+        try:
+            left = await self.presence.leave(topic, self.conn_id)
+        except RealtimeError:
+            return
+        if left:
+            await self._presence_diff(topic, [], [left])
+
+    # --- presence -----------------------------------------------------------------------
+
+    async def _join_presence(self, topic: str) -> None:
+        member = await database_sync_to_async(member_info)(self.user, topic)
+        self.members[topic] = member
+        try:
+            joined = await self.presence.join(topic, self.conn_id, member)
+        except RealtimeError:
+            logger.warning("presence unavailable; %s not announced on %s", self.conn_id, topic)
+            return
+        if joined:
+            await self._presence_diff(topic, [member], [])
+
+    async def _presence_diff(self, topic: str, joins: list, leaves: list) -> None:
+        text = protocol.presence_diff(topic, joins, leaves)
+        try:
+            await self.channel_layer.group_send(
+                group_name(topic), {"type": "rt.presence", "topic": topic, "text": text}
+            )
+        except Exception:  # presence is best effort; events never depend on it
+            logger.warning("presence diff on %s not sent", topic, exc_info=True)
+
+    # --- messages from the channel layer ------------------------------------------------
+
+    async def rt_event(self, message: dict) -> None:
+        stream = self.streams.get(message["topic"])
+        if stream is None or self.closing:
+            return
+        try:
+            await deliver(stream, self.outbox, message["seq"], message["text"])
+        except OutboxFull:
+            await self.close(CLOSE_OVERLOADED, "client too slow")
+
+    async def rt_presence(self, message: dict) -> None:
+        # Presence diffs are the one thing that may be shed under load (PROTOCOL §7).
+        if message["topic"] in self.streams and not self.closing:
+            try:
+                self.outbox.put_nowait(message["text"])
+            except OutboxFull:
+                pass
+
+    async def rt_recheck(self, message: dict) -> None:
+        """A booking or membership changed: drop the topic if this user lost access."""
+        topic = message["topic"]
+        if topic not in self.streams or self.closing:
+            return
+        if await database_sync_to_async(still_allowed)(self.user.pk, topic):
+            return
+        await self._drop_topic(topic)
+        await self._reply(
+            orjson.dumps(
+                {
+                    "type": "unsubscribed",
+                    "topic": topic,
+                    "code": "forbidden",
+                    "message": "access to this topic was withdrawn",
+                }
+            ).decode()
+        )
+
+    async def rt_user_revoked(self, message: dict) -> None:
+        """The user was deactivated (or their credentials withdrawn): close 4001."""
+        await self.close(CLOSE_UNAUTHENTICATED, "credentials withdrawn")
+
+    async def rt_catch_up(self, message: dict) -> None:
+        """Deliver what the log holds beyond what was sent (after a lost layer message)."""
+        stream = self.streams.get(message["topic"])
+        if stream is None or stream.syncing or self.closing:
+            return
+        if message["seq"] > stream.last_seq:
+            try:
+                await fill(stream, self.outbox, message["seq"], live=True)
+            except OutboxFull:
+                await self.close(CLOSE_OVERLOADED, "client too slow")
+
+
+class Registry:
+    """The connections of this process, for the periodic sweep."""
+
+    def __init__(self) -> None:
+        self._consumers: set[RealtimeConsumer] = set()
+        self._task: asyncio.Task | None = None
+
+    def add(self, consumer: RealtimeConsumer) -> None:
+        self._consumers.add(consumer)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._sweep_forever())
+
+    def discard(self, consumer: RealtimeConsumer) -> None:
+        self._consumers.discard(consumer)
+
+    def __len__(self) -> int:
+        return len(self._consumers)
+
+    async def _sweep_forever(self) -> None:
+        from .session import topic_positions
+
+        interval = settings.REALTIME_SWEEP_INTERVAL
+        while self._consumers:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep(topic_positions)
+            except Exception:
+                logger.exception("sweep failed")
+
+    async def sweep(self, topic_positions: Any) -> None:
+        """Close stale connections, refresh presence, and repair silent gaps."""
+        now = time.monotonic()
+        consumers = list(self._consumers)
+        topics: set[str] = set()
+        for consumer in consumers:
+            if now - consumer.last_seen > settings.REALTIME_IDLE_TIMEOUT:
+                await consumer.close(CLOSE_STALE, "no frame for too long")
+                continue
+            topics.update(consumer.streams)
+            if consumer.members:
+                try:
+                    await consumer.presence.refresh(consumer.conn_id, list(consumer.members))
+                except RealtimeError:
+                    pass
+        if not topics:
+            return
+        # One query for the whole process: the current seq of every subscribed topic.
+        current = await topic_positions(sorted(topics))
+        for consumer in consumers:
+            for topic, stream in list(consumer.streams.items()):
+                if stream.syncing:
+                    continue
+                # Behind now and already behind that far at the last sweep: the layer
+                # lost the message (or never had it); fill from the log.
+                if stream.last_seq < stream.behind:
+                    await consumer.rt_catch_up({"topic": topic, "seq": stream.behind})
+                stream.behind = current.get(topic, 0)
+
+
+registry = Registry()

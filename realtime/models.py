@@ -1,0 +1,101 @@
+"""The event log: per-topic gapless sequence numbers, stored events, idempotency keys, acks.
+
+Every event a client may receive is a row of ``Event`` before it is broadcast
+(PROTOCOL §7). ``TopicCursor`` holds the last seq handed out per topic; it is never
+deleted, so pruning old events never makes a topic's seq start again. Writes go through
+``realtime.services``; reads through ``realtime.selectors``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class TopicCursor(models.Model):
+    """The last seq allocated on a topic; its row lock serialises publishers of the topic."""
+
+    topic = models.CharField(max_length=100, primary_key=True)
+    last_seq = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "topic cursor"
+
+    def __str__(self) -> str:
+        return f"{self.topic} @ {self.last_seq}"
+
+
+class Event(models.Model):
+    """One stored event of a topic, numbered by ``seq`` (1, 2, 3 ... per topic, no gap)."""
+
+    class Priority(models.TextChoices):
+        NORMAL = "normal", "Normal"
+        CRITICAL = "critical", "Critical"
+
+    topic = models.CharField(max_length=100)
+    seq = models.BigIntegerField()
+    event = models.CharField(max_length=64)
+    payload = models.JSONField(default=dict)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    actor_supplier_id = models.BigIntegerField(null=True, blank=True)
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.NORMAL)
+    ack_required = models.BooleanField(default=False)
+    idempotency_key = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ("topic", "seq")
+        constraints = [
+            models.UniqueConstraint(fields=("topic", "seq"), name="realtime_event_topic_seq"),
+        ]
+        indexes = [
+            models.Index(fields=("topic", "created_at"), name="realtime_event_topic_time"),
+            # Retention by age scans all topics at once.
+            models.Index(fields=("created_at",), name="realtime_event_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic}#{self.seq} {self.event}"
+
+
+class IdempotencyKey(models.Model):
+    """A publish's idempotency key: the same user and key within 24 h give the first seq."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=64)
+    topic = models.CharField(max_length=100)
+    seq = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
+
+    class Meta:
+        verbose_name = "idempotency key"
+        constraints = [
+            models.UniqueConstraint(fields=("user", "key"), name="realtime_idempotency_user_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} → {self.topic}#{self.seq}"
+
+
+class Ack(models.Model):
+    """A user's confirmation that they saw an event (PROTOCOL §4 ack)."""
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="acks")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ("created_at", "id")
+        constraints = [
+            models.UniqueConstraint(fields=("event", "user"), name="realtime_ack_event_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"ack {self.event} by user {self.user_id}"

@@ -1,0 +1,134 @@
+"""Reads of the event log: a topic's seq, the events after a seq, replay, acknowledgements.
+
+Callers pass topic strings that ``realtime.topics`` has already parsed and authorised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from realtime.broadcast import utc_ms
+from realtime.models import Ack, Event, TopicCursor
+from wedsync import selectors as wedsync_selectors
+
+
+def topic_seq(topic: str) -> int:
+    """The seq of the topic's latest stored event; 0 for a topic without events."""
+    last = TopicCursor.objects.filter(topic=str(topic)).values_list("last_seq", flat=True).first()
+    return last or 0
+
+
+def events_since(topic: str, since: int, limit: int = 500) -> list[Event]:
+    """The stored events with seq > ``since``, in seq order, at most ``limit`` of them.
+
+    Used to fill a gap before delivering a later event, and by the history API.
+    """
+    return list(
+        Event.objects.filter(topic=str(topic), seq__gt=since).order_by("seq")[: max(limit, 0)]
+    )
+
+
+def oldest_retained_seq(topic: str) -> int:
+    """The lowest seq still stored for a topic; ``topic_seq + 1`` when none is stored."""
+    oldest = (
+        Event.objects.filter(topic=str(topic)).order_by("seq").values_list("seq", flat=True).first()
+    )
+    return oldest if oldest is not None else topic_seq(topic) + 1
+
+
+def replay_covers(topic: str, since: int) -> bool:
+    """Whether every event after ``since`` is still stored (none was pruned).
+
+    A ``since`` at or beyond the topic's seq is covered (nothing is missing); callers
+    that must refuse a ``since`` ahead of the topic check ``since <= topic_seq`` first.
+    """
+    return int(since) >= oldest_retained_seq(topic) - 1
+
+
+def replay_window(topic: str, since: int, *, limit: int | None = None) -> tuple[list[Event], bool]:
+    """The events a client that last saw ``since`` missed, and whether they are complete.
+
+    ``recovered`` is False when some of ``since+1 ...`` were pruned, or when ``since`` is
+    ahead of the topic (the client saw a log that no longer exists): then no events are
+    returned and the client reloads the snapshot (PROTOCOL §4). The window ends at the
+    topic's seq as read first, so the result is consistent while publishes go on;
+    anything newer arrives live or through a gap fill. ``limit`` caps the events returned
+    (the first ones of the window); None returns all of them.
+    """
+    topic = str(topic)
+    since = max(int(since), 0)
+    current = topic_seq(topic)
+    if since >= current:
+        return [], since == current
+    queryset = Event.objects.filter(topic=topic, seq__gt=since, seq__lte=current).order_by("seq")
+    if limit is not None:
+        queryset = queryset[: max(limit, 0)]
+    events = list(queryset)
+    # Events are only ever removed from the old end, so the window is complete exactly
+    # when it starts right after `since`.
+    if not events or events[0].seq != since + 1:
+        return [], False
+    return events, True
+
+
+def acked_user_ids(event: Event) -> list[int]:
+    """The users who acknowledged an event, in the order they did."""
+    return list(
+        Ack.objects.filter(event=event)
+        .order_by("created_at", "id")
+        .values_list("user_id", flat=True)
+    )
+
+
+def ack_summary(*, topic: str, seq: int) -> dict[str, Any] | None:
+    """``{"seq", "ack_required", "acked": [user ids], "count"}`` of an event, or None."""
+    event = Event.objects.filter(topic=str(topic), seq=seq).first()
+    if event is None:
+        return None
+    acked = acked_user_ids(event)
+    return {"seq": seq, "ack_required": event.ack_required, "acked": acked, "count": len(acked)}
+
+
+def acting_supplier_id(user: Any, topic: str) -> int | None:
+    """The supplier a user acts for on a topic: the lowest id of their booked suppliers.
+
+    On ``supplier:<id>`` it is that supplier when the user works for it; on ``ops`` none.
+    """
+    kind, _, raw_id = str(topic).partition(":")
+    if not raw_id or user is None or not getattr(user, "is_authenticated", False):
+        return None
+    mine = wedsync_selectors.user_supplier_ids(user)
+    if kind == "supplier":
+        return int(raw_id) if int(raw_id) in mine else None
+    if not mine:
+        return None
+    acting = mine & wedsync_selectors.active_supplier_ids(int(raw_id))
+    return min(acting) if acting else None
+
+
+def vendor_statuses(topic: str) -> list[dict[str, Any]]:
+    """The latest ``vendor.status`` of each supplier booked on a wedding topic, for snapshots.
+
+    Each entry is the stored payload plus the ``seq`` and ``ts`` of its event, ordered by
+    supplier id. Suppliers no longer booked are left out; statuses older than retention
+    are gone with their events.
+    """
+    kind, _, raw_id = str(topic).partition(":")
+    if kind != "wedding" or not raw_id:
+        return []
+    booked = wedsync_selectors.active_supplier_ids(int(raw_id))
+    if not booked:
+        return []
+    latest: dict[int, dict[str, Any]] = {}
+    rows = (
+        Event.objects.filter(topic=str(topic), event="vendor.status")
+        .order_by("-seq")
+        .values_list("seq", "payload", "created_at")
+    )
+    for seq, payload, created_at in rows.iterator(chunk_size=200):
+        supplier_id = payload.get("supplier_id")
+        if supplier_id in booked and supplier_id not in latest:
+            latest[supplier_id] = {**payload, "seq": seq, "ts": utc_ms(created_at)}
+            if len(latest) == len(booked):
+                break
+    return [latest[supplier_id] for supplier_id in sorted(latest)]

@@ -1,0 +1,305 @@
+"""Writes of the event log: publish an event, record an acknowledgement, prune old events.
+
+This is the only module that publishes (STYLE §2): grep ``event_publish`` to find every
+broadcast. A publish authorises, validates, applies the event's effects on the wedding,
+allocates the topic's next seq and stores the event in ONE transaction, and broadcasts
+only after that transaction commits. Anything raised leaves nothing stored.
+
+Seq allocation: the topic's ``TopicCursor`` row is locked (``SELECT ... FOR UPDATE`` on
+PostgreSQL; SQLite's IMMEDIATE transactions take the database write lock at BEGIN) and
+kept locked until commit, so publishes of one topic are serialised: seqs are gapless,
+commit in seq order, and the effects on the wedding happen in seq order too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from realtime import catalogue, selectors
+from realtime.broadcast import broadcast_event
+from realtime.catalogue import invalid
+from realtime.errors import RealtimeError
+from realtime.models import Ack, Event, IdempotencyKey, TopicCursor
+from realtime.topics import authorize_publish, authorize_subscribe, parse_topic
+
+logger = logging.getLogger(__name__)
+
+# PROTOCOL §4: the same key from the same user within 24 h returns the first seq.
+IDEMPOTENCY_TTL = dt.timedelta(hours=24)
+_IDEMPOTENCY_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_EVENT_NAME_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
+# Pruning deletes in slices so that no single statement holds locks for long.
+PRUNE_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """The stored event, and whether this call stored it (False: an idempotent repeat)."""
+
+    event: Event
+    created: bool
+
+
+@dataclass(frozen=True)
+class AckResult:
+    """An acknowledgement: the event, whether it is new, who acked, the ack.updated sent."""
+
+    event: Event
+    created: bool
+    acked: list[int]
+    update: Event | None = None
+
+    @property
+    def seq(self) -> int:
+        """The acknowledged event's seq (what the ack reply carries)."""
+        return self.event.seq
+
+
+def _lock_cursor(topic: str) -> TopicCursor:
+    """The topic's cursor, locked until the end of the current transaction."""
+    cursor = TopicCursor.objects.select_for_update().filter(topic=topic).first()
+    if cursor is None:
+        # First event of the topic. Two publishers may race to create the row: the
+        # loser's insert fails (after waiting for the winner's commit on PostgreSQL)
+        # inside its savepoint, and it locks the winner's row instead.
+        try:
+            with transaction.atomic():
+                cursor = TopicCursor.objects.create(topic=topic, last_seq=0)
+        except IntegrityError:
+            cursor = TopicCursor.objects.select_for_update().get(topic=topic)
+    return cursor
+
+
+def _append(
+    cursor: TopicCursor,
+    *,
+    event: str,
+    payload: dict[str, Any],
+    user_id: int | None,
+    supplier_id: int | None,
+    priority: str,
+    ack_required: bool,
+    idempotency_key: str | None = None,
+) -> Event:
+    """Store the next event of a locked cursor's topic; broadcast it once committed."""
+    cursor.last_seq += 1
+    TopicCursor.objects.filter(pk=cursor.pk).update(last_seq=cursor.last_seq)
+    stored = Event.objects.create(
+        topic=cursor.topic,
+        seq=cursor.last_seq,
+        event=event,
+        payload=payload,
+        actor_user_id=user_id,
+        actor_supplier_id=supplier_id,
+        priority=priority,
+        ack_required=ack_required,
+        idempotency_key=idempotency_key,
+    )
+    transaction.on_commit(partial(broadcast_event, stored))
+    return stored
+
+
+def _check_idempotency_key(key: Any) -> None:
+    if key is None:
+        return
+    if not isinstance(key, str) or not _IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise invalid("idempotency_key", "1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'")
+
+
+def _replayed(*, user: Any, key: str, topic: str, event: str) -> Event | None:
+    """The event first published with this user's key in the last 24 h, if any."""
+    row = IdempotencyKey.objects.filter(user=user, key=key).first()
+    if row is None or row.created_at < timezone.now() - IDEMPOTENCY_TTL:
+        return None
+    if row.topic != topic:
+        raise invalid("idempotency_key", "already used for a publish on another topic")
+    first = Event.objects.filter(topic=row.topic, seq=row.seq).first()
+    if first is None:
+        # Pruned since (a topic past its count limit within 24 h): the seq is still true.
+        return Event(topic=row.topic, seq=row.seq, event=event, payload={})
+    if first.event != event:
+        raise invalid("idempotency_key", f"already used for a {first.event!r} publish")
+    return first
+
+
+def _actor_supplier_id(ctx: catalogue.PublishContext, event: str, payload: dict) -> int | None:
+    acting = ctx.acting_supplier_ids
+    if event == "vendor.status" and payload.get("supplier_id") in acting:
+        return payload["supplier_id"]
+    return min(acting) if acting else None
+
+
+def event_publish(
+    *,
+    topic: str,
+    event: str,
+    payload: Any,
+    user: Any,
+    idempotency_key: str | None = None,
+) -> PublishResult:
+    """Publish a client's event on a wedding topic (PROTOCOL §4 publish, §5 catalogue).
+
+    Called by the WebSocket consumer and the HTTP publish API. Raises ``RealtimeError``:
+    ``unknown_topic``/``forbidden`` (one message for a missing and a hidden topic),
+    ``invalid_payload`` naming the field, ``conflict`` with the current item.
+    """
+    parsed = authorize_publish(user, topic, event)
+    topic_name = str(parsed)
+    _check_idempotency_key(idempotency_key)
+    replay = partial(_replayed, user=user, key=idempotency_key, topic=topic_name, event=event)
+    if idempotency_key is not None and (first := replay()) is not None:
+        return PublishResult(first, created=False)
+
+    spec = catalogue.spec_for(event)
+    data = spec.validate(payload)
+    ctx = catalogue.PublishContext(user=user, wedding_id=parsed.id)
+    ctx.acting_supplier_ids  # noqa: B018 -- read (and cached) before the topic is locked
+    try:
+        with transaction.atomic():
+            cursor = _lock_cursor(topic_name)
+            if idempotency_key is not None:
+                # A twin of this publish may have committed while we waited for the lock.
+                if (first := replay()) is not None:
+                    return PublishResult(first, created=False)
+                IdempotencyKey.objects.filter(user=user, key=idempotency_key).delete()  # expired
+            stored_payload = spec.apply(ctx, data)
+            stored = _append(
+                cursor,
+                event=event,
+                payload=stored_payload,
+                user_id=user.pk,
+                supplier_id=_actor_supplier_id(ctx, event, stored_payload),
+                priority=spec.priority,
+                ack_required=spec.ack_required,
+                idempotency_key=idempotency_key,
+            )
+            if idempotency_key is not None:
+                IdempotencyKey.objects.create(
+                    user=user, key=idempotency_key, topic=topic_name, seq=stored.seq
+                )
+    except (IntegrityError, RealtimeError):
+        # A twin publish with the same key on another topic (unique key) or one whose
+        # effect now conflicts: if the twin was stored, this is its repeat.
+        if idempotency_key is not None and (first := replay()) is not None:
+            return PublishResult(first, created=False)
+        raise
+    return PublishResult(stored, created=True)
+
+
+def event_publish_system(
+    topic: str,
+    event: str,
+    payload: dict[str, Any],
+    priority: str = Event.Priority.NORMAL,
+    *,
+    ack_required: bool = False,
+) -> Event:
+    """Publish a server event (alerts, scaling, ack.updated) on any topic, without a user.
+
+    No authorisation and no catalogue: the caller is the server. The topic must parse,
+    the payload must be an object orjson can encode (dates, UUIDs ... become strings).
+    Joins the caller's transaction, if any.
+    """
+    parsed = parse_topic(topic)
+    if not isinstance(event, str) or len(event) > 64 or not _EVENT_NAME_RE.fullmatch(event):
+        raise invalid("event", f"not an event name: {event!r}")
+    if priority not in Event.Priority.values:
+        raise ValueError(f"priority must be one of {Event.Priority.values}, not {priority!r}")
+    if not isinstance(payload, dict):
+        raise invalid("payload", "must be a JSON object")
+    try:
+        # Round-trip, so that what is stored is exactly what subscribers get (a date
+        # becomes its ISO string in both).
+        payload = orjson.loads(orjson.dumps(payload))
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise invalid("payload", "must be JSON-serialisable") from exc
+    with transaction.atomic():
+        cursor = _lock_cursor(str(parsed))
+        return _append(
+            cursor,
+            event=event,
+            payload=payload,
+            user_id=None,
+            supplier_id=None,
+            priority=priority,
+            ack_required=ack_required,
+        )
+
+
+def ack_record(*, user: Any, topic: str, seq: Any) -> AckResult:
+    """Record that ``user`` saw event ``seq`` of ``topic`` (PROTOCOL §4 ack); idempotent.
+
+    Any stored event may be acknowledged; for one marked ``ack_required`` a new
+    acknowledgement also publishes ``ack.updated`` on the topic with who has acked.
+    """
+    parsed = authorize_subscribe(user, topic)
+    topic_name = str(parsed)
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise invalid("seq", "must be a positive integer")
+    with transaction.atomic():
+        acked_event = Event.objects.filter(topic=topic_name, seq=seq).first()
+        if acked_event is None:
+            raise invalid("seq", f"no event {seq} on this topic (never sent, or pruned)")
+        if acked_event.ack_required:
+            # Serialise the acks of the topic, so that each ack.updated counts all the
+            # acks committed before it.
+            _lock_cursor(topic_name)
+        try:
+            with transaction.atomic():
+                Ack.objects.create(event=acked_event, user=user)
+            created = True
+        except IntegrityError:
+            created = False
+        acked = selectors.acked_user_ids(acked_event)
+        update = None
+        if created and acked_event.ack_required:
+            update = event_publish_system(
+                topic_name,
+                "ack.updated",
+                {
+                    "seq": seq,
+                    "user_id": user.pk,
+                    "name": user.get_full_name() or user.get_username(),
+                    "supplier_id": selectors.acting_supplier_id(user, topic_name),
+                    "acked": acked,
+                    "count": len(acked),
+                },
+            )
+    return AckResult(event=acked_event, created=created, acked=acked, update=update)
+
+
+def _delete_events(queryset: Any) -> int:
+    deleted = 0
+    while ids := list(queryset.values_list("pk", flat=True)[:PRUNE_BATCH]):
+        _, per_model = Event.objects.filter(pk__in=ids).delete()
+        deleted += per_model.get(Event._meta.label, 0)
+    return deleted
+
+
+def events_prune(*, now: dt.datetime | None = None) -> int:
+    """Delete events past retention (age, and count per topic) and expired idempotency keys.
+
+    Run hourly by ``realtime.tasks.prune_event_log``. Cursors are kept, so a topic's seq
+    never starts again. Returns the number of events deleted.
+    """
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(days=settings.REALTIME_RETENTION_DAYS)
+    deleted = _delete_events(Event.objects.filter(created_at__lt=cutoff))
+    keep = settings.REALTIME_RETENTION_EVENTS
+    for topic, last_seq in TopicCursor.objects.filter(last_seq__gt=keep).values_list(
+        "topic", "last_seq"
+    ):
+        deleted += _delete_events(Event.objects.filter(topic=topic, seq__lte=last_seq - keep))
+    keys, _ = IdempotencyKey.objects.filter(created_at__lt=now - IDEMPOTENCY_TTL).delete()
+    logger.info("event log pruned: %d events, %d idempotency keys", deleted, keys)
+    return deleted

@@ -1,0 +1,94 @@
+"""Database reads a connection needs: authorising topics, sync positions, presence info.
+
+Each function is sync (it runs in the database thread through database_sync_to_async)
+and batches its work, so a subscribe frame costs a few queries however many topics it
+names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+
+from wedsync import selectors as domain
+
+from . import selectors, topics
+from .errors import RealtimeError
+from .models import TopicCursor
+
+
+def user_group_name(user_id: int) -> str:
+    """The channel-layer group of every connection of one user (revocation)."""
+    return f"rt.user.{user_id}"
+
+
+def authorize_topics(user: Any, names: list[str]) -> tuple[list[str], dict[str, RealtimeError]]:
+    """Split requested topics into those the user may join and the refused ones."""
+    allowed: list[str] = []
+    refused: dict[str, RealtimeError] = {}
+    for name in names:
+        try:
+            topics.authorize_subscribe(user, name)
+        except RealtimeError as err:
+            refused[name] = err
+        else:
+            allowed.append(name)
+    if len(names) == 1 and refused:
+        raise refused[names[0]]
+    return allowed, refused
+
+
+def still_allowed(user_id: int, topic: str) -> bool:
+    """Re-check a live subscription after a booking or membership change."""
+    user = get_user_model().objects.filter(pk=user_id).first()
+    if user is None:
+        return False
+    try:
+        topics.authorize_subscribe(user, topic)
+    except RealtimeError:
+        return False
+    return True
+
+
+def member_info(user: Any, topic: str) -> dict[str, Any]:
+    """What presence shows of a user on a topic: id, name, and their booked supplier."""
+    supplier_id = None
+    parsed = topics.parse_topic(topic)
+    if parsed.kind == "wedding":
+        mine = domain.user_supplier_ids(user) & domain.active_supplier_ids(parsed.id)
+        supplier_id = min(mine) if mine else None
+    elif parsed.kind == "supplier":
+        supplier_id = parsed.id
+    name = user.get_full_name() or user.get_username()
+    return {"user_id": user.pk, "name": name, "supplier_id": supplier_id}
+
+
+def _sync_positions(since: dict[str, int | None]) -> dict[str, tuple[int, bool, int]]:
+    """Per topic: (current seq, recovered, seq to resume delivery after).
+
+    With ``since`` inside the retained history the connection resumes after ``since``
+    and the events ``since+1 … seq`` are replayed. Outside it (pruned, or a ``since``
+    beyond the topic's seq) ``recovered`` is False and delivery resumes after ``seq``:
+    the client reloads the snapshot (PROTOCOL §4).
+    """
+    out: dict[str, tuple[int, bool, int]] = {}
+    for topic, after in since.items():
+        seq = selectors.topic_seq(topic)
+        if after is None:
+            out[topic] = (seq, True, seq)
+            continue
+        recovered = after <= seq and selectors.replay_covers(topic, after)
+        out[topic] = (seq, recovered, after if recovered else seq)
+    return out
+
+
+sync_positions = database_sync_to_async(_sync_positions)
+
+
+def _topic_positions(names: list[str]) -> dict[str, int]:
+    return dict(TopicCursor.objects.filter(topic__in=names).values_list("topic", "last_seq"))
+
+
+topic_positions = database_sync_to_async(_topic_positions)

@@ -1,0 +1,77 @@
+"""Tell live connections when access changes, so a subscription never outlives a right.
+
+A booking deactivated or deleted, a membership removed: every connection on the
+wedding's topic re-checks its user (``rt.recheck``). A user deactivated: every
+connection of that user closes with 4001 (``rt.user.revoked``). Sent after commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from wedsync.models import Booking, SupplierMembership
+
+from . import broadcast
+from .broadcast import group_name
+from .session import user_group_name
+
+logger = logging.getLogger(__name__)
+
+
+async def _send(group: str, message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    await asyncio.wait_for(layer.group_send(group, message), broadcast.SEND_TIMEOUT_SECONDS)
+
+
+def _send_after_commit(group: str, message: dict[str, Any]) -> None:
+    def send() -> None:
+        try:
+            async_to_sync(_send)(group, message)
+        except Exception:  # connections re-check on their next publish anyway
+            logger.warning("could not notify %s", group, exc_info=True)
+
+    transaction.on_commit(send)
+
+
+def _recheck_weddings(wedding_ids: list[int]) -> None:
+    for wedding_id in wedding_ids:
+        topic = f"wedding:{wedding_id}"
+        _send_after_commit(group_name(topic), {"type": "rt.recheck", "topic": topic})
+
+
+@receiver(post_save, sender=Booking)
+def booking_saved(sender: type, instance: Booking, **kwargs: Any) -> None:
+    if not instance.active:
+        _recheck_weddings([instance.wedding_id])
+
+
+@receiver(post_delete, sender=Booking)
+def booking_deleted(sender: type, instance: Booking, **kwargs: Any) -> None:
+    _recheck_weddings([instance.wedding_id])
+
+
+@receiver(post_delete, sender=SupplierMembership)
+def membership_deleted(sender: type, instance: SupplierMembership, **kwargs: Any) -> None:
+    wedding_ids = list(
+        Booking.objects.filter(supplier_id=instance.supplier_id).values_list(
+            "wedding_id", flat=True
+        )
+    )
+    _recheck_weddings(wedding_ids)
+    topic = f"supplier:{instance.supplier_id}"
+    _send_after_commit(group_name(topic), {"type": "rt.recheck", "topic": topic})
+
+
+@receiver(post_save, sender=get_user_model())
+def user_saved(sender: type, instance: Any, **kwargs: Any) -> None:
+    if not instance.is_active:
+        _send_after_commit(user_group_name(instance.pk), {"type": "rt.user.revoked"})
