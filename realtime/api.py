@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, connection, transaction
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
@@ -86,7 +87,12 @@ def api_view(*methods: str) -> Callable:
 
 
 def _body(request: HttpRequest) -> dict[str, Any]:
-    if len(request.body) > MAX_FRAME_BYTES:
+    try:
+        # Over DATA_UPLOAD_MAX_MEMORY_SIZE Django refuses to read the body at all.
+        too_large = len(request.body) > MAX_FRAME_BYTES
+    except RequestDataTooBig:
+        too_large = True
+    if too_large:
         raise ApiError("too_large", "request body is too large", 413)
     try:
         data = orjson.loads(request.body or b"{}")
@@ -212,6 +218,9 @@ def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
 
 
 def _publish(request: HttpRequest, wedding_id: int) -> HttpResponse:
+    # The same 404 ``not_found`` as the GET endpoints for a hidden, a missing and an
+    # impossible wedding id (``event_publish`` would say ``forbidden``/``unknown_topic``).
+    _visible_wedding(request, wedding_id)
     data = _body(request)
     unknown = set(data) - {"event", "payload", "idempotency_key"}
     if unknown:

@@ -94,9 +94,9 @@ TEMPLATES = [
 
 # --- database ---------------------------------------------------------------------------
 
-DATABASES = {
-    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'wedsync.sqlite3'}"),
-}
+# An empty DATABASE_URL counts as unset, like an empty REDIS_URL.
+DATABASE_URL = env.str("DATABASE_URL", default="") or f"sqlite:///{VAR_DIR / 'wedsync.sqlite3'}"
+DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 # Persistent connections are off by default: under ASGI each request may run in another
 # thread, and a pooled connection left open per thread exhausts PostgreSQL quickly.

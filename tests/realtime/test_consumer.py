@@ -27,38 +27,54 @@ ORIGIN = (b"origin", b"http://localhost")
 
 
 class Conn:
-    """A communicator with JSON helpers; ``recv_type`` skips frames of other types."""
+    """A communicator with JSON helpers.
+
+    Frames read while waiting for something else (a reply, a frame of one type) are kept
+    in ``backlog`` and handed out first by ``recv``: nothing the server sent is skipped.
+    """
 
     def __init__(self, comm: WebsocketCommunicator) -> None:
         self.comm = comm
         self.refs = 0
+        self.backlog: list[dict[str, Any]] = []
 
     async def send(self, frame: dict[str, Any]) -> None:
         await self.comm.send_to(text_data=orjson.dumps(frame).decode())
 
-    async def recv(self, timeout: float = 5) -> dict[str, Any]:
+    async def _read(self, timeout: float) -> dict[str, Any]:
         return orjson.loads(await self.comm.receive_from(timeout))
 
-    async def recv_type(self, kind: str, timeout: float = 5) -> dict[str, Any]:
+    async def recv(self, timeout: float = 5) -> dict[str, Any]:
+        if self.backlog:
+            return self.backlog.pop(0)
+        return await self._read(timeout)
+
+    async def _take(self, match: Any, timeout: float) -> dict[str, Any]:
+        for index, frame in enumerate(self.backlog):
+            if match(frame):
+                return self.backlog.pop(index)
         while True:
-            frame = await self.recv(timeout)
-            if frame["type"] == kind:
+            frame = await self._read(timeout)
+            if match(frame):
                 return frame
+            self.backlog.append(frame)
+
+    async def recv_type(self, kind: str, timeout: float = 5) -> dict[str, Any]:
+        return await self._take(lambda f: f["type"] == kind, timeout)
 
     async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
         self.refs += 1
         ref = str(self.refs)
         await self.send({**frame, "ref": ref})
-        while True:
-            reply = await self.recv()
-            if reply.get("ref") == ref and reply["type"] in {"reply", "pong"}:
-                return reply
+        return await self._take(
+            lambda f: f.get("ref") == ref and f["type"] in {"reply", "pong"}, 5
+        )
 
     async def events(self, count: int) -> list[dict[str, Any]]:
         return [await self.recv_type("event") for _ in range(count)]
 
     async def nothing(self) -> bool:
-        return await self.comm.receive_nothing(0.3)
+        return not self.backlog and await self.comm.receive_nothing(0.3)
 
 
 @pytest.fixture
@@ -400,6 +416,7 @@ async def test_unsubscribe__stops_delivery(opened):
     topic = w["a"].topic
     reader, _, _ = await opened(user=w["photographer"])
     await reader.request({"type": "subscribe", "topics": {topic: {}}})
+    await reader.recv_type("presence_diff")  # its own arrival
     await reader.request({"type": "unsubscribe", "topics": [topic]})
     writer, _, _ = await opened(user=w["planner"])
     await writer.request(
