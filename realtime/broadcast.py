@@ -9,7 +9,6 @@ later (PROTOCOL §7), so a lost broadcast delays delivery and loses nothing.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from typing import Any
 
@@ -18,6 +17,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from realtime.models import Event
+from wedsync.selectors import wire_time
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,7 @@ def group_name(topic: str) -> str:
     return "rt." + str(topic).replace(":", ".")
 
 
-def utc_ms(value: dt.datetime) -> str:
-    """A wire timestamp: ISO-8601 UTC with milliseconds and "Z" (2026-06-13T14:02:11.123Z)."""
-    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+utc_ms = wire_time  # the one wire format of times, shared with the domain payloads
 
 
 def event_frame(event: Event) -> dict[str, Any]:

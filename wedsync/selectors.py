@@ -92,10 +92,13 @@ def active_supplier_ids(wedding_id: int) -> set[int]:
     )
 
 
+def wire_time(value: dt.datetime) -> str:
+    """A time as the wire carries it: ISO-8601 UTC with milliseconds and "Z"."""
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _utc_iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    return None if value is None else wire_time(value)
 
 
 def timeline_item_as_dict(item: TimelineItem) -> dict[str, Any]:

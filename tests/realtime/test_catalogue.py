@@ -280,8 +280,8 @@ def test_item_created__stores_the_full_item_with_server_id_and_version(world):
     assert event.payload == {
         "id": item.pk,
         "title": "Vows",
-        "starts_at": "2026-06-13T13:00:00Z",
-        "ends_at": "2026-06-13T13:30:00Z",
+        "starts_at": "2026-06-13T13:00:00.000Z",
+        "ends_at": "2026-06-13T13:30:00.000Z",
         "location": "Garden",
         "supplier_ids": [world.photo_supplier.pk],
         "status": "planned",
@@ -419,7 +419,7 @@ def test_shifted__moves_later_unpinned_items_and_stores_them(world):
     assert event.payload["from_item_id"] == ceremony.pk
     assert event.payload["minutes"] == 30
     assert [i["id"] for i in event.payload["items"]] == [ceremony.pk, dinner.pk]
-    assert event.payload["items"][0]["starts_at"] == "2026-06-13T13:30:00Z"  # 14:30 BST
+    assert event.payload["items"][0]["starts_at"] == "2026-06-13T13:30:00.000Z"  # 14:30 BST
     assert event.payload["items"][0]["version"] == 2
     assert event.payload["ack_suppliers"] == [world.photo_supplier.pk]
     for item, version in ((before, 1), (ceremony, 2), (sunset, 1), (dinner, 2)):

@@ -264,5 +264,5 @@ def test_timeline_item_as_dict__utc_z_times(world):
 
     payload = timeline_item_as_dict(item)
 
-    assert payload["starts_at"] == "2026-06-13T18:00:00Z"
-    assert payload["ends_at"] == "2026-06-13T18:45:00Z"
+    assert payload["starts_at"] == "2026-06-13T18:00:00.000Z"
+    assert payload["ends_at"] == "2026-06-13T18:45:00.000Z"

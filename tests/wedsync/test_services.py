@@ -91,7 +91,7 @@ def test_create__returns_item_payload_in_utc(wedding, booked, django_assert_num_
     assert payload == {
         "id": item.pk,
         "title": "Ceremony",
-        "starts_at": "2026-06-13T13:00:00Z",
+        "starts_at": "2026-06-13T13:00:00.000Z",
         "ends_at": None,
         "location": "",
         "supplier_ids": [booked.pk],
