@@ -15,11 +15,6 @@ from tests.realtime.test_topics import make_world
 from wedsync.models import TimelineItem
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def _invalid(event: str, payload) -> RealtimeError:
     with pytest.raises(RealtimeError) as info:
         spec_for(event).validate(payload)

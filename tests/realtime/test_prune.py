@@ -18,10 +18,6 @@ TOPIC = "wedding:1"
 OTHER = "wedding:2"
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
 
 def _events(topic: str, count: int) -> list[Event]:
     return [event_publish_system(topic, "test.event", {"n": n}) for n in range(count)]

@@ -36,11 +36,6 @@ pytestmark = pytest.mark.django_db
 NOW = 1_800_000_000.0  # a fixed clock for the expiry tests (January 2027)
 
 
-@pytest.fixture(autouse=True)
-def _fast_hasher(settings):
-    # make_user hashes a password; PBKDF2 would take ~0.3 s per test.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
 
 @pytest.fixture
 def user():

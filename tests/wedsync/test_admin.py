@@ -13,11 +13,6 @@ from wedsync.models import Booking, Supplier, TimelineItem, Wedding
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # make_user hashes a password; the production hasher costs ~0.3 s a user.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
 MODELS = ("supplier", "wedding", "booking", "timelineitem")
 
 
