@@ -39,8 +39,8 @@ def test_database_url() -> str:
 class Server:
     """An ASGI server process serving wedsync.asgi on a free port; stopped with ``stop()``."""
 
-    def __init__(self, server: str = "uvicorn", **env: str) -> None:
-        self.port = free_port()
+    def __init__(self, server: str = "uvicorn", port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
         self.server = server
         full_env = {
             **os.environ,
@@ -89,6 +89,12 @@ class Server:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")[-5000:]
 
+    def kill(self) -> None:
+        """Crash the server: SIGKILL, no goodbye to its clients."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+        self.log.close()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -97,4 +103,5 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()

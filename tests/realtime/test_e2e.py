@@ -234,3 +234,44 @@ async def test_stuck_client__closed_1013_while_others_get_everything(redis_url):
         await writer.close()
     finally:
         server.stop()
+
+
+async def test_python_client__survives_a_server_crash_exactly_once_in_order(servers):
+    # given the project's client on server A, subscribed, having seen 3 events
+    from realtime.client import RealtimeClient
+
+    world = await seed()
+    topic = world["topic"]
+    received: list[int] = []
+    a, b = servers
+    client = RealtimeClient(
+        a.ws_url, token=world["tokens"][0], on_event=lambda e: received.append(e["seq"]),
+        backoff_initial=0.1, backoff_max=0.5,
+    )
+    await client.connect()
+    await client.subscribe(topic)
+    writer = await open_ws(b, world["tokens"][1])
+
+    async def post(text: str) -> None:
+        reply = await writer.request(
+            {"type": "publish", "topic": topic, "event": "message.posted",
+             "payload": {"text": text}}
+        )
+        assert reply["status"] == "ok"
+
+    for text in "abc":
+        await post(text)
+    await client.wait_for_seq(topic, 3, timeout=10)
+    # when server A crashes, two events are published meanwhile, and A comes back
+    port = a.port
+    a.kill()
+    await post("d")
+    await post("e")
+    servers[0] = Server("uvicorn", port=port)
+    await client.wait_for_seq(topic, 5, timeout=30)
+    await post("f")
+    await client.wait_for_seq(topic, 6, timeout=10)
+    # then the client delivered every event exactly once, in order
+    assert received == [1, 2, 3, 4, 5, 6]
+    await client.close()
+    await writer.close()
