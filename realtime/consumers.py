@@ -257,6 +257,18 @@ class RealtimeConsumer(AsyncConsumer):
         if joined:
             await self._presence_diff(topic, [member], [])
 
+    async def refresh_presence(self) -> None:
+        """Heartbeat this connection's presence; re-join where its entry was lost."""
+        try:
+            lost = await self.presence.refresh(self.conn_id, list(self.members))
+            for topic in lost:
+                if topic in self.members and await self.presence.join(
+                    topic, self.conn_id, self.members[topic]
+                ):
+                    await self._presence_diff(topic, [self.members[topic]], [])
+        except RealtimeError:
+            logger.warning("presence unavailable; not refreshed for %s", self.conn_id)
+
     async def _presence_diff(self, topic: str, joins: list, leaves: list) -> None:
         text = protocol.presence_diff(topic, joins, leaves)
         try:
@@ -360,10 +372,7 @@ class Registry:
                 continue
             topics.update(consumer.streams)
             if consumer.members:
-                try:
-                    await consumer.presence.refresh(consumer.conn_id, list(consumer.members))
-                except RealtimeError:
-                    pass
+                await consumer.refresh_presence()
         if not topics:
             return
         # One query for the whole process: the current seq of every subscribed topic.

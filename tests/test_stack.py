@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,18 +17,13 @@ from typing import Any
 
 import pytest
 
+from tests.servers import free_port
 from tests.test_settings import BASE_DIR, clean_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 STARTUP_S = 30  # until /healthz answers
 STOP_S = 15  # from SIGINT to the exit of runstack (the grace period is 10 s)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def process_exists(pid: int) -> bool:

@@ -542,3 +542,25 @@ async def test_outbox_full__slow_client_closed_1013_others_unaffected(
         out = await stuck.comm.receive_output(5)
     assert out["code"] == 1013
     assert [e["seq"] for e in await healthy.events(8)] == list(range(1, 9))
+
+
+async def test_sweep__rejoins_presence_lost_by_the_store(opened):
+    # given a subscriber whose presence entry vanished (expired during a stall, Redis lost it)
+    from realtime.consumers import registry
+    from realtime.session import topic_positions
+
+    w = await world()
+    topic = w["a"].topic
+    conn, _, _ = await opened(user=w["photographer"])
+    await conn.request({"type": "subscribe", "topics": {topic: {}}})
+    await conn.recv_type("presence_diff")
+    (consumer,) = [c for c in registry._consumers if c.user.pk == w["photographer"].pk]
+    await consumer.presence.leave(topic, consumer.conn_id)
+    assert (await conn.request({"type": "presence", "topic": topic}))["members"] == []
+    # when the sweep runs
+    await registry.sweep(topic_positions)
+    # then it is present again, and the others were told
+    diff = await conn.recv_type("presence_diff")
+    assert [j["user_id"] for j in diff["joins"]] == [w["photographer"].pk]
+    members = (await conn.request({"type": "presence", "topic": topic}))["members"]
+    assert [m["user_id"] for m in members] == [w["photographer"].pk]
