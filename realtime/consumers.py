@@ -28,7 +28,7 @@ from .limits import PublishLimiter
 from .presence import get_presence_store
 from .session import (
     authorize_topics,
-    member_info,
+    member_infos,
     still_allowed,
     sync_positions,
     user_group_name,
@@ -227,8 +227,10 @@ class RealtimeConsumer(AsyncConsumer):
             stream = self.streams[topic]
             await fill(stream, self.outbox, positions[topic][0], live=False)
             await finish_sync(stream, self.outbox)
-        for topic in allowed:
-            await self._join_presence(topic)
+        if allowed:
+            infos = await database_sync_to_async(member_infos)(self.user, allowed)
+            for topic in allowed:
+                await self._join_presence(topic, infos[topic])
 
     async def _drop_topic(self, topic: str) -> None:
         if self.streams.pop(topic, None) is None:
@@ -246,8 +248,7 @@ class RealtimeConsumer(AsyncConsumer):
 
     # --- presence -----------------------------------------------------------------------
 
-    async def _join_presence(self, topic: str) -> None:
-        member = await database_sync_to_async(member_info)(self.user, topic)
+    async def _join_presence(self, topic: str, member: dict[str, Any]) -> None:
         self.members[topic] = member
         try:
             joined = await self.presence.join(topic, self.conn_id, member)

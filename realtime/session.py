@@ -13,6 +13,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 
 from wedsync import selectors as domain
+from wedsync.models import Booking
 
 from . import selectors, topics
 from .errors import RealtimeError
@@ -52,17 +53,32 @@ def still_allowed(user_id: int, topic: str) -> bool:
     return True
 
 
-def member_info(user: Any, topic: str) -> dict[str, Any]:
-    """What presence shows of a user on a topic: id, name, and their booked supplier."""
-    supplier_id = None
-    parsed = topics.parse_topic(topic)
-    if parsed.kind == "wedding":
-        mine = domain.user_supplier_ids(user) & domain.active_supplier_ids(parsed.id)
-        supplier_id = min(mine) if mine else None
-    elif parsed.kind == "supplier":
-        supplier_id = parsed.id
+def member_infos(user: Any, names: list[str]) -> dict[str, dict[str, Any]]:
+    """What presence shows of a user on each topic: id, name, and their booked supplier.
+
+    Two queries whatever the number of topics: the user's suppliers, then the active
+    bookings of those suppliers on the weddings named.
+    """
+    mine = domain.user_supplier_ids(user)
+    parsed = {name: topics.parse_topic(name) for name in names}
+    wedding_ids = [t.id for t in parsed.values() if t.kind == "wedding"]
+    booked: dict[int, set[int]] = {}
+    if mine and wedding_ids:
+        rows = Booking.objects.filter(
+            active=True, supplier_id__in=mine, wedding_id__in=wedding_ids
+        ).values_list("wedding_id", "supplier_id")
+        for wedding_id, supplier_id in rows:
+            booked.setdefault(wedding_id, set()).add(supplier_id)
     name = user.get_full_name() or user.get_username()
-    return {"user_id": user.pk, "name": name, "supplier_id": supplier_id}
+    infos = {}
+    for topic, parsed_topic in parsed.items():
+        supplier_id = None
+        if parsed_topic.kind == "wedding" and booked.get(parsed_topic.id):
+            supplier_id = min(booked[parsed_topic.id])
+        elif parsed_topic.kind == "supplier":
+            supplier_id = parsed_topic.id
+        infos[topic] = {"user_id": user.pk, "name": name, "supplier_id": supplier_id}
+    return infos
 
 
 def _sync_positions(since: dict[str, int | None]) -> dict[str, tuple[int, bool, int]]:
