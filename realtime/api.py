@@ -152,8 +152,11 @@ def snapshot(wedding: Wedding) -> dict[str, Any]:
     transaction holds the write lock (IMMEDIATE mode), so no event can land between
     the reads. Either way, snapshot + events after ``seq`` is the exact state.
     """
+    # Only a transaction's first statement may set its isolation level: inside an outer
+    # transaction (a test, a caller's atomic block) the reads join that one instead.
+    outermost = not connection.in_atomic_block
     with transaction.atomic():
-        if connection.vendor == "postgresql":
+        if connection.vendor == "postgresql" and outermost:
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         seq = selectors.topic_seq(wedding.topic)

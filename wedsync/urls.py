@@ -23,6 +23,20 @@ def _is_api(request: HttpRequest) -> bool:
     return request.path.startswith("/api/")
 
 
+def handler400(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """JSON for the API (a bad Host, an oversized upload ...), Django's page elsewhere."""
+    if _is_api(request):
+        return json_error("bad_request", "the request could not be understood", 400)
+    return defaults.bad_request(request, exception)
+
+
+def handler403(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """JSON for the API, Django's page elsewhere."""
+    if _is_api(request):
+        return json_error("forbidden", "not allowed", 403)
+    return defaults.permission_denied(request, exception)
+
+
 def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
     """JSON for the API, Django's page elsewhere."""
     if _is_api(request):
