@@ -564,3 +564,53 @@ async def test_sweep__rejoins_presence_lost_by_the_store(opened):
     assert [j["user_id"] for j in diff["joins"]] == [w["photographer"].pk]
     members = (await conn.request({"type": "presence", "topic": topic}))["members"]
     assert [m["user_id"] for m in members] == [w["photographer"].pk]
+
+
+async def test_subscribe__beyond_the_per_connection_limit_is_limit_reached(opened, settings):
+    settings.REALTIME_MAX_TOPICS_PER_CONNECTION = 1
+    w = await world()
+    conn, _, _ = await opened(user=w["staff"])
+    reply = await conn.request(
+        {"type": "subscribe", "topics": {w["a"].topic: {}, w["b"].topic: {}}}
+    )
+    assert reply["topics"][w["a"].topic]["status"] == "ok"
+    assert reply["topics"][w["b"].topic]["code"] == "limit_reached"
+
+
+async def test_rate_limit__repeated_abuse_closes_4008(opened, settings):
+    settings.REALTIME_PUBLISH_RATE = 0.001
+    settings.REALTIME_PUBLISH_BURST = 1
+    settings.REALTIME_RATE_LIMIT_STRIKES = 3
+    w = await world()
+    conn, _, _ = await opened(user=w["photographer"])
+    frame = {"type": "publish", "topic": w["a"].topic, "event": "message.posted",
+             "payload": {"text": "spam"}}
+    for ref in range(6):
+        await conn.send({**frame, "ref": str(ref)})
+    out = await conn.comm.receive_output(5)
+    while out["type"] != "websocket.close":
+        out = await conn.comm.receive_output(5)
+    assert out["code"] == 4008
+
+
+async def test_publish__database_failure_is_unavailable_and_connection_survives(
+    opened, monkeypatch
+):
+    from django.db import OperationalError
+
+    from realtime import services
+
+    w = await world()
+    conn, _, _ = await opened(user=w["photographer"])
+
+    def database_down(**kwargs):
+        raise OperationalError("connection to server failed")
+
+    monkeypatch.setattr(services, "event_publish", database_down)
+    reply = await conn.request(
+        {"type": "publish", "topic": w["a"].topic, "event": "message.posted",
+         "payload": {"text": "x"}}
+    )
+    assert reply["status"] == "error" and reply["code"] == "unavailable"
+    assert "Traceback" not in reply["message"]
+    assert (await conn.request({"type": "ping"}))["type"] == "pong"
