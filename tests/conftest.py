@@ -7,6 +7,7 @@ the reason on a laptop; with ``CI=true`` they fail instead, so CI never skips th
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any
 
 import pytest
@@ -46,6 +47,17 @@ def _require_services(request: pytest.FixtureRequest) -> None:
 def _fast_password_hashing(settings: Any) -> None:
     """Tests make many users; the real hasher costs ~0.3 s each and tests nothing here."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(settings: Any) -> Any:
+    """Each test gets an empty process cache under its own Redis namespace."""
+    from wedsync.cache import reset_cache
+
+    settings.CACHE_NAMESPACE = f"test-{uuid.uuid4().hex[:12]}"
+    reset_cache()
+    yield
+    reset_cache()
 
 
 @pytest.fixture
