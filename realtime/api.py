@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
@@ -25,6 +25,7 @@ from . import selectors, services
 from .broadcast import event_frame
 from .errors import RealtimeError, topic_forbidden
 from .protocol import MAX_FRAME_BYTES
+from .snapshots import snapshot_get, wedding_summary
 from .tokens import TokenError, token_authenticate, token_expires_at, token_issue
 
 # Longest history page a client may ask for.
@@ -111,22 +112,6 @@ def _visible_wedding(request: HttpRequest, wedding_id: int) -> Wedding:
     return wedding
 
 
-def wedding_summary(wedding: Wedding) -> dict[str, Any]:
-    return {
-        "id": wedding.pk,
-        "topic": wedding.topic,
-        "couple": wedding.couple_names,
-        "date": wedding.date.isoformat(),
-        "ceremony_time": wedding.ceremony_time.isoformat(timespec="minutes"),
-        "time_zone": wedding.time_zone,
-        "venue": wedding.venue_name,
-        "venue_address": wedding.venue_address,
-        "guest_count": wedding.guest_count,
-        "status": wedding.status,
-        "notes": wedding.notes,
-    }
-
-
 @api_view("POST")
 def token_view(request: HttpRequest) -> HttpResponse:
     """A realtime token for the signed-in user (PROTOCOL §2)."""
@@ -145,43 +130,18 @@ def weddings_view(request: HttpRequest) -> HttpResponse:
     return json_response({"weddings": [wedding_summary(w) for w in weddings]})
 
 
-def snapshot(wedding: Wedding) -> dict[str, Any]:
-    """The wedding's state and the seq it includes, read consistently.
-
-    On PostgreSQL the reads share one REPEATABLE READ snapshot; on SQLite the
-    transaction holds the write lock (IMMEDIATE mode), so no event can land between
-    the reads. Either way, snapshot + events after ``seq`` is the exact state.
-    """
-    # Only a transaction's first statement may set its isolation level: inside an outer
-    # transaction (a test, a caller's atomic block) the reads join that one instead.
-    outermost = not connection.in_atomic_block
-    with transaction.atomic():
-        if connection.vendor == "postgresql" and outermost:
-            with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        seq = selectors.topic_seq(wedding.topic)
-        wedding.refresh_from_db()
-        timeline = [
-            domain.timeline_item_as_dict(item) for item in domain.timeline_for_wedding(wedding.pk)
-        ]
-        suppliers = [
-            {"id": b.supplier_id, "name": b.supplier.name, "category": b.supplier.category}
-            for b in wedding.bookings.filter(active=True).select_related("supplier")
-        ]
-        statuses = selectors.vendor_statuses(wedding.topic)
-    return {
-        "wedding": wedding_summary(wedding),
-        "timeline": timeline,
-        "suppliers": suppliers,
-        "statuses": statuses,
-        "seq": seq,
-    }
-
-
 @api_view("GET")
 def wedding_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
-    """The wedding snapshot with the topic seq it includes (PROTOCOL §9)."""
-    return json_response(snapshot(_visible_wedding(request, wedding_id)))
+    """The wedding snapshot with the topic seq it includes (PROTOCOL §9).
+
+    Visibility is checked on every request, against the database; only the snapshot,
+    the same for everyone who may see the wedding, comes from the cache.
+    """
+    wedding = _visible_wedding(request, wedding_id)
+    state = snapshot_get(wedding.pk)
+    if state is None:  # deleted since the check
+        raise ApiError("not_found", topic_forbidden(wedding.topic).message, 404)
+    return json_response(state)
 
 
 def _int_param(request: HttpRequest, name: str, default: int, low: int, high: int) -> int:

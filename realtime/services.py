@@ -242,7 +242,7 @@ def ack_record(*, user: Any, topic: str, seq: Any) -> AckResult:
     Any stored event may be acknowledged; for one marked ``ack_required`` a new
     acknowledgement also publishes ``ack.updated`` on the topic with who has acked.
     """
-    parsed = authorize_subscribe(user, topic)
+    parsed = authorize_subscribe(user, topic, cached=False)  # a write: checked exactly
     topic_name = str(parsed)
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise invalid("seq", "must be a positive integer")

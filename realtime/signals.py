@@ -3,6 +3,12 @@
 A booking deactivated or deleted, a membership removed: every connection on the
 wedding's topic re-checks its user (``rt.recheck``). A user deactivated: every
 connection of that user closes with 4001 (``rt.user.revoked``). Sent after commit.
+
+The cached access (``wedsync.caching``) and snapshots (``realtime.snapshots``) are
+invalidated by their own receivers, imported below BEFORE these are connected: Django
+calls receivers, and runs on-commit callbacks, in the order they were registered, so
+the cache is dropped before any ``rt.recheck`` is sent. (The re-check itself reads the
+database, ``session.still_allowed``, so it is exact either way.)
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
+import wedsync.caching  # noqa: F401  (first: connects the access-cache receivers)
 from wedsync.models import Booking, SupplierMembership
 
-from . import broadcast
+from . import broadcast, snapshots  # noqa: F401  (snapshots: connects its receivers)
 from .broadcast import group_name
 from .session import user_group_name
 

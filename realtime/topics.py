@@ -4,7 +4,8 @@
 booking; ``supplier:<id>`` for that supplier's users and staff; ``ops`` for staff. A
 topic naming a row that does not exist gets the very same ``forbidden`` error as one
 the user may not see, so nothing about hidden rows leaks. Each check costs at most
-three queries (most cost one).
+three queries (most cost one); a subscribe check served from the cached access costs
+none (one for staff on a wedding or supplier topic).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any, Literal
 from realtime import catalogue
 from realtime.errors import RealtimeError, topic_forbidden
 from wedsync import selectors as wedsync_selectors
-from wedsync.models import Supplier
+from wedsync.caching import user_access
+from wedsync.models import Supplier, Wedding
 
 TopicKind = Literal["wedding", "supplier", "ops"]
 
@@ -73,16 +75,47 @@ def _may_subscribe(user: Any, topic: Topic) -> bool:
     return bool(user.is_staff)  # ops
 
 
-def authorize_subscribe(user: Any, topic: str | Topic) -> Topic:
-    """Check that ``user`` may join ``topic``; raise ``unknown_topic`` or ``forbidden``."""
+def _may_subscribe_cached(user: Any, topic: Topic) -> bool:
+    """``_may_subscribe`` from the user's cached access (``wedsync.caching.user_access``).
+
+    Both the user object and the cached row must say active (and staff): the object may
+    be one the caller just changed, the cache follows the database.
+    """
+    if not _is_active_user(user):
+        return False
+    access = user_access(user.pk)
+    if not access["active"]:
+        return False
+    staff = bool(user.is_staff and access["staff"])
+    if topic.kind == "wedding":
+        if staff:  # whether it exists: staff are few, a cached "no" would hide new ones
+            return Wedding.objects.filter(pk=topic.id).exists()
+        return topic.id in access["weddings"]
+    if topic.kind == "supplier":
+        if staff:
+            return Supplier.objects.filter(pk=topic.id).exists()
+        return topic.id in access["suppliers"]
+    return staff  # ops
+
+
+def authorize_subscribe(user: Any, topic: str | Topic, *, cached: bool = True) -> Topic:
+    """Check that ``user`` may join ``topic``; raise ``unknown_topic`` or ``forbidden``.
+
+    Subscribes and presence requests use the cached access (``cached=True``, read on
+    every subscribe). Checks guarding a write (ack) and the re-check of live
+    subscriptions after an access change pass ``cached=False`` and read the database.
+    """
     parsed = parse_topic(topic)
-    if not _may_subscribe(user, parsed):
+    allowed = _may_subscribe_cached if cached else _may_subscribe
+    if not allowed(user, parsed):
         raise topic_forbidden(str(parsed))
     return parsed
 
 
 def authorize_publish(user: Any, topic: str | Topic, event: str) -> Topic:
     """Check that ``user`` may publish ``event`` on ``topic`` (PROTOCOL §5 roles).
+
+    Always against the database, never the cache: authorising a write must be exact.
 
     Clients publish on wedding topics only; ``supplier:`` and ``ops`` carry server
     events (``services.event_publish_system``). Raises ``unknown_topic``/``forbidden``

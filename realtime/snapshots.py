@@ -1,0 +1,166 @@
+"""The wedding snapshot of PROTOCOL §9, read consistently and served through the cache.
+
+``snapshot_load`` is the uncached database read; ``snapshot_get`` serves it through the
+two-tier cache (key ``snapshot:<id>``, one loader at a time). A cached snapshot is
+always internally consistent (its ``seq`` matches its state), so snapshot + events after
+``seq`` is exact even when it is a moment old; invalidation keeps it current:
+
+* a stored event on ``wedding:<id>``: dropped when the event is written and again after
+  its transaction commits (so a read racing the commit cannot keep the old state);
+* domain writes that bypass the event log (admin edits): saves and deletes of Wedding,
+  TimelineItem (and its suppliers), Booking and Supplier.
+
+Writes through ``QuerySet.update``/``bulk_create`` send no signals: their callers must
+call ``snapshot_invalidate`` themselves (the L1 TTL bounds what they miss otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.dispatch import receiver
+
+from realtime import selectors
+from realtime.models import Event
+from wedsync import selectors as domain
+from wedsync.cache import get_cache
+from wedsync.models import Booking, Supplier, TimelineItem, Wedding
+
+
+def snapshot_key(wedding_id: int) -> str:
+    """The cache key of a wedding's snapshot."""
+    return f"snapshot:{wedding_id}"
+
+
+def wedding_summary(wedding: Wedding) -> dict[str, Any]:
+    """A wedding as the listing and the snapshot show it (PROTOCOL §9)."""
+    return {
+        "id": wedding.pk,
+        "topic": wedding.topic,
+        "couple": wedding.couple_names,
+        "date": wedding.date.isoformat(),
+        "ceremony_time": wedding.ceremony_time.isoformat(timespec="minutes"),
+        "time_zone": wedding.time_zone,
+        "venue": wedding.venue_name,
+        "venue_address": wedding.venue_address,
+        "guest_count": wedding.guest_count,
+        "status": wedding.status,
+        "notes": wedding.notes,
+    }
+
+
+def snapshot_load(wedding_id: int) -> dict[str, Any] | None:
+    """The wedding's state and the seq it includes, read from the database consistently.
+
+    On PostgreSQL the reads share one REPEATABLE READ snapshot; on SQLite the
+    transaction holds the write lock (IMMEDIATE mode), so no event can land between
+    the reads. Either way, snapshot + events after ``seq`` is the exact state.
+    None for a wedding that does not exist. No authorisation: callers check it.
+    """
+    topic = f"wedding:{wedding_id}"
+    # Only a transaction's first statement may set its isolation level: inside an outer
+    # transaction (a test, a caller's atomic block) the reads join that one instead.
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if connection.vendor == "postgresql" and outermost:
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        seq = selectors.topic_seq(topic)
+        wedding = Wedding.objects.filter(pk=wedding_id).first()
+        if wedding is None:
+            return None
+        timeline = [
+            domain.timeline_item_as_dict(item) for item in domain.timeline_for_wedding(wedding.pk)
+        ]
+        suppliers = [
+            {"id": b.supplier_id, "name": b.supplier.name, "category": b.supplier.category}
+            for b in wedding.bookings.filter(active=True).select_related("supplier")
+        ]
+        statuses = selectors.vendor_statuses(topic)
+    return {
+        "wedding": wedding_summary(wedding),
+        "timeline": timeline,
+        "suppliers": suppliers,
+        "statuses": statuses,
+        "seq": seq,
+    }
+
+
+def snapshot_get(wedding_id: int) -> dict[str, Any] | None:
+    """The snapshot through the cache; called by the snapshot API and cache warming.
+
+    ``lock=True``: a snapshot costs several queries, so concurrent misses (a whole
+    wedding's vendors reconnecting at once) load it once, across processes too.
+    """
+    return get_cache().get_or_load(
+        snapshot_key(wedding_id), lambda: snapshot_load(wedding_id), lock=True
+    )
+
+
+def snapshot_invalidate(wedding_id: int) -> None:
+    """Drop a wedding's cached snapshot now and once more after the current commit.
+
+    Now: a read later in this transaction (or in a test's) sees the change. After
+    commit: a reader that loaded the old state between the two cannot keep it.
+    """
+    key = snapshot_key(wedding_id)
+    cache = get_cache()
+    cache.delete(key)
+    transaction.on_commit(lambda: cache.delete(key))
+
+
+# --- receivers (connected on import, by ``realtime.signals``) --------------------------
+
+
+@receiver(post_save, sender=Event, dispatch_uid="snapshot_event_stored")
+def _event_stored(sender: type, instance: Event, created: bool = False, **kwargs: Any) -> None:
+    # Registered while the event is written, before its broadcast is queued (both run on
+    # commit in order): a client that refetches on the event reads the new snapshot.
+    kind, _, raw_id = instance.topic.partition(":")
+    if created and kind == "wedding" and raw_id.isdigit():
+        snapshot_invalidate(int(raw_id))
+
+
+@receiver(post_save, sender=Wedding, dispatch_uid="snapshot_wedding_saved")
+@receiver(post_delete, sender=Wedding, dispatch_uid="snapshot_wedding_deleted")
+def _wedding_changed(sender: type, instance: Wedding, **kwargs: Any) -> None:
+    snapshot_invalidate(instance.pk)
+
+
+@receiver(post_save, sender=TimelineItem, dispatch_uid="snapshot_item_saved")
+@receiver(post_delete, sender=TimelineItem, dispatch_uid="snapshot_item_deleted")
+@receiver(post_save, sender=Booking, dispatch_uid="snapshot_booking_saved")
+@receiver(post_delete, sender=Booking, dispatch_uid="snapshot_booking_deleted")
+def _wedding_part_changed(sender: type, instance: TimelineItem | Booking, **kwargs: Any) -> None:
+    snapshot_invalidate(instance.wedding_id)
+
+
+@receiver(m2m_changed, sender=TimelineItem.suppliers.through, dispatch_uid="snapshot_item_m2m")
+def _item_suppliers_changed(
+    sender: type, instance: Any, action: str, reverse: bool, pk_set: set | None, **kwargs: Any
+) -> None:
+    if not reverse:
+        if action.startswith("post_"):
+            snapshot_invalidate(instance.wedding_id)
+        return
+    # From the supplier's side: the weddings of the items named, or of all its items
+    # before a clear (afterwards there are none left to find).
+    if action == "pre_clear":
+        items = TimelineItem.objects.filter(suppliers=instance)
+    elif action in ("post_add", "post_remove") and pk_set:
+        items = TimelineItem.objects.filter(pk__in=pk_set)
+    else:
+        return
+    for wedding_id in set(items.values_list("wedding_id", flat=True)):
+        snapshot_invalidate(wedding_id)
+
+
+@receiver(post_save, sender=Supplier, dispatch_uid="snapshot_supplier_saved")
+def _supplier_saved(sender: type, instance: Supplier, created: bool = False, **kwargs: Any) -> None:
+    # Snapshots show the name and category of each booked supplier.
+    if created:
+        return
+    for wedding_id in set(instance.bookings.values_list("wedding_id", flat=True)):
+        snapshot_invalidate(wedding_id)

@@ -1,0 +1,138 @@
+"""Calendar-driven cache warming: fill the cache for weddings whose ceremony is near.
+
+Called every 15 minutes by beat (``scaling.tasks.warm_cache``) and by staff with
+``python manage.py warm_cache``. It only reads through the cached loaders
+(``snapshot_get``, ``supplier_profile``, ``user_access``), so a second run finds every
+entry already there: warming is idempotent and never writes to the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from realtime.snapshots import snapshot_get, snapshot_key
+from wedsync.caching import access_key, supplier_key, supplier_profile, user_access
+from wedsync.models import Booking, SupplierMembership, Wedding
+
+logger = logging.getLogger(__name__)
+
+# A ceremony that started up to an hour ago is still the busiest moment of its day.
+WARM_LOOKBACK = dt.timedelta(hours=1)
+# A calendar date spans at most 26 h of UTC (UTC-12 .. UTC+14): a day either side of the
+# window's UTC dates finds every wedding whose local ceremony could fall inside it.
+_DATE_SLACK = dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class WarmPlan:
+    """What one warming run fills: wedding, supplier and user ids, in a stable order."""
+
+    weddings: list[int] = field(default_factory=list)
+    suppliers: list[int] = field(default_factory=list)
+    users: list[int] = field(default_factory=list)
+
+    def keys(self) -> list[str]:
+        """The cache keys the loaders use for these ids."""
+        return (
+            [snapshot_key(pk) for pk in self.weddings]
+            + [supplier_key(pk) for pk in self.suppliers]
+            + [access_key(pk) for pk in self.users]
+        )
+
+
+def ceremony_at(wedding: Wedding) -> dt.datetime:
+    """The wedding's ceremony as an aware datetime in its own time zone."""
+    zone = zoneinfo.ZoneInfo(wedding.time_zone)
+    return dt.datetime.combine(wedding.date, wedding.ceremony_time, tzinfo=zone)
+
+
+def warm_plan(*, now: dt.datetime, horizon_hours: float) -> WarmPlan:
+    """Not-cancelled weddings with a ceremony in [now - 1 h, now + horizon], and who works them."""
+    start, end = now - WARM_LOOKBACK, now + dt.timedelta(hours=horizon_hours)
+    candidates = (
+        Wedding.objects.exclude(status=Wedding.Status.CANCELLED)
+        .filter(date__gte=start.date() - _DATE_SLACK, date__lte=end.date() + _DATE_SLACK)
+        .only("id", "date", "ceremony_time", "time_zone")
+        .order_by("id")
+    )
+    weddings = [w.pk for w in candidates if start <= ceremony_at(w) <= end]
+    suppliers = sorted(
+        set(
+            Booking.objects.filter(wedding_id__in=weddings, active=True).values_list(
+                "supplier_id", flat=True
+            )
+        )
+    )
+    users = set(
+        SupplierMembership.objects.filter(supplier_id__in=suppliers).values_list(
+            "user_id", flat=True
+        )
+    )
+    users |= set(
+        Wedding.couple.through.objects.filter(wedding_id__in=weddings).values_list(
+            "user_id", flat=True
+        )
+    )
+    return WarmPlan(weddings=weddings, suppliers=suppliers, users=sorted(users))
+
+
+def cache_warm(
+    *,
+    now: dt.datetime | None = None,
+    horizon_hours: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Warm snapshots, supplier profiles and access entries for the weddings about to start.
+
+    ``progress(done, total)`` is called about every tenth of the entries and at the end.
+    Returns the counts and the keys it warmed.
+    """
+    now = now or timezone.now()
+    if horizon_hours is None:
+        horizon_hours = settings.CACHE_WARM_HORIZON_HOURS
+    plan = warm_plan(now=now, horizon_hours=horizon_hours)
+    total = len(plan.weddings) + len(plan.suppliers) + len(plan.users)
+    every = max(1, total // 10)
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None and (done == total or done % every == 0):
+            progress(done, total)
+
+    for wedding_id in plan.weddings:
+        snapshot_get(wedding_id)
+        step()
+    for supplier_id in plan.suppliers:
+        supplier_profile(supplier_id)
+        step()
+    for user_id in plan.users:
+        user_access(user_id)
+        step()
+    result = {
+        "weddings": len(plan.weddings),
+        "snapshots": len(plan.weddings),
+        "suppliers": len(plan.suppliers),
+        "users": len(plan.users),
+        "keys": plan.keys(),
+    }
+    logger.info(
+        "cache_warm: %d wedding(s) with a ceremony in [%s, +%s h]: %d snapshot(s), "
+        "%d supplier profile(s), %d access entr(ies)",
+        result["weddings"],
+        (now - WARM_LOOKBACK).isoformat(timespec="minutes"),
+        horizon_hours,
+        result["snapshots"],
+        result["suppliers"],
+        result["users"],
+    )
+    return result

@@ -1,0 +1,197 @@
+"""The wedding snapshot through the cache: served without queries, kept current.
+
+The cache is process-wide, so each test starts from a fresh one (``fresh_cache``).
+Tests that need a real commit (an event's after-commit invalidation, a rollback) use
+``transaction=True``.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from django.db import transaction
+from django.test import Client
+
+from realtime.services import event_publish
+from realtime.snapshots import snapshot_get, snapshot_key, snapshot_load
+from tests.factories import make_booking, make_item, make_supplier, make_user, make_wedding
+from wedsync.cache import get_cache, reset_cache
+from wedsync.models import Supplier
+
+pytestmark = [pytest.mark.timeout(30)]
+COMMITS = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    reset_cache()
+    yield
+    reset_cache()
+
+
+@pytest.fixture
+def world():
+    planner, couple, outsider = make_user(), make_user(), make_user()
+    wedding = make_wedding(couple=(couple,), venue_name="Old Barn", guest_count=80)
+    planner_co = make_supplier(category=Supplier.Category.PLANNER, users=(planner,))
+    booking = make_booking(supplier=planner_co, wedding=wedding)
+    item = make_item(wedding=wedding, title="Ceremony", start=(14, 0))
+    return {
+        "wedding": wedding,
+        "planner": planner,
+        "couple": couple,
+        "outsider": outsider,
+        "planner_co": planner_co,
+        "booking": booking,
+        "item": item,
+    }
+
+
+def _post(world, text: str = "hello"):
+    return event_publish(
+        topic=world["wedding"].topic,
+        event="message.posted",
+        payload={"text": text},
+        user=world["planner"],
+    )
+
+
+def _cached(wedding_id: int):
+    return get_cache().get(snapshot_key(wedding_id))
+
+
+@pytest.mark.django_db
+def test_snapshot_get__second_read_is_served_from_cache_without_queries(
+    world, django_assert_num_queries
+):
+    # given
+    wedding_id = world["wedding"].pk
+    first = snapshot_get(wedding_id)
+
+    # when
+    with django_assert_num_queries(0):
+        second = snapshot_get(wedding_id)
+
+    # then
+    assert second == first == snapshot_load(wedding_id)
+    assert [item["title"] for item in second["timeline"]] == ["Ceremony"]
+
+
+@COMMITS
+def test_snapshot_get__stored_event_invalidates_it_after_commit(world):
+    # given
+    wedding_id = world["wedding"].pk
+    assert snapshot_get(wedding_id)["seq"] == 0
+
+    # when
+    stored = _post(world).event
+
+    # then
+    assert _cached(wedding_id) is None
+    fresh = snapshot_get(wedding_id)
+    assert fresh["seq"] == stored.seq == 1
+    assert fresh == snapshot_load(wedding_id)
+
+
+@COMMITS
+def test_snapshot_get__timeline_event_shows_in_the_next_read(world):
+    # given
+    wedding_id = world["wedding"].pk
+    snapshot_get(wedding_id)
+
+    # when
+    event_publish(
+        topic=world["wedding"].topic,
+        event="timeline.item.created",
+        payload={"title": "Speeches", "starts_at": "2026-06-13T18:00:00Z"},
+        user=world["planner"],
+    )
+
+    # then
+    state = snapshot_get(wedding_id)
+    assert [item["title"] for item in state["timeline"]] == ["Ceremony", "Speeches"]
+    assert state["seq"] == 1
+
+
+@COMMITS
+def test_snapshot_get__rolled_back_event_does_not_change_it(world):
+    # given
+    wedding_id = world["wedding"].pk
+    before = snapshot_get(wedding_id)
+
+    # when
+    with pytest.raises(RuntimeError), transaction.atomic():
+        _post(world, "never stored")
+        raise RuntimeError("roll back")
+
+    # then
+    assert snapshot_get(wedding_id) == before
+    assert before["seq"] == 0
+
+
+@pytest.mark.django_db
+def test_snapshot_get__admin_style_timeline_item_save_invalidates_it(world):
+    # given: the admin writes the ORM directly, without an event
+    wedding_id = world["wedding"].pk
+    snapshot_get(wedding_id)
+    item = world["item"]
+
+    # when
+    item.title = "Vows"
+    item.save()
+
+    # then
+    assert [entry["title"] for entry in snapshot_get(wedding_id)["timeline"]] == ["Vows"]
+
+
+@pytest.mark.django_db
+def test_snapshot_get__domain_writes_invalidate_it(world):
+    wedding, wedding_id = world["wedding"], world["wedding"].pk
+    snapshot_get(wedding_id)
+
+    wedding.guest_count = 120
+    wedding.save()
+    assert snapshot_get(wedding_id)["wedding"]["guest_count"] == 120
+
+    world["planner_co"].name = "Plan It Ltd"
+    world["planner_co"].save()
+    assert [s["name"] for s in snapshot_get(wedding_id)["suppliers"]] == ["Plan It Ltd"]
+
+    photo_co = make_supplier()
+    world["item"].suppliers.add(photo_co)
+    assert snapshot_get(wedding_id)["timeline"][0]["supplier_ids"] == [photo_co.pk]
+
+    world["booking"].active = False
+    world["booking"].save()
+    assert snapshot_get(wedding_id)["suppliers"] == []
+
+    world["item"].delete()
+    assert snapshot_get(wedding_id)["timeline"] == []
+
+
+@COMMITS
+def test_snapshot_api__returns_the_uncached_snapshot_json_and_checks_visibility_each_time(
+    world,
+):
+    # given
+    wedding_id = world["wedding"].pk
+    _post(world)
+    path = f"/api/weddings/{wedding_id}/"
+    couple = Client()
+    couple.force_login(world["couple"])
+    outsider = Client()
+    outsider.force_login(world["outsider"])
+
+    # when
+    first = couple.get(path)
+    second = couple.get(path)  # from the cache
+    refused = outsider.get(path)  # the snapshot is cached, yet the check still runs
+
+    # then
+    assert first.status_code == second.status_code == 200
+    expected = orjson.loads(orjson.dumps(snapshot_load(wedding_id)))
+    assert orjson.loads(first.content) == orjson.loads(second.content) == expected
+    assert set(expected) == {"wedding", "timeline", "suppliers", "statuses", "seq"}
+    assert expected["seq"] == 1
+    assert refused.status_code == 404
+    assert orjson.loads(refused.content)["error"]["code"] == "not_found"
