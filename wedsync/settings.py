@@ -192,6 +192,15 @@ else:
         }
     }
 
+# Two-tier cache (wedsync/cache.py, docs/cache.md). The L1 TTL is the staleness bound
+# when a cross-process invalidation message is lost; keep it short.
+CACHE_L1_TTL = env.float("CACHE_L1_TTL", default=5.0)  # seconds
+CACHE_L1_MAX_ENTRIES = env.int("CACHE_L1_MAX_ENTRIES", default=10_000)
+CACHE_L1_MAX_BYTES = env.int("CACHE_L1_MAX_BYTES", default=64 * 2**20)  # approximate, msgpack size
+# Every write invalidates L2 at once, so the TTL bounds memory, not staleness; 30 min is
+# two warming periods (scaling-warm-cache runs every 15 min), so warmed keys stay warm.
+CACHE_L2_TTL = env.float("CACHE_L2_TTL", default=1800.0)  # seconds in Redis
+
 # --- Celery -----------------------------------------------------------------------------
 
 CELERY_TIMEZONE = TIME_ZONE
@@ -228,6 +237,11 @@ CELERY_BEAT_SCHEDULE["realtime-prune-event-log"] = {
     "task": "realtime.tasks.prune_event_log",
     "schedule": 60 * 60,  # hourly: retention is in days, an hour late costs nothing
     "options": {"expires": 50 * 60},  # a run not started within 50 min gives way to the next
+}
+CELERY_BEAT_SCHEDULE["scaling-warm-cache"] = {
+    "task": "scaling.tasks.warm_cache",
+    "schedule": 15 * 60,  # a ceremony enters the 4 h window at least 3.75 h before it starts
+    "options": {"expires": 14 * 60},  # a late run gives way to the next one
 }
 
 # --- production hardening (effective when DEBUG is off) --------------------------------
@@ -276,6 +290,10 @@ REALTIME_OUTBOX_PUT_TIMEOUT = env.float("REALTIME_OUTBOX_PUT_TIMEOUT", default=1
 # Seconds between sweeps of a server process's connections: stale ones are closed,
 # presence refreshed, and events the channel layer lost are delivered from the log.
 REALTIME_SWEEP_INTERVAL = env.float("REALTIME_SWEEP_INTERVAL", default=5.0)
+
+# Cache warming (scaling.warming): weddings whose ceremony starts within this many hours
+# (or started within the last hour) are warmed every 15 minutes.
+CACHE_WARM_HORIZON_HOURS = env.float("CACHE_WARM_HORIZON_HOURS", default=4.0)
 
 # Declared number of ASGI server processes in this deployment. It cannot be detected, so
 # the operator states it; a system check refuses several with the in-process layer.
