@@ -15,18 +15,12 @@ from django.test import Client
 from realtime.services import event_publish
 from realtime.snapshots import snapshot_get, snapshot_key, snapshot_load
 from tests.factories import make_booking, make_item, make_supplier, make_user, make_wedding
-from wedsync.cache import get_cache, reset_cache
+from wedsync.cache import get_cache
 from wedsync.models import Supplier
 
 pytestmark = [pytest.mark.timeout(30)]
 COMMITS = pytest.mark.django_db(transaction=True)
 
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    reset_cache()
-    yield
-    reset_cache()
 
 
 @pytest.fixture

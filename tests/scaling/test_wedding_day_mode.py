@@ -11,16 +11,9 @@ from scaling.models import WeddingDayModeChange
 from scaling.selectors import wedding_day_mode
 from scaling.services import wedding_day_mode_set
 from tests.factories import make_user
-from wedsync.cache import reset_cache
 
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(30)]
 
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    reset_cache()
-    yield
-    reset_cache()
 
 
 @pytest.fixture

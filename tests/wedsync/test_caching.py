@@ -9,18 +9,12 @@ from realtime.errors import RealtimeError
 from realtime.session import still_allowed
 from realtime.topics import authorize_subscribe
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
-from wedsync.cache import get_cache, reset_cache
+from wedsync.cache import get_cache
 from wedsync.caching import access_key, supplier_profile, user_access, user_access_load
 from wedsync.models import SupplierMembership
 
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(30)]
 
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    reset_cache()
-    yield
-    reset_cache()
 
 
 @pytest.fixture
