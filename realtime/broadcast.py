@@ -57,10 +57,9 @@ def event_frame_text(event: Event) -> str:
     return orjson.dumps(event_frame(event)).decode()
 
 
-async def _send(topic: str, message: dict[str, Any]) -> None:
-    await asyncio.wait_for(
-        get_channel_layer().group_send(group_name(topic), message), SEND_TIMEOUT_SECONDS
-    )
+async def group_send_bounded(group: str, message: dict[str, Any]) -> None:
+    """``group_send`` that gives up after SEND_TIMEOUT_SECONDS (a stuck Redis)."""
+    await asyncio.wait_for(get_channel_layer().group_send(group, message), SEND_TIMEOUT_SECONDS)
 
 
 def broadcast_event(event: Event) -> None:
@@ -72,7 +71,7 @@ def broadcast_event(event: Event) -> None:
             "seq": event.seq,
             "text": event_frame_text(event),
         }
-        async_to_sync(_send)(event.topic, message)
+        async_to_sync(group_send_bounded)(group_name(event.topic), message)
     except Exception:
         logger.exception(
             "broadcast of %s#%s failed; subscribers will catch up from the event log",

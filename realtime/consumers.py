@@ -26,6 +26,13 @@ from .delivery import Outbox, OutboxFull, TopicStream, deliver, fill, finish_syn
 from .errors import RealtimeError
 from .limits import PublishLimiter
 from .presence import get_presence_store
+from .protocol import (
+    CLOSE_OVERLOADED,
+    CLOSE_POLICY,
+    CLOSE_STALE,
+    CLOSE_TOO_LARGE,
+    CLOSE_UNAUTHENTICATED,
+)
 from .session import (
     authorize_topics,
     member_infos,
@@ -36,12 +43,6 @@ from .session import (
 
 logger = logging.getLogger(__name__)
 
-CLOSE_STALE = 4000
-CLOSE_UNAUTHENTICATED = 4001
-CLOSE_POLICY = 4008
-CLOSE_TOO_LARGE = 4009
-CLOSE_OVERLOADED = 1013
-CLOSE_RESTART = 1012
 
 
 class RealtimeConsumer(AsyncConsumer):
@@ -98,7 +99,7 @@ class RealtimeConsumer(AsyncConsumer):
         if self.closing:
             return
         self.closing = True
-        if code not in (CLOSE_OVERLOADED,):
+        if code != CLOSE_OVERLOADED:  # a client too slow to drain gets no more frames
             await self.outbox.drain()
         await self.send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 

@@ -13,12 +13,10 @@ database, ``session.still_allowed``, so it is exact either way.)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
@@ -27,22 +25,17 @@ from django.dispatch import receiver
 import wedsync.caching  # noqa: F401  (first: connects the access-cache receivers)
 from wedsync.models import Booking, SupplierMembership
 
-from . import broadcast, snapshots  # noqa: F401  (snapshots: connects its receivers)
-from .broadcast import group_name
+from . import snapshots  # noqa: F401  (connects its receivers)
+from .broadcast import group_name, group_send_bounded
 from .session import user_group_name
 
 logger = logging.getLogger(__name__)
 
 
-async def _send(group: str, message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    await asyncio.wait_for(layer.group_send(group, message), broadcast.SEND_TIMEOUT_SECONDS)
-
-
 def _send_after_commit(group: str, message: dict[str, Any]) -> None:
     def send() -> None:
         try:
-            async_to_sync(_send)(group, message)
+            async_to_sync(group_send_bounded)(group, message)
         except Exception:  # connections re-check on their next publish anyway
             logger.warning("could not notify %s", group, exc_info=True)
 
