@@ -169,7 +169,7 @@ def test_recheck__is_sent_after_the_access_cache_is_dropped(
     async def record(group, message):
         seen.append(get_cache().get(access_key(vendor.pk)))
 
-    monkeypatch.setattr(signals, "_send", record)
+    monkeypatch.setattr(signals, "group_send_bounded", record)
 
     # when
     with django_capture_on_commit_callbacks(execute=True):
