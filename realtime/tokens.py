@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core import signing
 from django.utils.crypto import constant_time_compare
+
+from wedsync.caching import user_cached
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser as User
@@ -153,11 +154,9 @@ def token_authenticate(token: str) -> User:
     user_id, expires, fingerprint = _payload(token)
     if _now() >= expires:
         raise TokenExpired()
-    user_model = get_user_model()
-    try:
-        user = user_model._default_manager.get(pk=user_id)
-    except (user_model.DoesNotExist, ValueError, TypeError):
-        raise TokenInvalid() from None
+    user = user_cached(user_id)  # a connect-path read: through the cache
+    if user is None:
+        raise TokenInvalid()
     if not _fingerprint_matches(user, fingerprint):
         raise TokenInvalid()
     if not user.is_active:

@@ -416,9 +416,9 @@ def get_cache() -> TwoTierCache:
                 if settings.REDIS_URL
                 else None
             )
-            # CACHE_NAMESPACE is not an environment setting: tests set a unique one per test.
+            # Tests set a unique CACHE_NAMESPACE per test.
             cache = TwoTierCache(
-                l1=l1, l2=l2, namespace=getattr(settings, "CACHE_NAMESPACE", "wedsync")
+                l1=l1, l2=l2, namespace=settings.CACHE_NAMESPACE
             )
             cache.start_invalidation_listener()
             _cache, _cache_pid = cache, os.getpid()

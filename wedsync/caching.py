@@ -4,6 +4,8 @@
   user — read on every subscribe, so cached. Only the subscribe check uses it: publish
   and the re-check of live subscriptions read the database (writes must be exact).
 * ``supplier_profile(supplier_id)`` (key ``supplier:<id>``): a supplier's public card.
+* ``user_cached(user_id)`` (key ``user:<id>``): the user row behind a session or token,
+  read on every WebSocket connect and request (``wedsync.auth_backends``).
 
 Every write that can change a value drops it twice: at once (later reads in the same
 transaction see the change) and after commit (a reader that loaded the old rows in
@@ -18,6 +20,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core import serializers
 from django.db import transaction
 from django.db.models import Q
 from django.db.models.signals import m2m_changed, post_delete, post_save
@@ -73,6 +76,33 @@ def user_access_load(user_id: int) -> dict[str, Any]:
 def user_access(user_id: int) -> dict[str, Any]:
     """``{"active", "staff", "weddings": [ids], "suppliers": [ids]}`` through the cache."""
     return get_cache().get_or_load(access_key(user_id), lambda: user_access_load(user_id))
+
+
+def user_key(user_id: int) -> str:
+    """The cache key of a user row."""
+    return f"user:{user_id}"
+
+
+def user_row_load(user_id: Any) -> str | None:
+    """The user row as Django's JSON serialisation (every field, so it can be saved)."""
+    user = get_user_model()._default_manager.filter(pk=user_id).first()
+    return None if user is None else serializers.serialize("json", [user])
+
+
+def user_cached(user_id: Any) -> Any:
+    """The user with this primary key through the cache, or None when there is none.
+
+    The instance is complete (it may be saved, e.g. by a password change); a save or
+    delete of the user drops the cached row.
+    """
+    try:
+        user_id = int(user_id)
+    except (TypeError, ValueError):
+        return None
+    row = get_cache().get_or_load(user_key(user_id), lambda: user_row_load(user_id))
+    if row is None:
+        return None
+    return next(serializers.deserialize("json", row)).object
 
 
 def supplier_profile_load(supplier_id: int) -> dict[str, Any] | None:
@@ -152,6 +182,7 @@ def _couple_changed(
 @receiver(post_delete, sender=settings.AUTH_USER_MODEL, dispatch_uid="access_user_deleted")
 def _user_changed(sender: type, instance: Any, **kwargs: Any) -> None:
     access_invalidate([instance.pk])
+    _invalidate([user_key(instance.pk)])
 
 
 @receiver(post_save, sender=Supplier, dispatch_uid="supplier_profile_saved")

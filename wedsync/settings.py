@@ -103,6 +103,28 @@ DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASE_IS_SQLITE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+# PostgreSQL through psycopg 3's connection pool (Django's OPTIONS["pool"]): a checkout
+# costs no TCP + auth handshake, and the pool bounds a process's connections. The pool
+# replaces persistent connections, so CONN_MAX_AGE must stay 0 with it. A connection the
+# server killed is discarded when it is returned broken; the one call that used it fails
+# with `unavailable` and the client retries (docs/operations.md).
+DATABASE_POOL = env.bool("DATABASE_POOL", default=True)
+DATABASE_POOL_MIN_SIZE = env.int("DATABASE_POOL_MIN_SIZE", default=1)
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=8)
+DATABASE_POOL_TIMEOUT = env.float("DATABASE_POOL_TIMEOUT", default=2.0)  # seconds to wait
+if not DATABASE_IS_SQLITE:
+    _pg_options = DATABASES["default"].setdefault("OPTIONS", {})
+    # Names this process's sessions in pg_stat_activity (operators and the fault tests).
+    _pg_options.setdefault("application_name", env.str("DATABASE_APPLICATION_NAME", "wedsync"))
+    _pg_options.setdefault("connect_timeout", 5)
+    if DATABASE_POOL:
+        if DATABASES["default"]["CONN_MAX_AGE"]:
+            raise ImproperlyConfigured("DATABASE_CONN_MAX_AGE must be 0 with DATABASE_POOL")
+        _pg_options["pool"] = {
+            "min_size": DATABASE_POOL_MIN_SIZE,
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": DATABASE_POOL_TIMEOUT,
+        }
 if DATABASE_IS_SQLITE:
     # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock at BEGIN,
     # which serialises writers per transaction (the event log's seq allocation relies on
@@ -136,6 +158,13 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 LOGIN_URL = "admin:login"
+
+# Sessions and users are read on every WebSocket connect and request: through the cache
+# (sessions: Django's cached_db; users: wedsync.auth_backends), so a reconnect storm does
+# not turn into two queries per connection, and a signed-in user keeps being recognised
+# while the database is briefly unreachable.
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+AUTHENTICATION_BACKENDS = ["wedsync.auth_backends.CachedModelBackend"]
 
 # --- Redis: channel layer, cache tier, Celery broker -----------------------------------
 
@@ -200,6 +229,9 @@ CACHE_L1_MAX_BYTES = env.int("CACHE_L1_MAX_BYTES", default=64 * 2**20)  # approx
 # Every write invalidates L2 at once, so the TTL bounds memory, not staleness; 30 min is
 # two warming periods (scaling-warm-cache runs every 15 min), so warmed keys stay warm.
 CACHE_L2_TTL = env.float("CACHE_L2_TTL", default=1800.0)  # seconds in Redis
+# Prefix of the two-tier cache's keys and invalidation channel: deployments (or test
+# runs) sharing one Redis keep apart by it.
+CACHE_NAMESPACE = env.str("CACHE_NAMESPACE", default="wedsync")
 
 # --- Celery -----------------------------------------------------------------------------
 
@@ -290,6 +322,25 @@ REALTIME_OUTBOX_PUT_TIMEOUT = env.float("REALTIME_OUTBOX_PUT_TIMEOUT", default=1
 # Seconds between sweeps of a server process's connections: stale ones are closed,
 # presence refreshed, and events the channel layer lost are delivered from the log.
 REALTIME_SWEEP_INTERVAL = env.float("REALTIME_SWEEP_INTERVAL", default=5.0)
+
+# Connections (realtime/connections.py, PROTOCOL §8 close 4029): open WebSockets per user
+# and per supplier, counted across every server process (in Redis; in-process on the
+# embedded default). Wedding-day mode multiplies the supplier limit.
+REALTIME_MAX_CONNECTIONS_PER_USER = env.int("REALTIME_MAX_CONNECTIONS_PER_USER", default=20)
+REALTIME_MAX_CONNECTIONS_PER_SUPPLIER = env.int(
+    "REALTIME_MAX_CONNECTIONS_PER_SUPPLIER", default=200
+)
+REALTIME_WEDDING_DAY_MULTIPLIER = env.int("REALTIME_WEDDING_DAY_MULTIPLIER", default=10)
+# A registry entry lives this long after its last heartbeat (every sweep), so the
+# connections of a crashed process stop counting within this many seconds.
+REALTIME_CONNECTION_TTL = env.int("REALTIME_CONNECTION_TTL", default=30)
+# On SIGTERM (wedsync.serve): seconds to let in-flight frames finish before the
+# connections are closed with 1012, and then for the clients to go.
+REALTIME_SHUTDOWN_GRACE = env.float("REALTIME_SHUTDOWN_GRACE", default=10.0)
+# Circuit breakers around Redis (wedsync/breaker.py): failures in a row that open one, and
+# seconds before an open one lets a probe call through.
+REDIS_BREAKER_FAILURES = env.int("REDIS_BREAKER_FAILURES", default=3)
+REDIS_BREAKER_RESET = env.float("REDIS_BREAKER_RESET", default=2.0)
 
 # Cache warming (scaling.warming): weddings whose ceremony starts within this many hours
 # (or started within the last hour) are warmed every 15 minutes.
