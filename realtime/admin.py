@@ -12,7 +12,9 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from realtime.models import Ack, Event, TopicCursor
+from realtime.models import Ack, Event, ReadOnlyModeChange, TopicCursor
+from realtime.services import read_only_mode_set
+from scaling.admin import SwitchLogAdmin
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -57,3 +59,10 @@ class TopicCursorAdmin(ReadOnlyAdmin):
     list_display = ("topic", "last_seq")
     search_fields = ("topic",)
     ordering = ("topic",)
+
+
+@admin.register(ReadOnlyModeChange)
+class ReadOnlyModeChangeAdmin(SwitchLogAdmin):
+    """Maintenance: while on, publishes and acks are refused with the reason given here."""
+
+    switch_service = read_only_mode_set

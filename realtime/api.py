@@ -1,4 +1,5 @@
-"""HTTP API of PROTOCOL §9 (rows 1 to 5): token, weddings, snapshot, history, publish.
+"""HTTP API of PROTOCOL §9 (rows 1 to 5): token, weddings, snapshot, history, publish; and
+the staff view of open connections.
 
 Every endpoint accepts the Django session (with CSRF for writes) or a token as
 ``Authorization: Bearer <token>``. Errors are JSON ``{"error": {"code", "message"}}``;
@@ -12,17 +13,22 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
+from scaling.selectors import wedding_day_mode
 from wedsync import selectors as domain
-from wedsync.models import Wedding
+from wedsync.caching import user_access
+from wedsync.models import Supplier, Wedding
 
 from . import selectors, services
 from .broadcast import event_frame
+from .connections import get_connection_registry, supplier_limit
 from .errors import RealtimeError, topic_forbidden
 from .protocol import MAX_FRAME_BYTES
 from .snapshots import snapshot_get, wedding_summary
@@ -137,11 +143,28 @@ def wedding_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     Visibility is checked on every request, against the database; only the snapshot,
     the same for everyone who may see the wedding, comes from the cache.
     """
-    wedding = _visible_wedding(request, wedding_id)
-    state = snapshot_get(wedding.pk)
+    try:
+        wedding_id = _visible_wedding(request, wedding_id).pk
+    except DatabaseError:
+        return _snapshot_while_database_down(request, wedding_id)
+    state = snapshot_get(wedding_id)
     if state is None:  # deleted since the check
-        raise ApiError("not_found", topic_forbidden(wedding.topic).message, 404)
+        raise ApiError("not_found", topic_forbidden(f"wedding:{wedding_id}").message, 404)
     return json_response(state)
+
+
+def _snapshot_while_database_down(request: HttpRequest, wedding_id: int) -> HttpResponse:
+    """The database is unreachable: answer from the cache (the user's cached access and
+    the cached snapshot), marked read-only; 503 when either is not cached."""
+    access = user_access(request.user.pk)  # DatabaseError (503) if not cached
+    if not access["active"] or (not access["staff"] and wedding_id not in access["weddings"]):
+        raise ApiError("not_found", topic_forbidden(f"wedding:{wedding_id}").message, 404)
+    state = snapshot_get(wedding_id)
+    if state is None:
+        raise ApiError("not_found", topic_forbidden(f"wedding:{wedding_id}").message, 404)
+    response = json_response(state)
+    response["X-WedSync-Read-Only"] = "database unreachable; served from the cache"
+    return response
 
 
 def _int_param(request: HttpRequest, name: str, default: int, low: int, high: int) -> int:
@@ -210,3 +233,43 @@ def _publish(request: HttpRequest, wedding_id: int) -> HttpResponse:
     if not result.created:
         body["duplicate"] = True
     return json_response(body, 201 if result.created else 200)
+
+
+@api_view("GET")
+def connections_view(request: HttpRequest) -> HttpResponse:
+    """Staff: open WebSocket connections per supplier and per wedding, across processes,
+    with the limits in force (``degraded``: Redis is down and the counts are this
+    process's only)."""
+    if not request.user.is_staff:
+        raise ApiError("forbidden", "staff only", 403)
+    registry = get_connection_registry()
+    suppliers = async_to_sync(registry.totals)("supplier")
+    weddings = async_to_sync(registry.totals)("wedding")
+    wedding_day = bool(wedding_day_mode()["enabled"])
+    names = dict(Supplier.objects.filter(pk__in=suppliers).values_list("pk", "name"))
+    wedding_rows = {w.pk: w for w in Wedding.objects.filter(pk__in=weddings)}
+    return json_response(
+        {
+            "wedding_day_mode": wedding_day,
+            "limits": {
+                "per_user": settings.REALTIME_MAX_CONNECTIONS_PER_USER,
+                "per_supplier": supplier_limit(wedding_day),
+            },
+            "degraded": registry.degraded,
+            "suppliers": [
+                {"id": pk, "name": names[pk], "connections": n}
+                for pk, n in sorted(suppliers.items(), key=lambda kv: (-kv[1], kv[0]))
+                if pk in names
+            ],
+            "weddings": [
+                {
+                    "id": pk,
+                    "name": str(wedding_rows[pk]),
+                    "date": wedding_rows[pk].date.isoformat(),
+                    "connections": n,
+                }
+                for pk, n in sorted(weddings.items(), key=lambda kv: (-kv[1], kv[0]))
+                if pk in wedding_rows
+            ],
+        }
+    )

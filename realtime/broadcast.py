@@ -17,6 +17,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from realtime.models import Event
+from wedsync.breaker import CircuitOpen, redis_breaker
 from wedsync.selectors import wire_time
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,16 @@ def event_frame_text(event: Event) -> str:
 
 
 async def group_send_bounded(group: str, message: dict[str, Any]) -> None:
-    """``group_send`` that gives up after SEND_TIMEOUT_SECONDS (a stuck Redis)."""
-    await asyncio.wait_for(get_channel_layer().group_send(group, message), SEND_TIMEOUT_SECONDS)
+    """``group_send`` through the channel layer's breaker, given up after
+    SEND_TIMEOUT_SECONDS (a stuck Redis); raises ``CircuitOpen`` at once while Redis is
+    known to be down, so publishes do not wait on it."""
+
+    async def send() -> None:
+        await asyncio.wait_for(
+            get_channel_layer().group_send(group, message), SEND_TIMEOUT_SECONDS
+        )
+
+    await redis_breaker("channel-layer").acall(send)
 
 
 def broadcast_event(event: Event) -> None:
@@ -72,6 +81,8 @@ def broadcast_event(event: Event) -> None:
             "text": event_frame_text(event),
         }
         async_to_sync(group_send_bounded)(group_name(event.topic), message)
+    except CircuitOpen:  # the breaker logged the outage once; receivers catch up later
+        logger.debug("channel layer down; %s#%s not broadcast", event.topic, event.seq)
     except Exception:
         logger.exception(
             "broadcast of %s#%s failed; subscribers will catch up from the event log",

@@ -73,7 +73,7 @@ class RealtimeClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | list[str],
         *,
         token: str | None = None,
         on_event: Callback | None = None,
@@ -89,7 +89,12 @@ class RealtimeClient:
         gap_timeout: float = GAP_TIMEOUT,
         extra_headers: dict[str, str] | None = None,
     ) -> None:
-        self.url, self.extra_headers = url, extra_headers
+        # Several URLs (server processes behind no balancer): reconnects go round them,
+        # so a client of a dead or restarting process moves to the next one.
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("RealtimeClient needs at least one URL")
+        self.url, self.extra_headers = self.urls[0], extra_headers
         self.token = token  # may be replaced (a fresh token) before connect() after a 4001
         self.on_event, self.on_presence, self.on_state = on_event, on_presence, on_state
         self.on_reset, self.on_topic_error = on_reset, on_topic_error
@@ -292,6 +297,7 @@ class RealtimeClient:
             while True:
                 await asyncio.sleep(self._backoff(code))
                 self._attempt += 1
+                self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
                 try:
                     ws = await self._open()
                     break

@@ -19,22 +19,29 @@ from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from django.conf import settings
+from django.db import DatabaseError
+
+from wedsync.breaker import redis_breaker
 
 from . import protocol, services
 from .broadcast import group_name
+from .connections import Connection, get_connection_registry, supplier_limit
 from .delivery import Outbox, OutboxFull, TopicStream, deliver, fill, finish_sync
 from .errors import RealtimeError
 from .limits import PublishLimiter
 from .presence import get_presence_store
 from .protocol import (
+    CLOSE_CONNECTION_LIMIT,
     CLOSE_OVERLOADED,
     CLOSE_POLICY,
+    CLOSE_RESTARTING,
     CLOSE_STALE,
     CLOSE_TOO_LARGE,
     CLOSE_UNAUTHENTICATED,
 )
 from .session import (
     authorize_topics,
+    connect_facts,
     member_infos,
     still_allowed,
     sync_positions,
@@ -43,6 +50,21 @@ from .session import (
 
 logger = logging.getLogger(__name__)
 
+# Seconds a channel-layer group join or leave may take before it counts as failed (a
+# stuck Redis); a failed join is retried by the sweep, events meanwhile come from the log.
+GROUP_TIMEOUT_S = 2.0
+
+
+def _wedding_ids(topics: list[str]) -> list[int]:
+    return [int(t.split(":", 1)[1]) for t in topics if t.startswith("wedding:")]
+
+
+def _database_unavailable() -> RealtimeError:
+    return RealtimeError(
+        "unavailable",
+        "the database is unreachable right now; nothing was stored, send it again"
+        " (with the same idempotency_key) in a few seconds",
+    )
 
 
 class RealtimeConsumer(AsyncConsumer):
@@ -66,6 +88,9 @@ class RealtimeConsumer(AsyncConsumer):
         self.members: dict[str, dict] = {}
         self.last_seen = time.monotonic()
         self.closing = False
+        self.inflight = 0  # frames being handled (a graceful shutdown waits for them)
+        self.unjoined: set[str] = set()  # groups a failed join left out; the sweep retries
+        self.connection: Connection | None = None
         self.user = self.scope.get("user")
         await self.send({"type": "websocket.accept"})
         self.outbox = Outbox(
@@ -73,26 +98,78 @@ class RealtimeConsumer(AsyncConsumer):
             maxsize=settings.REALTIME_OUTBOX_SIZE,
             put_timeout=settings.REALTIME_OUTBOX_PUT_TIMEOUT,
         )
+        if registry.draining:
+            await self.close(CLOSE_RESTARTING, "server restarting; reconnect")
+            return
         if self.user is None or not self.user.is_authenticated:
             await self.close(CLOSE_UNAUTHENTICATED, "authentication required")
             return
+        if not await self._register():
+            return
         self.limiter = PublishLimiter()
         self.presence = get_presence_store()
-        await self.channel_layer.group_add(user_group_name(self.user.pk), self.channel_name)
+        await self._group_add(user_group_name(self.user.pk))
         registry.add(self)
+
+    async def _register(self) -> bool:
+        """Count this connection against its user's and suppliers' limits (4029 if over)."""
+        try:
+            suppliers, wedding_day = await database_sync_to_async(connect_facts)(self.user.pk)
+        except DatabaseError:
+            suppliers, wedding_day = (), False  # counted per user only until the next connect
+        connection = Connection(self.conn_id, self.user.pk, suppliers)
+        refusal = await get_connection_registry().register(
+            connection, supplier_limit=supplier_limit(wedding_day)
+        )
+        if refusal is not None:
+            logger.info("connection refused (4029): %s", refusal.reason)
+            await self.close(CLOSE_CONNECTION_LIMIT, refusal.reason)
+            return False
+        self.connection = connection
+        return True
 
     async def websocket_disconnect(self, message: dict) -> None:
         registry.discard(self)
         outbox = getattr(self, "outbox", None)
         if outbox is not None:
             outbox.stop()
+        if getattr(self, "connection", None) is not None:
+            await get_connection_registry().unregister(self.connection)
         if getattr(self, "user", None) is not None and self.user.is_authenticated:
             for topic in list(self.streams):
                 await self._drop_topic(topic)
-            await self.channel_layer.group_discard(
-                user_group_name(self.user.pk), self.channel_name
-            )
+            await self._group_discard(user_group_name(self.user.pk))
         raise StopConsumer
+
+    async def _group_add(self, group: str) -> None:
+        async def join() -> None:
+            await asyncio.wait_for(
+                self.channel_layer.group_add(group, self.channel_name), GROUP_TIMEOUT_S
+            )
+
+        try:
+            await redis_breaker("channel-layer").acall(join)
+        except Exception:
+            # Redis is down: events still reach this connection from the log (the
+            # sweep's catch-up) until the retried join succeeds.
+            logger.warning("group join %s failed; the sweep retries it", group)
+            self.unjoined.add(group)
+        else:
+            self.unjoined.discard(group)
+
+    async def _group_discard(self, group: str) -> None:
+        self.unjoined.discard(group)
+        try:
+            await asyncio.wait_for(
+                self.channel_layer.group_discard(group, self.channel_name), GROUP_TIMEOUT_S
+            )
+        except Exception:
+            logger.warning("group leave %s failed", group)
+
+    async def retry_joins(self) -> None:
+        """Join the groups a failed join left out (the sweep calls this)."""
+        for group in sorted(self.unjoined):
+            await self._group_add(group)
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close the socket once, after the frames already queued for it."""
@@ -112,6 +189,13 @@ class RealtimeConsumer(AsyncConsumer):
         if self.closing:
             return
         self.last_seen = time.monotonic()
+        self.inflight += 1
+        try:
+            await self._receive(message)
+        finally:
+            self.inflight -= 1
+
+    async def _receive(self, message: dict) -> None:
         text, data = message.get("text"), message.get("bytes")
         try:
             frame = protocol.decode_frame(
@@ -132,6 +216,10 @@ class RealtimeConsumer(AsyncConsumer):
                 await self.close(CLOSE_POLICY, "rate limit exceeded repeatedly")
         except OutboxFull:
             await self.close(CLOSE_OVERLOADED, "client too slow")
+        except DatabaseError:
+            # Nothing was stored: the transaction rolled back. The client retries.
+            logger.warning("frame %s failed: database unreachable", type(frame).__name__)
+            await self._reply(protocol.reply_error(frame.ref, _database_unavailable()))
         except Exception:
             logger.exception("frame %s failed", type(frame).__name__)
             err = RealtimeError("unavailable", "the server could not handle this frame")
@@ -155,6 +243,10 @@ class RealtimeConsumer(AsyncConsumer):
                 await self._reply(protocol.reply_ok(frame.ref, topics=list(frame.topics)))
             case protocol.Publish():
                 self.limiter.check(frame.event)
+                if registry.draining:
+                    raise RealtimeError(
+                        "unavailable", "server restarting; send it again after reconnecting"
+                    )
                 result = await database_sync_to_async(services.event_publish)(
                     topic=frame.topic,
                     event=frame.event,
@@ -206,7 +298,9 @@ class RealtimeConsumer(AsyncConsumer):
         # both ways and the duplicate is dropped; none can fall between the two.
         for topic in allowed:
             self.streams[topic] = TopicStream(topic)
-            await self.channel_layer.group_add(group_name(topic), self.channel_name)
+            await self._group_add(group_name(topic))
+        if self.connection is not None:
+            await get_connection_registry().track_weddings(self.connection, _wedding_ids(allowed))
         since = {t: requested[t].since for t in allowed}
         positions = await sync_positions(since)
         for topic in allowed:
@@ -236,7 +330,9 @@ class RealtimeConsumer(AsyncConsumer):
     async def _drop_topic(self, topic: str) -> None:
         if self.streams.pop(topic, None) is None:
             return
-        await self.channel_layer.group_discard(group_name(topic), self.channel_name)
+        await self._group_discard(group_name(topic))
+        if self.connection is not None:
+            await get_connection_registry().untrack_weddings(self.connection, _wedding_ids([topic]))
         member = self.members.pop(topic, None)
         if member is None:
             return
@@ -334,12 +430,19 @@ class RealtimeConsumer(AsyncConsumer):
                 await self.close(CLOSE_OVERLOADED, "client too slow")
 
 
+async def _poll_until(condition: Any, deadline: float) -> None:
+    """Wait until ``condition()`` holds or the monotonic ``deadline`` passes."""
+    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110 -- bounded poll
+        await asyncio.sleep(0.05)
+
+
 class Registry:
-    """The connections of this process, for the periodic sweep."""
+    """The connections of this process: the periodic sweep and the graceful shutdown."""
 
     def __init__(self) -> None:
         self._consumers: set[RealtimeConsumer] = set()
         self._task: asyncio.Task | None = None
+        self.draining = False  # set on SIGTERM: no new connections, no new publishes
 
     def add(self, consumer: RealtimeConsumer) -> None:
         self._consumers.add(consumer)
@@ -351,6 +454,22 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._consumers)
+
+    async def shutdown(self, grace: float) -> None:
+        """Drain this process (SIGTERM): refuse new connections and publishes, let the
+        frames in flight finish (up to ``grace`` seconds), then close every connection
+        with 1012 after what is queued for it, so its client reconnects elsewhere with
+        ``since`` and misses nothing."""
+        self.draining = True
+        deadline = time.monotonic() + grace
+        await _poll_until(lambda: not any(c.inflight for c in self._consumers), deadline)
+        consumers = list(self._consumers)
+        logger.warning("shutting down: closing %d connections with 1012", len(consumers))
+        await asyncio.gather(
+            *(c.close(CLOSE_RESTARTING, "server restarting; reconnect") for c in consumers),
+            return_exceptions=True,
+        )
+        await _poll_until(lambda: not self._consumers, deadline)
 
     async def _sweep_forever(self) -> None:
         from .session import topic_positions
@@ -375,6 +494,11 @@ class Registry:
             topics.update(consumer.streams)
             if consumer.members:
                 await consumer.refresh_presence()
+            if consumer.unjoined:
+                await consumer.retry_joins()
+        await get_connection_registry().heartbeat(
+            c.connection for c in consumers if c.connection is not None and not c.closing
+        )
         if not topics:
             return
         # One query for the whole process: the current seq of every subscribed topic.

@@ -99,3 +99,30 @@ class Ack(models.Model):
 
     def __str__(self) -> str:
         return f"ack {self.event} by user {self.user_id}"
+
+
+class ReadOnlyModeChange(models.Model):
+    """One switch of read-only (maintenance) mode on or off: an append-only audit log.
+
+    While the latest row says on, publishes and acks are refused with ``unavailable``
+    and the reason; reads, replays and live delivery of stored events go on.
+    """
+
+    enabled = models.BooleanField()
+    reason = models.CharField(max_length=500)
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,  # the log outlives the account
+        related_name="+",
+    )
+    changed_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ("-changed_at", "-id")
+        verbose_name = "read-only mode change"
+
+    def __str__(self) -> str:
+        state = "on" if self.enabled else "off"
+        return f"read-only mode {state} at {self.changed_at:%Y-%m-%d %H:%M}"

@@ -10,8 +10,9 @@ sent for them.
 
 Two stores: ``RedisPresence`` (shared by every server process) and ``LocalPresence`` (one
 process, the embedded default). ``get_presence_store()`` picks by ``settings.REDIS_URL``.
-The Redis store's failures surface as ``RealtimeError("unavailable")``; the caller decides
-how to degrade.
+The Redis store's failures (and its open breaker) surface as ``RealtimeError("unavailable")``;
+``FallbackPresence``, what ``get_presence_store()`` returns with Redis, then answers from
+this process's own view.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from realtime.errors import RealtimeError
+from wedsync.breaker import CircuitOpen, redis_breaker
 
 # An entry lives this long after its last join/refresh; the consumer refreshes every
 # PRESENCE_REFRESH_S, so two refreshes can be missed (a GC pause, a slow Redis) before a
@@ -299,8 +301,8 @@ class RedisPresence:
 
     async def _run(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
         try:
-            return await script(get_redis(self.url), keys, args)
-        except (TimeoutError, RedisError, OSError) as exc:
+            return await redis_breaker("presence").acall(script, get_redis(self.url), keys, args)
+        except (TimeoutError, RedisError, OSError, CircuitOpen) as exc:
             raise RealtimeError("unavailable", "presence is unavailable right now") from exc
 
     async def join(self, topic: str, conn_id: str, member: dict) -> bool:
@@ -327,20 +329,65 @@ class RedisPresence:
         return [topics[index - 1] for index in lost]
 
 
+# --- degraded mode ----------------------------------------------------------------------
+
+
+class FallbackPresence:
+    """Redis presence that degrades to this process's view while Redis is unreachable.
+
+    Every join and leave is also applied to a local store, so during an outage
+    ``members`` answers with the users connected to this process (a partial view, never
+    an error). When Redis is back, the next refresh finds the entries it lost and the
+    consumer re-joins them there.
+    """
+
+    def __init__(self, shared: RedisPresence, local: LocalPresence) -> None:
+        self.shared, self.local = shared, local
+
+    async def join(self, topic: str, conn_id: str, member: dict) -> bool:
+        new_here = await self.local.join(topic, conn_id, member)
+        try:
+            return await self.shared.join(topic, conn_id, member)
+        except RealtimeError:
+            return new_here
+
+    async def leave(self, topic: str, conn_id: str) -> dict | None:
+        gone_here = await self.local.leave(topic, conn_id)
+        try:
+            return await self.shared.leave(topic, conn_id)
+        except RealtimeError:
+            return gone_here
+
+    async def members(self, topic: str) -> list[dict]:
+        try:
+            return await self.shared.members(topic)
+        except RealtimeError:
+            return await self.local.members(topic)
+
+    async def refresh(self, conn_id: str, topics: Iterable[str]) -> list[str]:
+        topics = list(topics)
+        await self.local.refresh(conn_id, topics)
+        try:
+            return await self.shared.refresh(conn_id, topics)
+        except RealtimeError:
+            return []
+
+
 # --- choice -----------------------------------------------------------------------------
 
 _local_store: LocalPresence | None = None
-_redis_stores: dict[str, RedisPresence] = {}
+_redis_stores: dict[str, FallbackPresence] = {}
 
 
 def get_presence_store() -> PresenceStore:
-    """The process's presence store: Redis when settings.REDIS_URL, else in-process."""
+    """The process's presence store: Redis (with the local fallback) when
+    settings.REDIS_URL, else in-process."""
     global _local_store
     url = settings.REDIS_URL
     if url:
         store = _redis_stores.get(url)
         if store is None:
-            store = _redis_stores[url] = RedisPresence(url)
+            store = _redis_stores[url] = FallbackPresence(RedisPresence(url), LocalPresence())
         return store
     if _local_store is None:
         _local_store = LocalPresence()

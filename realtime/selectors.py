@@ -1,4 +1,5 @@
-"""Reads of the event log: a topic's seq, the events after a seq, replay, acknowledgements.
+"""Reads of the event log (a topic's seq, the events after a seq, replay, acknowledgements)
+and of read-only mode.
 
 Callers pass topic strings that ``realtime.topics`` has already parsed and authorised.
 """
@@ -8,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from realtime.broadcast import utc_ms
-from realtime.models import Ack, Event, TopicCursor
+from realtime.models import Ack, Event, ReadOnlyModeChange, TopicCursor
 from wedsync import selectors as wedsync_selectors
+from wedsync.cache import get_cache
 
 
 def topic_seq(topic: str) -> int:
@@ -132,3 +134,17 @@ def vendor_statuses(topic: str) -> list[dict[str, Any]]:
             if len(latest) == len(booked):
                 break
     return [latest[supplier_id] for supplier_id in sorted(latest)]
+
+
+READ_ONLY_CACHE_KEY = "read_only_mode"
+
+
+def read_only_mode_load() -> dict[str, Any]:
+    """The current read-only mode from the database: the latest change, or off."""
+    latest = ReadOnlyModeChange.objects.select_related("changed_by").order_by("-changed_at", "-id")
+    return wedsync_selectors.switch_state(latest.first())
+
+
+def read_only_mode() -> dict[str, Any]:
+    """``{"enabled", "reason", "changed_by", "changed_at"}``, read on every publish: cached."""
+    return get_cache().get_or_load(READ_ONLY_CACHE_KEY, read_only_mode_load)

@@ -29,8 +29,10 @@ from realtime import catalogue, selectors
 from realtime.broadcast import broadcast_event
 from realtime.catalogue import invalid
 from realtime.errors import RealtimeError
-from realtime.models import Ack, Event, IdempotencyKey, TopicCursor
+from realtime.models import Ack, Event, IdempotencyKey, ReadOnlyModeChange, TopicCursor
 from realtime.topics import authorize_publish, authorize_subscribe, parse_topic
+from wedsync.cache import get_cache
+from wedsync.services import switch_reason_clean
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,37 @@ class AckResult:
     def seq(self) -> int:
         """The acknowledged event's seq (what the ack reply carries)."""
         return self.event.seq
+
+
+def writable_check() -> None:
+    """Raise ``unavailable`` with the operator's reason while read-only mode is on."""
+    mode = selectors.read_only_mode()
+    if mode["enabled"]:
+        raise RealtimeError(
+            "unavailable",
+            f"WedSync is read-only for maintenance ({mode['reason']}); nothing was stored,"
+            " send it again later",
+            read_only=True,
+        )
+
+
+def read_only_mode_set(*, enabled: bool, reason: str, user: Any) -> ReadOnlyModeChange:
+    """Switch read-only (maintenance) mode on or off, recording who did it and why.
+
+    ``reason`` is required (1 to 500 characters, not blank); ``user`` may be None for
+    an automated change. Raises ``ValidationError`` naming the field; nothing is stored.
+    """
+    reason = switch_reason_clean(enabled, reason)
+    changed_by = user if user is not None and getattr(user, "pk", None) else None
+    cache = get_cache()
+    with transaction.atomic():
+        change = ReadOnlyModeChange.objects.create(
+            enabled=enabled, reason=reason, changed_by=changed_by
+        )
+        cache.delete(selectors.READ_ONLY_CACHE_KEY)
+        transaction.on_commit(lambda: cache.delete(selectors.READ_ONLY_CACHE_KEY))
+    logger.warning("read-only mode %s: %s", "on" if enabled else "off", reason)
+    return change
 
 
 def _lock_cursor(topic: str) -> TopicCursor:
@@ -160,6 +193,7 @@ def event_publish(
     if idempotency_key is not None and (first := replay()) is not None:
         return PublishResult(first, created=False)
 
+    writable_check()
     spec = catalogue.spec_for(event)
     data = spec.validate(payload)
     ctx = catalogue.PublishContext(user=user, wedding_id=parsed.id)
@@ -246,6 +280,7 @@ def ack_record(*, user: Any, topic: str, seq: Any) -> AckResult:
     topic_name = str(parsed)
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise invalid("seq", "must be a positive integer")
+    writable_check()
     with transaction.atomic():
         acked_event = Event.objects.filter(topic=topic_name, seq=seq).first()
         if acked_event is None:

@@ -109,3 +109,13 @@ def _topic_positions(names: list[str]) -> dict[str, int]:
 
 
 topic_positions = database_sync_to_async(_topic_positions)
+
+
+def connect_facts(user_id: int) -> tuple[tuple[int, ...], bool]:
+    """What the connection limits need on connect, from the cache: the user's suppliers
+    and whether wedding-day mode is on."""
+    from scaling.selectors import wedding_day_mode
+    from wedsync.caching import user_access
+
+    suppliers = tuple(user_access(user_id)["suppliers"])
+    return suppliers, bool(wedding_day_mode()["enabled"])

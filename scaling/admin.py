@@ -1,7 +1,9 @@
-"""Admin of wedding-day mode: staff switch it by adding a change; the log is read-only."""
+"""Admin of audited on/off switches (wedding-day mode here, read-only mode in realtime):
+staff switch one by adding a change; the log is read-only."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin
@@ -11,8 +13,12 @@ from scaling.models import WeddingDayModeChange
 from scaling.services import wedding_day_mode_set
 
 
-@admin.register(WeddingDayModeChange)
-class WeddingDayModeChangeAdmin(admin.ModelAdmin):
+class SwitchLogAdmin(admin.ModelAdmin):
+    """Admin of an audited on/off switch: staff switch it by adding a change, written by
+    ``switch_service`` (stamped with who did it); the log itself is read-only."""
+
+    switch_service: Callable[..., Any]
+
     list_display = ("changed_at", "enabled", "changed_by", "reason")
     list_filter = ("enabled",)
     search_fields = ("reason", "changed_by__username")
@@ -38,13 +44,19 @@ class WeddingDayModeChangeAdmin(admin.ModelAdmin):
         return False
 
     def save_model(
-        self, request: HttpRequest, obj: WeddingDayModeChange, form: Any, change: bool
+        self, request: HttpRequest, obj: Any, form: Any, change: bool
     ) -> None:
         # Through the service (writes go through services): the change is stamped with
-        # the staff member who made it and the cached mode is dropped after commit.
+        # the staff member who made it and the cached state is dropped after commit.
         if change:  # never reached: rows are read-only
             return
-        stored = wedding_day_mode_set(enabled=obj.enabled, reason=obj.reason, user=request.user)
+        service = type(self).switch_service
+        stored = service(enabled=obj.enabled, reason=obj.reason, user=request.user)
         obj.pk, obj.reason = stored.pk, stored.reason
         obj.changed_by, obj.changed_at = stored.changed_by, stored.changed_at
         obj._state.adding, obj._state.db = False, stored._state.db
+
+
+@admin.register(WeddingDayModeChange)
+class WeddingDayModeChangeAdmin(SwitchLogAdmin):
+    switch_service = wedding_day_mode_set

@@ -8,27 +8,18 @@ from django.db import transaction
 
 from scaling.models import WeddingDayModeChange
 from wedsync.cache import get_cache
-from wedsync.selectors import wire_time
+from wedsync.selectors import switch_state
 
 CACHE_KEY = "wedding_day_mode"
 
 
 def wedding_day_mode_load() -> dict[str, Any]:
     """The current mode from the database: the latest change, or off when there is none."""
-    change = (
+    return switch_state(
         WeddingDayModeChange.objects.select_related("changed_by")
         .order_by("-changed_at", "-id")
         .first()
     )
-    if change is None:
-        return {"enabled": False, "reason": "", "changed_by": None, "changed_at": None}
-    user = change.changed_by
-    return {
-        "enabled": change.enabled,
-        "reason": change.reason,
-        "changed_by": None if user is None else {"id": user.pk, "username": user.get_username()},
-        "changed_at": wire_time(change.changed_at),
-    }
 
 
 def wedding_day_mode() -> dict[str, Any]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from scaling.models import REASON_MAX_LENGTH, WeddingDayModeChange
 from scaling.selectors import wedding_day_mode_invalidate
+from wedsync.services import switch_reason_clean
 
 
 def wedding_day_mode_set(*, enabled: bool, reason: str, user: Any) -> WeddingDayModeChange:
@@ -18,13 +18,7 @@ def wedding_day_mode_set(*, enabled: bool, reason: str, user: Any) -> WeddingDay
     an automated change. The cached mode is dropped after commit. Raises
     ``ValidationError`` naming the field; nothing is stored then.
     """
-    if not isinstance(enabled, bool):
-        raise ValidationError({"enabled": "must be true or false"})
-    if not isinstance(reason, str) or not reason.strip():
-        raise ValidationError({"reason": "a reason is required"})
-    reason = reason.strip()
-    if len(reason) > REASON_MAX_LENGTH:
-        raise ValidationError({"reason": f"at most {REASON_MAX_LENGTH} characters"})
+    reason = switch_reason_clean(enabled, reason, REASON_MAX_LENGTH)
     changed_by = user if user is not None and getattr(user, "pk", None) else None
     with transaction.atomic():
         change = WeddingDayModeChange.objects.create(

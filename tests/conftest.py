@@ -51,13 +51,17 @@ def _fast_password_hashing(settings: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(settings: Any) -> Any:
-    """Each test gets an empty process cache under its own Redis namespace."""
+    """Each test gets an empty process cache under its own Redis namespace, and closed
+    Redis breakers."""
+    from wedsync.breaker import breakers_reset
     from wedsync.cache import reset_cache
 
     settings.CACHE_NAMESPACE = f"test-{uuid.uuid4().hex[:12]}"
     reset_cache()
+    breakers_reset()
     yield
     reset_cache()
+    breakers_reset()
 
 
 @pytest.fixture

@@ -50,6 +50,9 @@ class Server:
             "REDIS_URL": settings.REDIS_URL,
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "REALTIME_SWEEP_INTERVAL": "1",
+            # The test's own cache keys: a test database's ids restart every run, and
+            # rows cached by an earlier run must not answer for them.
+            "CACHE_NAMESPACE": settings.CACHE_NAMESPACE,
             "LOG_LEVEL": "WARNING",
             **env,
         }
@@ -105,3 +108,43 @@ class Server:
                 self.proc.wait(5)
         if not self.log.closed:
             self.log.close()
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port, to kill and restart in fault
+    tests (the machine's Redis is shared by the rest of the suite)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        """Crash Redis: SIGKILL; it keeps nothing on disk, so it comes back empty."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    stop = kill

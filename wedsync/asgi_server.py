@@ -12,17 +12,13 @@ def asgi_server_command(host: str, port: int, server: str = "uvicorn") -> list[s
 
     uvicorn is the default: its WebSocket send waits while the client's socket buffer is
     full, so a slow client backs up into its own bounded outbox (closed with 1013)
-    instead of the server's memory. permessage-deflate is off: it costs ~35 KB per
-    connection and gains nothing on ~100-byte frames (FINDINGS #6). Django has no
-    lifespan handler, hence ``--lifespan off``.
+    instead of the server's memory. It runs through ``wedsync.serve``, which drains the
+    connections on SIGTERM (close 1012 after the frames in flight).
     """
     if server == "uvicorn":
         return [
-            sys.executable, "-m", "uvicorn", "wedsync.asgi:application",
+            sys.executable, "-m", "wedsync.serve",
             "--host", host, "--port", str(port),
-            "--lifespan", "off",
-            "--ws-per-message-deflate", "false",
-            "--no-server-header",
             "--log-level", "warning",
         ]  # fmt: skip
     if server == "daphne":

@@ -140,3 +140,55 @@ class CircuitBreaker:
                 self.on_change(old, new)
             except Exception:  # a metrics hook must never break the call it observes
                 logger.exception("circuit breaker %s: on_change hook failed", self.name)
+
+
+# --- the process's Redis breakers ------------------------------------------------------
+
+# What counts as "Redis is down" (a refusal, a reset, a timeout); anything else is a bug
+# in the caller and leaves the breaker alone.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+try:
+    import redis as _redis
+
+    REDIS_FAILURES = (*REDIS_FAILURES, _redis.RedisError)
+except ImportError:  # pragma: no cover - redis is a requirement
+    pass
+
+_breakers: dict[str, CircuitBreaker] = {}
+_breakers_lock = threading.Lock()
+
+
+def redis_breaker(name: str) -> CircuitBreaker:
+    """The process-wide breaker of one use of Redis ("channel-layer", "presence", ...).
+
+    Each use has its own breaker, so a failing Lua script cannot cut off the channel
+    layer; all of them open together when Redis is down. Thresholds come from the
+    settings REDIS_BREAKER_FAILURES and REDIS_BREAKER_RESET.
+    """
+    with _breakers_lock:
+        breaker = _breakers.get(name)
+        if breaker is None:
+            from django.conf import settings
+
+            breaker = _breakers[name] = CircuitBreaker(
+                name=name,
+                failure_threshold=settings.REDIS_BREAKER_FAILURES,
+                reset_timeout=settings.REDIS_BREAKER_RESET,
+                failure_exceptions=REDIS_FAILURES,
+            )
+        return breaker
+
+
+def breaker_states() -> dict[str, str]:
+    """``{name: state}`` of every Redis breaker this process has used."""
+    with _breakers_lock:
+        breakers = dict(_breakers)
+    return {name: breaker.state for name, breaker in sorted(breakers.items())}
+
+
+def breakers_reset() -> None:
+    """Close every breaker (tests)."""
+    with _breakers_lock:
+        breakers = list(_breakers.values())
+    for breaker in breakers:
+        breaker.reset()

@@ -19,7 +19,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from wedsync.breaker import CircuitBreaker, CircuitOpen
+from wedsync.breaker import CircuitBreaker, CircuitOpen, redis_breaker
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +144,7 @@ class L2Cache:
         socket_timeout: float = 2.0,
     ) -> None:
         self.url, self.ttl = url, ttl
-        self.breaker = breaker or CircuitBreaker(
-            name="redis-cache", failure_exceptions=(redis.RedisError, OSError, TimeoutError)
-        )
+        self.breaker = breaker or redis_breaker("redis-cache")
         self.serializer = MSGPackSerializer(options={})
         self.compressor = Lz4Compressor(options={})
         # No retries: a dead Redis must cost one refused connect, not seconds of backoff.

@@ -97,6 +97,23 @@ def wire_time(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def switch_state(change: Any) -> dict[str, Any]:
+    """An audited on/off switch's current state from its latest change row (or None: off).
+
+    Wedding-day mode and read-only mode are both append-only logs of such rows
+    (``enabled``, ``reason``, ``changed_by``, ``changed_at``).
+    """
+    if change is None:
+        return {"enabled": False, "reason": "", "changed_by": None, "changed_at": None}
+    user = change.changed_by
+    return {
+        "enabled": change.enabled,
+        "reason": change.reason,
+        "changed_by": None if user is None else {"id": user.pk, "username": user.get_username()},
+        "changed_at": wire_time(change.changed_at),
+    }
+
+
 def _utc_iso(value: dt.datetime | None) -> str | None:
     return None if value is None else wire_time(value)
 

@@ -11,12 +11,14 @@ from django.test import override_settings
 
 from realtime.errors import RealtimeError
 from realtime.presence import (
+    FallbackPresence,
     LocalPresence,
     PresenceStore,
     RedisPresence,
     get_presence_store,
     get_redis,
 )
+from wedsync.breaker import redis_breaker
 
 TOPIC = "wedding:42"
 ANN = {"user_id": 7, "name": "Ann", "supplier_id": 3}
@@ -320,9 +322,45 @@ def test_get_presence_store__embedded__one_local_store() -> None:
 
 
 @override_settings(REDIS_URL="redis://127.0.0.1:6379/7")
-def test_get_presence_store__redis_url__redis_store() -> None:
+def test_get_presence_store__redis_url__redis_store_with_local_fallback() -> None:
     store = get_presence_store()
 
-    assert isinstance(store, RedisPresence)
-    assert store.url == "redis://127.0.0.1:6379/7"
+    assert isinstance(store, FallbackPresence)
+    assert isinstance(store.shared, RedisPresence)
+    assert store.shared.url == "redis://127.0.0.1:6379/7"
     assert get_presence_store() is store
+
+
+async def test_fallback_presence__redis_unreachable__answers_with_this_process() -> None:
+    store = FallbackPresence(RedisPresence("redis://127.0.0.1:1/0"), LocalPresence())
+
+    joined = await asyncio.wait_for(store.join(TOPIC, "c1", ANN), timeout=10)
+    members = await store.members(TOPIC)
+    lost = await store.refresh("c1", [TOPIC])
+    left = await store.leave(TOPIC, "c1")
+
+    assert joined is True
+    assert members == [ANN]
+    assert lost == []  # nothing to re-join while Redis cannot be asked
+    assert left == ANN
+    assert await store.members(TOPIC) == []
+
+
+async def test_fallback_presence__redis_unreachable__breaker_opens_and_fails_fast() -> None:
+    store = FallbackPresence(RedisPresence("redis://127.0.0.1:1/0"), LocalPresence())
+    for _ in range(5):
+        await store.members(TOPIC)
+
+    assert redis_breaker("presence").state == "open"
+
+
+@pytest.mark.redis
+async def test_fallback_presence__redis_up__shared_view(redis_url: str) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    one = FallbackPresence(RedisPresence(redis_url, key_prefix=prefix), LocalPresence())
+    two = FallbackPresence(RedisPresence(redis_url, key_prefix=prefix), LocalPresence())
+
+    await one.join(TOPIC, "c1", ANN)
+
+    assert await two.members(TOPIC) == [ANN]
+    assert await two.join(TOPIC, "c2", ANN) is False  # the same user, seen through Redis
