@@ -1,4 +1,5 @@
-"""Readiness probes of the parts a server process needs: database, Redis, channel layer."""
+"""Readiness probes of the parts a server process needs: database, Redis, channel layer,
+and the process itself (draining, circuit breakers)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,23 @@ async def _run(probe: Any) -> dict[str, Any]:
     return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
+def _process_state() -> dict[str, Any]:
+    """This process's own state: draining after SIGTERM, and its Redis breakers (an open
+    one means the process is serving in degraded mode: events from the log, presence
+    and connection counts local)."""
+    from realtime.consumers import registry
+    from wedsync.breaker import breaker_states
+
+    states = breaker_states()
+    open_ = sorted(name for name, state in states.items() if state == "open")
+    result: dict[str, Any] = {"ok": not registry.draining and not open_, "breakers": states}
+    if registry.draining:
+        result["error"] = "shutting down: draining connections"
+    elif open_:
+        result["error"] = f"Redis circuit breaker open: {', '.join(open_)}"
+    return result
+
+
 async def readiness() -> dict[str, dict[str, Any]]:
     """Run every probe concurrently; each entry says ok, or the error."""
     probes: dict[str, Any] = {
@@ -73,4 +91,4 @@ async def readiness() -> dict[str, dict[str, Any]]:
     if settings.REDIS_URL:
         probes["redis"] = _redis_probe
     results = await asyncio.gather(*(_run(p) for p in probes.values()))
-    return dict(zip(probes, results, strict=True))
+    return {**dict(zip(probes, results, strict=True)), "process": _process_state()}

@@ -38,10 +38,11 @@ def test_readyz__embedded_default_reports_database_and_channel_layer_ok(client: 
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["status"] == "ready"
-    assert set(body["checks"]) == {"database", "channel_layer"}
+    assert set(body["checks"]) == {"database", "channel_layer", "process"}
     for name, check in body["checks"].items():
         assert check["ok"] is True, name
-        assert check["ms"] >= 0
+        if name != "process":
+            assert check["ms"] >= 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -106,5 +107,40 @@ def test_readyz__real_redis_reports_redis_and_the_redis_layer_ok(
 
     assert response.status_code == 200, response.content
     checks = response.json()["checks"]
-    assert set(checks) == {"database", "redis", "channel_layer"}
+    assert set(checks) == {"database", "redis", "channel_layer", "process"}
     assert all(check["ok"] for check in checks.values()), checks
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(REDIS_URL="", CHANNEL_LAYERS=IN_MEMORY)
+def test_readyz__open_breaker__503_naming_it(client: Client) -> None:
+    from wedsync.breaker import redis_breaker
+
+    breaker = redis_breaker("channel-layer")
+    for _ in range(breaker.failure_threshold):
+        with pytest.raises(OSError):
+            breaker.call(_refuse)
+
+    body = client.get("/readyz").json()
+
+    assert body["status"] == "not_ready"
+    assert body["checks"]["process"]["ok"] is False
+    assert body["checks"]["process"]["breakers"]["channel-layer"] == "open"
+    assert "channel-layer" in body["checks"]["process"]["error"]
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(REDIS_URL="", CHANNEL_LAYERS=IN_MEMORY)
+def test_readyz__draining__503_shutting_down(client: Client, monkeypatch) -> None:
+    from realtime.consumers import registry
+
+    monkeypatch.setattr(registry, "draining", True)
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["process"]["error"] == "shutting down: draining connections"
+
+
+def _refuse() -> None:
+    raise ConnectionRefusedError("refused")

@@ -1,0 +1,80 @@
+"""Database round trips of the connect path: what a reconnect storm multiplies.
+
+A reconnect (token auth, registry, subscribe with ``since``, replay, presence) must not
+query what the cache already holds. The counts are printed for docs/benchmarks.md
+(``pytest -s tests/realtime/test_connect_queries.py``); the assertions hold the warm
+path to its budget so a change that adds per-connection queries fails here.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.db.backends import utils
+
+from realtime.tokens import token_issue
+from tests.factories import make_booking, make_supplier, make_user, make_wedding
+from wedsync.asgi import application
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+
+
+class QueryCounter:
+    """Counts statements executed on any connection, in any thread."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = utils.CursorWrapper.execute
+
+        def execute(cursor: object, sql: str, params: object = None) -> object:
+            self.count += 1
+            return original(cursor, sql, params)
+
+        monkeypatch.setattr(utils.CursorWrapper, "execute", execute)
+
+    def take(self) -> int:
+        count, self.count = self.count, 0
+        return count
+
+
+async def reconnect(token: str, topic: str, since: int) -> dict:
+    comm = WebsocketCommunicator(application, f"/ws/realtime/?token={token}")
+    connected, _ = await comm.connect(timeout=10)
+    assert connected
+    frame = {"type": "subscribe", "ref": "s", "topics": {topic: {"since": since}}}
+    await comm.send_to(text_data=orjson.dumps(frame).decode())
+    while True:
+        reply = orjson.loads(await comm.receive_from(10))
+        if reply.get("ref") == "s":
+            break
+    await comm.send_to(text_data='{"type":"ping","ref":"p"}')  # after the replay and presence
+    while orjson.loads(await comm.receive_from(10)).get("ref") != "p":
+        pass
+    await comm.disconnect()
+    return reply
+
+
+async def test_reconnect_with_since__warm_cache__few_queries(monkeypatch) -> None:
+    @database_sync_to_async
+    def seed() -> tuple[str, str]:
+        vendor = make_user()
+        wedding = make_wedding()
+        make_booking(supplier=make_supplier(users=(vendor,)), wedding=wedding)
+        return token_issue(user=vendor), wedding.topic
+
+    token, topic = await seed()
+    counter = QueryCounter(monkeypatch)
+
+    cold = await reconnect(token, topic, 0)
+    cold_queries = counter.take()
+    warm = await reconnect(token, topic, 0)
+    warm_queries = counter.take()
+
+    print(f"\nreconnect with since: cold {cold_queries}, warm {warm_queries} queries")
+    assert cold["topics"][topic]["status"] == warm["topics"][topic]["status"] == "ok"
+    assert warm_queries < cold_queries
+    # Warm: the topic's seq, the replay page and the presence card; auth, access, the
+    # supplier list and wedding-day mode come from the cache.
+    assert warm_queries <= 5
