@@ -25,13 +25,10 @@ def _database_probe() -> None:
 
 
 async def _redis_probe() -> None:
-    import redis.asyncio as aioredis
+    from realtime.presence import get_redis
 
-    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=PROBE_TIMEOUT_S)
-    try:
-        await client.ping()
-    finally:
-        await client.aclose()
+    # The process's shared pool: readiness checks what requests will use.
+    await get_redis(settings.REDIS_URL).ping()
 
 
 async def _channel_layer_probe() -> None:

@@ -263,8 +263,12 @@ def get_redis(url: str) -> aioredis.Redis:
         per_loop = _clients[loop] = {}
     client = per_loop.get(url)
     if client is None:
-        pool = aioredis.ConnectionPool.from_url(
+        # Bounded, shared by presence, the connection registry and readiness: a burst of
+        # connects waits up to 2 s for a free connection instead of opening hundreds.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=settings.REDIS_POOL_MAX_CONNECTIONS,
+            timeout=2,
             # Fail fast: presence must never hold up a frame; the caller degrades.
             socket_connect_timeout=2,
             socket_timeout=2,

@@ -341,6 +341,9 @@ REALTIME_SHUTDOWN_GRACE = env.float("REALTIME_SHUTDOWN_GRACE", default=10.0)
 # seconds before an open one lets a probe call through.
 REDIS_BREAKER_FAILURES = env.int("REDIS_BREAKER_FAILURES", default=3)
 REDIS_BREAKER_RESET = env.float("REDIS_BREAKER_RESET", default=2.0)
+# Connections per process in the asyncio Redis pool shared by presence, the connection
+# registry and readiness (the channel layer and the cache have their own pools).
+REDIS_POOL_MAX_CONNECTIONS = env.int("REDIS_POOL_MAX_CONNECTIONS", default=50)
 
 # Cache warming (scaling.warming): weddings whose ceremony starts within this many hours
 # (or started within the last hour) are warmed every 15 minutes.
