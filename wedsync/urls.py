@@ -4,18 +4,17 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views import defaults
-from django.views.generic import RedirectView
 
 from monitoring import views as monitoring_views
 from realtime.api import json_error
 
 urlpatterns = [
-    # Until the vendor pages exist, the site's front door is the staff admin.
-    path("", RedirectView.as_view(pattern_name="admin:index"), name="home"),
     path("admin/", admin.site.urls),
     path("healthz", monitoring_views.healthz, name="healthz"),
     path("readyz", monitoring_views.readyz, name="readyz"),
     path("", include("realtime.urls")),
+    # The vendor web app: "/" is My Saturday (web/urls.py).
+    path("", include("web.urls")),
 ]
 
 

@@ -356,7 +356,7 @@ class Command(BaseCommand):
             "",
             self.style.SUCCESS(f"WedSync Realtime is up on {base}/")
             + ("" if status == 200 else self.style.WARNING(f" (/healthz answered {status})")),
-            f"  site       {base}/",
+            f"  site       {base}/  (My Saturday: sign in with a login below)",
             f"  admin      {base}/admin/",
             f"  liveness   {base}/healthz",
             f"  readiness  {base}/readyz",
@@ -399,7 +399,8 @@ def _user(user: Any) -> tuple[str, str] | None:
 
 def _demo_lines(path: Path) -> list[str]:
     """The demo logins of a ``seed_demo --json`` file, short: staff, then per wedding the
-    planner and the couple (the password once when, as seed_demo makes them, all share it)."""
+    planner, a photographer and the couple (the password once when, as seed_demo makes
+    them, all share it)."""
     if not path.is_file():
         return [f"No demo data at {path} (make it with: manage.py seed_demo --json > {path})."]
     try:
@@ -411,18 +412,29 @@ def _demo_lines(path: Path) -> list[str]:
     if staff := _user(demo.get("staff")):
         rows.append(("staff (admin)", [("", staff)]))
     for wedding in weddings[:_DEMO_WEDDINGS_SHOWN]:
-        planner = next(
-            (
-                _user(user)
-                for supplier in wedding.get("suppliers") or []
-                if isinstance(supplier, dict) and supplier.get("category") == "planner"
-                for user in supplier.get("users") or []
-                if _user(user)
-            ),
-            None,
-        )
+        def first(category: str, wedding: dict = wedding) -> tuple[str, str] | None:
+            return next(
+                (
+                    _user(user)
+                    for supplier in wedding.get("suppliers") or []
+                    if isinstance(supplier, dict) and supplier.get("category") == category
+                    for user in supplier.get("users") or []
+                    if _user(user)
+                ),
+                None,
+            )
+
         topic = str(wedding.get("topic") or f"wedding:{wedding.get('id')}")
-        rows.append((topic, [("planner", planner), ("couple", _user(wedding.get("couple")))]))
+        rows.append(
+            (
+                topic,
+                [
+                    ("planner", first("planner")),
+                    ("photographer", first("photographer")),
+                    ("couple", _user(wedding.get("couple"))),
+                ],
+            )
+        )
     passwords = {user[1] for _, logins in rows for _, user in logins if user}
     shared = len(passwords) == 1
 
