@@ -225,6 +225,7 @@ else:
             "CONFIG": {"hosts": [_layer_host], "prefix": "wedsync"},
         }
     }
+    DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
     CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
@@ -234,6 +235,9 @@ else:
                 "CLIENT_CLASS": "django_redis.client.DefaultClient",
                 "COMPRESSOR": "django_redis.compressors.lz4.Lz4Compressor",
                 "SERIALIZER": "django_redis.serializers.msgpack.MSGPackSerializer",
+                # Sessions live in this cache (cached_db): with Redis down a read is a miss
+                # (the session comes from the database), never an error page.
+                "IGNORE_EXCEPTIONS": True,
                 # A cache must never hang a request: fail fast and let the caller degrade.
                 "SOCKET_CONNECT_TIMEOUT": 2,
                 "SOCKET_TIMEOUT": 2,
