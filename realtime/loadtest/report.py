@@ -1,0 +1,194 @@
+"""The report of a run: a table for a person, JSON for the record (docs/benchmarks.md).
+
+A report is a plain dict: ``header()`` (scenario, parameters, machine, server) merged
+with what the scenario's runner returned. ``render()`` turns it into text tables;
+``write_json()`` writes it whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages: how busy the (shared) machine was."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "load_average_at_start": load_average(),
+    }
+
+
+def header(scenario: Any, server: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "scenario": scenario.name,
+        "parameters": scenario.as_dict(),
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "server": server,
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+def _latency(lat: dict[str, Any] | None) -> str:
+    if not lat or not lat.get("count"):
+        return "n/a"
+    return (
+        f"p50 {_fmt(lat['p50_ms'])} / p95 {_fmt(lat['p95_ms'])} / p99 {_fmt(lat['p99_ms'])} / "
+        f"max {_fmt(lat['max_ms'])} ms ({_fmt(lat['count'])} samples)"
+    )
+
+
+def _usage(usage: dict[str, Any] | None) -> str:
+    if not usage:
+        return "n/a"
+    return (
+        f"CPU {_fmt(usage.get('cpu_percent'))} % of a core, RSS max "
+        f"{_fmt(usage.get('rss_max_mib'))} MiB"
+    )
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The key figures as (label, value) rows, whatever the scenario."""
+    server = report["server"]
+    rows = [
+        ("scenario", report["scenario"]),
+        ("server", f"{server['kind']}, channel layer {server['channel_layer']}, "
+                   f"database {server['database']}"),
+        ("generator", f"{report['parameters'].get('processes', 1)} process(es) + the "
+                      f"coordinator; event loop {report.get('coordinator_loop') or 'n/a'}"),
+    ]  # fmt: skip
+    conns = report.get("connections") or {}
+    if conns:
+        text = f"{_fmt(conns.get('succeeded'))} of {_fmt(conns.get('attempted'))} succeeded"
+        if conns.get("failures"):
+            text += f" (failed: {_fmt(conns['failures'])})"
+        if conns.get("publishers"):
+            text += f"; + {conns['publishers']} publisher connections"
+        if conns.get("rate_per_s"):
+            text += f"; {_fmt(conns['rate_per_s'])} connects/s"
+        rows.append(("connections", text))
+    pub = report.get("publishes")
+    if pub:
+        text = f"{_fmt(pub['ok'])} ok of {_fmt(pub['scheduled'])} scheduled"
+        text += f" (sent at {_fmt(pub['rate_sent'])}/s)"
+        if pub["errors"] or pub["skipped"]:
+            text += f"; errors {_fmt(pub['errors'])}, skipped {pub['skipped']}"
+        rows.append(("publishes", text))
+        rows.append(("publish reply", _latency(pub["reply_latency"])))
+    dl = report.get("deliveries")
+    if dl:
+        rows += [
+            ("deliveries expected", _fmt(dl["expected"])),
+            ("deliveries received", _fmt(dl["received"])),
+            ("lost", f"{_fmt(dl['missing'])} ({dl['loss'] * 100:.3f} %)"),
+            ("duplicated", _fmt(dl["duplicates"])),
+            ("out of order", _fmt(dl["out_of_order"])),
+            ("deliveries/s", _fmt(dl["per_s"])),
+            ("latency", _latency(dl["latency"])),
+        ]
+    storm = report.get("storm")
+    if storm:
+        rows += [
+            ("storm: dropped / recovered", f"{storm['dropped']} / {storm['recovered']}"),
+            ("storm: all have every event after",
+             f"{_fmt(storm['all_recovered_s'])} s" if storm["all_recovered_s"] is not None
+             else "not all recovered"),
+            ("storm: per client (ms)", _latency(storm["recovered_ms"])),
+            ("storm: reconnected (ms)", _latency(storm["reconnected_ms"])),
+            ("storm: server", _usage(storm["server_usage"])),
+        ]  # fmt: skip
+    req = report.get("requests")
+    if req:
+        rows += [
+            ("requests", f"{_fmt(req['ok'])} ok of {_fmt(req['sent'])} "
+                         f"({_fmt(req['per_s'])}/s); statuses {_fmt(req['statuses'])}"),
+            ("latency", _latency(req["latency"])),
+            ("cache hit ratio", _fmt(req["cache_hit_ratio"])
+             if req["cache_hit_ratio"] is not None else f"n/a ({req['cache_hit_ratio_note']})"),
+        ]  # fmt: skip
+    if "max_deliveries_per_s" in report:
+        rows.append(("highest passing deliveries/s", _fmt(report["max_deliveries_per_s"])))
+    if "baseline_rss_mib" in report:
+        rows.append(("server RSS before connections", f"{_fmt(report['baseline_rss_mib'])} MiB"))
+    if report.get("server_usage"):
+        rows.append(("server", _usage(report["server_usage"])))
+    rx = report.get("receivers") or {}
+    if rx.get("reconnects") or rx.get("server_closes") or rx.get("errors") or rx.get("resets"):
+        text = (
+            f"reconnects {rx.get('reconnects', 0)}, server closes "
+            f"{_fmt(rx.get('server_closes'))}, errors {_fmt(rx.get('errors'))}, "
+            f"resets {rx.get('resets', 0)}"
+        )
+        rows.append(("receivers", text))
+    rows.append(("elapsed", f"{_fmt(report.get('elapsed_s'))} s"))
+    return rows
+
+
+def table(headings: list[str], rows: list[list[Any]]) -> str:
+    """A plain text table, columns padded to their widest cell."""
+    cells = [headings] + [[_fmt(c) if not isinstance(c, str) else c for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headings))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def render(report: dict[str, Any]) -> str:
+    """The whole report as text: the summary, then steps or levels if there are any."""
+    parts = [table(["measure", "value"], [list(r) for r in summary_rows(report)])]
+    if report.get("steps"):
+        parts.append(
+            table(
+                ["step", "pub/s", "deliveries/s", "p50 ms", "p99 ms", "max ms", "lost", "dup",
+                 "ooo", "server CPU %", "result"],
+                [[s["step"], s["rate"], s["deliveries_per_s"], s["p50_ms"], s["p99_ms"],
+                  s["max_ms"], s["missing"], s["duplicates"], s["out_of_order"],
+                  s["server_usage"].get("cpu_percent"),
+                  "pass" if s["passed"] else "FAIL: " + s["reason"]] for s in report["steps"]],
+            )
+        )  # fmt: skip
+    if report.get("levels"):
+        parts.append(
+            table(
+                ["open", "failed", "connects/s", "connect p99 ms", "server RSS MiB",
+                 "KiB/connection", "server CPU % while connecting"],
+                [[r["open"], sum(r["failures"].values()), r["connect_rate_per_s"],
+                  r["connect_p99_ms"], r["rss_mib"], r["per_connection_kib"],
+                  r["server_cpu_connecting"]] for r in report["levels"]],
+            )
+        )  # fmt: skip
+    return "\n\n".join(parts)
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")

@@ -1,0 +1,551 @@
+"""Drives one scenario against a running server and returns its report (a dict).
+
+The coordinator's event loop: receivers live in worker processes (``WorkerGroup``),
+publishers and HTTP clients here, and the server's CPU and RSS are sampled from /proc
+every second. Data is seeded before the loop starts (``seeding``); the topics' final
+seqs come from the event log through a thread. Every phase is bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .accounting import DeliveryTotals, Latencies
+from .httpclient import HttpError, KeepAliveClient
+from .procstat import ProcSampler
+from .publishers import Publishers, PublishStats
+from .scenarios import (
+    ConnectionsMax,
+    FanoutMax,
+    ReconnectStorm,
+    SaturdayPeak,
+    Scenario,
+    SnapshotRead,
+)
+from .seeding import WeddingLogins, final_seqs
+from .worker import WorkerGroup, loop_name
+
+PROGRESS_EVERY_S = 2.0
+SAMPLE_EVERY_S = 1.0
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Target:
+    """The server under test as the runner sees it."""
+
+    ws_url: str
+    host: str
+    port: int
+    server: dict[str, Any]  # kind, channel layer, database, pids ... (for the report)
+    sampler: ProcSampler | None = None
+
+
+@dataclass
+class Run:
+    """The shared state of one run: timing, sampling and progress lines."""
+
+    target: Target
+    say: Say
+    started: float = field(default_factory=time.monotonic)
+    status: Callable[[], str] = lambda: ""
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def mark(self) -> float:
+        """Sample the server now and return the monotonic time of the sample."""
+        if self.target.sampler is not None:
+            self.target.sampler.sample()
+        return time.monotonic()
+
+    def usage(self, start: float, end: float) -> dict[str, Any]:
+        if self.target.sampler is None:
+            return {"cpu_percent": None, "rss_max_mib": None, "rss_end_mib": None}
+        return self.target.sampler.window(start, end)
+
+    def rss_mib(self) -> float | None:
+        sampler = self.target.sampler
+        sample = sampler.sample() if sampler is not None else None
+        return round(sample.rss / 2**20, 1) if sample else None
+
+    def start_background(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._sample()), loop.create_task(self._progress())]
+
+    async def stop_background(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _sample(self) -> None:
+        while True:
+            self.mark()
+            await asyncio.sleep(SAMPLE_EVERY_S)
+
+    async def _progress(self) -> None:
+        last_cpu: tuple[float, float] | None = None
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            line = f"[{time.monotonic() - self.started:6.1f}s] {self.status()}"
+            sampler = self.target.sampler
+            if sampler is not None and sampler.samples:
+                now = sampler.samples[-1]
+                if last_cpu is not None and now.at > last_cpu[0]:
+                    cpu = 100 * (now.cpu_s - last_cpu[1]) / (now.at - last_cpu[0])
+                    line += f" | server cpu {cpu:.0f}%"
+                line += f" rss {now.rss / 2**20:.0f} MiB"
+                last_cpu = (now.at, now.cpu_s)
+            self.say(line)
+
+
+def receivers_plan(
+    world: list[WeddingLogins], connections: int, per_wedding: int
+) -> list[tuple[str, tuple[str, ...]]]:
+    """(token, topics) per receiver: ``per_wedding`` users of each wedding, in wedding
+    order, ``connections`` in all."""
+    plan = [(token, (w.topic,)) for w in world for token in w.tokens[:per_wedding]]
+    return plan[:connections]
+
+
+def merge_open(stats: list[Any]) -> dict[str, Any]:
+    """Connection attempts of all workers, summed (seconds: the slowest worker)."""
+    connect_ms = Latencies()
+    failures: Counter = Counter()
+    for s in stats:
+        connect_ms.extend(s.connect_ms)
+        failures.update(s.failures)
+    attempted = sum(s.attempted for s in stats)
+    succeeded = sum(s.succeeded for s in stats)
+    seconds = max((s.seconds for s in stats), default=0.0)
+    summary = connect_ms.summary()
+    return {
+        "attempted": attempted,
+        "succeeded": succeeded,
+        "failures": dict(failures),
+        "seconds": round(seconds, 3),
+        "rate_per_s": round(succeeded / seconds, 1) if seconds else None,
+        "connect_p50_ms": summary["p50_ms"],
+        "connect_p99_ms": summary["p99_ms"],
+    }
+
+
+def merge_totals(results: list[tuple[DeliveryTotals, float]]) -> tuple[DeliveryTotals, float]:
+    totals = DeliveryTotals()
+    for part, _ in results:
+        totals.merge(part)
+    return totals, max((drain for _, drain in results), default=0.0)
+
+
+def merge_counters(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"reconnects": 0, "resets": 0, "strays": 0}
+    closes: Counter = Counter()
+    errors: Counter = Counter()
+    for part in parts:
+        for key in ("reconnects", "resets", "strays"):
+            out[key] += part.get(key, 0)
+        closes.update(part.get("closes", {}))
+        errors.update(part.get("errors", {}))
+    out["server_closes"] = {str(k): v for k, v in closes.items()}
+    out["errors"] = dict(errors)
+    out["loop"] = parts[0]["loop"] if parts else None
+    return out
+
+
+def deliveries(totals: DeliveryTotals, seconds: float) -> dict[str, Any]:
+    out = totals.as_dict()
+    out["per_s"] = round(totals.received / seconds, 1) if seconds > 0 else None
+    return out
+
+
+async def _seqs(topics: list[str]) -> dict[str, int]:
+    return await asyncio.to_thread(final_seqs, topics)
+
+
+class _Receivers:
+    """Workers, publishers and the run, set up and torn down together."""
+
+    def __init__(self, run: Run, world: list[WeddingLogins], plan: list, processes: int,
+                 *, subscribe: bool = True, concurrency: int = 200) -> None:  # fmt: skip
+        self.run = run
+        self.world = world
+        self.topics = sorted({w.topic for w in world})
+        self.group = WorkerGroup(
+            run.target.ws_url, plan, processes, subscribe=subscribe, concurrency=concurrency
+        )
+        self.publishers = Publishers(run.target.ws_url, [(w.topic, w.tokens) for w in world])
+        self.counters: dict[str, Any] = {}
+
+    async def __aenter__(self) -> _Receivers:
+        await self.group.start()
+        self.run.status = self.status
+        self.run.start_background()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.publishers.close()
+        self.counters = merge_counters(await self.group.close())
+        await self.run.stop_background()
+
+    def status(self) -> str:
+        p = self.group.summed_progress()
+        return (
+            f"connections {p.get('live', 0)} | published {self.publishers.ok_total} | "
+            f"delivered {p.get('received', 0)} dup {p.get('duplicates', 0)} | "
+            f"reconnects {p.get('reconnects', 0)}"
+        )
+
+    async def publish(self, rate: float, duration: float) -> PublishStats:
+        return await self.publishers.run(rate, duration)
+
+
+async def saturday_peak(scenario: SaturdayPeak, world: list[WeddingLogins], run: Run) -> dict:
+    """Receivers subscribed, then ``rate`` publishes/s for ``duration`` seconds."""
+    plan = receivers_plan(world, scenario.connections, scenario.per_wedding)
+    async with _Receivers(run, world, plan, scenario.processes) as rx:
+        run.say(f"opening {len(plan)} receiver connections in {rx.group.size} process(es)")
+        opened = merge_open(await rx.group.open())
+        await rx.publishers.ensure(scenario.rate)
+        run.say(
+            f"{opened['succeeded']}/{opened['attempted']} receivers subscribed, "
+            f"{rx.publishers.connections} publisher connections; publishing "
+            f"{scenario.rate:g}/s for {scenario.duration:g} s"
+        )
+        await rx.group.call("window", None)
+        start = run.mark()
+        published = await rx.publish(scenario.rate, scenario.duration)
+        publish_end = time.monotonic()
+        finals = await _seqs(rx.topics)
+        totals, drain_s = merge_totals(
+            await rx.group.call("finish", finals, scenario.drain_timeout)
+        )
+        end = run.mark()
+        usage = run.usage(start, publish_end)
+        publisher_connections = rx.publishers.connections
+    return {
+        "connections": {**opened, "publishers": publisher_connections},
+        "publishes": published.as_dict(),
+        "deliveries": deliveries(totals, (publish_end - start) + drain_s),
+        "drain_s": round(drain_s, 3),
+        "measured_s": round(end - start, 3),
+        "server_usage": usage,
+        "receivers": rx.counters,
+    }
+
+
+async def fanout_max(scenario: FanoutMax, world: list[WeddingLogins], run: Run) -> dict:
+    """Step the publish rate up until a step has loss, disorder or p99 over the limit."""
+    plan = receivers_plan(world, scenario.weddings * scenario.per_wedding, scenario.per_wedding)
+    steps: list[dict[str, Any]] = []
+    async with _Receivers(run, world, plan, scenario.processes) as rx:
+        run.say(f"opening {len(plan)} receiver connections in {rx.group.size} process(es)")
+        opened = merge_open(await rx.group.open())
+        run.say(f"{opened['succeeded']}/{opened['attempted']} receivers subscribed")
+        starts = await _seqs(rx.topics)
+        for number, rate in enumerate(scenario.rates(), 1):
+            await rx.publishers.ensure(rate)
+            run.say(
+                f"step {number}: {rate:g} publishes/s "
+                f"(~{rate * scenario.per_wedding:,.0f} deliveries/s) for "
+                f"{scenario.step_duration:g} s on {rx.publishers.connections} publishers"
+            )
+            await rx.group.call("window", starts)
+            start = run.mark()
+            published = await rx.publish(rate, scenario.step_duration)
+            publish_end = time.monotonic()
+            finals = await _seqs(rx.topics)
+            totals, drain_s = merge_totals(
+                await rx.group.call("finish", finals, scenario.drain_timeout)
+            )
+            run.mark()
+            step = _step_row(number, rate, scenario, published, totals, drain_s,
+                             publish_end - start, run.usage(start, publish_end))  # fmt: skip
+            steps.append(step)
+            run.say(
+                f"step {number}: {step['deliveries_per_s']:,} deliveries/s, "
+                f"p99 {step['p99_ms']} ms, missing {step['missing']}: "
+                f"{'pass' if step['passed'] else 'FAIL (' + step['reason'] + ')'}"
+            )
+            if not step["passed"]:
+                break
+            starts = finals
+        publisher_connections = rx.publishers.connections
+    passing = [s for s in steps if s["passed"]]
+    best = max(passing, key=lambda s: s["deliveries_per_s"] or 0) if passing else None
+    return {
+        "connections": {**opened, "publishers": publisher_connections},
+        "steps": steps,
+        "best": best,
+        "max_deliveries_per_s": best["deliveries_per_s"] if best else None,
+        "receivers": rx.counters,
+    }
+
+
+def _step_row(number: int, rate: float, scenario: FanoutMax, published: PublishStats,
+              totals: DeliveryTotals, drain_s: float, seconds: float,
+              usage: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    latency = totals.latencies.summary()
+    reasons = []
+    if totals.missing:
+        reasons.append(f"{totals.missing} lost")
+    if totals.duplicates:
+        reasons.append(f"{totals.duplicates} duplicated")
+    if totals.out_of_order:
+        reasons.append(f"{totals.out_of_order} out of order")
+    if latency["p99_ms"] is None or latency["p99_ms"] > scenario.p99_limit_ms:
+        reasons.append(f"p99 over {scenario.p99_limit_ms:g} ms")
+    if published.errors or published.skipped:
+        reasons.append("publishes refused or skipped")
+    achieved = published.sent / published.seconds if published.seconds else 0.0
+    if achieved < 0.95 * rate:
+        reasons.append(f"the generator sent only {achieved:.0f} publishes/s")
+    return {
+        "step": number,
+        "rate": rate,
+        "publishes_ok": published.ok,
+        "publish_rate_sent": round(achieved, 1),
+        "publish_errors": dict(published.errors),
+        "expected": totals.expected,
+        "received": totals.received,
+        "missing": totals.missing,
+        "duplicates": totals.duplicates,
+        "out_of_order": totals.out_of_order,
+        "deliveries_per_s": round(totals.received / (seconds + drain_s), 1),
+        "drain_s": round(drain_s, 3),
+        **latency,
+        "server_usage": usage,
+        "passed": not reasons,
+        "reason": "; ".join(reasons),
+    }
+
+
+async def connections_max(scenario: ConnectionsMax, world: list[WeddingLogins], run: Run) -> dict:
+    """Open idle connections level by level; server RSS and memory per connection."""
+    plan = receivers_plan(world, scenario.levels[-1], scenario.per_wedding)
+    rows: list[dict[str, Any]] = []
+    await asyncio.sleep(scenario.settle)  # the server's own start-up settles first
+    baseline = run.rss_mib()
+    async with _Receivers(run, world, plan, scenario.processes, subscribe=scenario.subscribe,
+                          concurrency=scenario.concurrency) as rx:  # fmt: skip
+        previous = 0
+        succeeded = 0
+        for level in scenario.levels:
+            run.say(f"opening connections {previous + 1}-{level}")
+            start = run.mark()
+            opened = merge_open(await rx.group.open(level - previous))
+            connect_end = run.mark()
+            succeeded += opened["succeeded"]
+            await asyncio.sleep(scenario.settle)
+            rss = run.rss_mib()
+            per_conn_kib = (
+                round((rss - baseline) * 1024 / succeeded, 1)
+                if rss is not None and baseline is not None and succeeded
+                else None
+            )
+            rows.append(
+                {
+                    "level": level,
+                    "open": succeeded,
+                    "attempted": opened["attempted"],
+                    "succeeded": opened["succeeded"],
+                    "failures": opened["failures"],
+                    "connect_rate_per_s": opened["rate_per_s"],
+                    "connect_p50_ms": opened["connect_p50_ms"],
+                    "connect_p99_ms": opened["connect_p99_ms"],
+                    "rss_mib": rss,
+                    "per_connection_kib": per_conn_kib,
+                    "server_cpu_connecting": run.usage(start, connect_end)["cpu_percent"],
+                }
+            )
+            run.say(
+                f"{succeeded} open: server RSS {rss} MiB "
+                f"({per_conn_kib} KiB per connection), {opened['rate_per_s']} connects/s"
+            )
+            previous = level
+    attempted = sum(r["attempted"] for r in rows)
+    return {
+        "connections": {"attempted": attempted, "succeeded": succeeded},
+        "baseline_rss_mib": baseline,
+        "levels": rows,
+        "receivers": rx.counters,
+    }
+
+
+async def reconnect_storm(scenario: ReconnectStorm, world: list[WeddingLogins], run: Run) -> dict:
+    """Publish throughout; drop every receiver at once after ``before`` seconds; each
+    reconnects with since. Measured: until every one has every event it missed."""
+    plan = receivers_plan(world, scenario.connections, scenario.per_wedding)
+    async with _Receivers(run, world, plan, scenario.processes) as rx:
+        run.say(f"opening {len(plan)} receiver connections in {rx.group.size} process(es)")
+        opened = merge_open(await rx.group.open())
+        await rx.publishers.ensure(scenario.rate)
+        await rx.group.call("window", None)
+        run.say(
+            f"{opened['succeeded']}/{opened['attempted']} receivers subscribed; publishing "
+            f"{scenario.rate:g}/s, the drop comes after {scenario.before:g} s"
+        )
+        start = run.mark()
+        publishing = asyncio.ensure_future(
+            rx.publish(scenario.rate, scenario.before + scenario.after)
+        )
+        await asyncio.sleep(scenario.before)
+        run.say(f"dropping all {opened['succeeded']} connections")
+        storm_start = run.mark()
+        storms = await rx.group.call("storm", scenario.recovery_timeout)
+        storm_end = run.mark()
+        published = await publishing
+        publish_end = time.monotonic()
+        finals = await _seqs(rx.topics)
+        totals, drain_s = merge_totals(
+            await rx.group.call("finish", finals, scenario.drain_timeout)
+        )
+        end = run.mark()
+        publisher_connections = rx.publishers.connections
+    dropped = sum(s["dropped"] for s in storms)
+    recovered = Latencies()
+    reconnected = Latencies()
+    for s in storms:
+        for value in s["recovered_s"]:
+            recovered.add(value * 1000)
+        for value in s["reconnected_s"]:
+            reconnected.add(value * 1000)
+    all_back = len(recovered) == dropped
+    return {
+        "connections": {**opened, "publishers": publisher_connections},
+        "publishes": published.as_dict(),
+        "storm": {
+            "dropped": dropped,
+            "recovered": len(recovered),
+            "all_recovered_s": round(max(recovered.samples) / 1000, 3)
+            if all_back and dropped
+            else None,
+            "recovered_ms": recovered.summary(),
+            "reconnected_ms": reconnected.summary(),
+            "server_usage": run.usage(storm_start, storm_end),
+        },
+        "deliveries": deliveries(totals, (publish_end - start) + drain_s),
+        "drain_s": round(drain_s, 3),
+        "measured_s": round(end - start, 3),
+        "server_usage": run.usage(start, publish_end),
+        "receivers": rx.counters,
+    }
+
+
+async def snapshot_read(scenario: SnapshotRead, world: list[WeddingLogins], run: Run) -> dict:
+    """GET /api/weddings/<id>/ at a fixed rate over ``clients`` keep-alive connections.
+
+    Latency runs from each request's scheduled time, so time spent waiting for a free
+    client counts (no coordinated omission).
+    """
+    clients: list[tuple[KeepAliveClient, int]] = []
+    for k in range(scenario.clients):
+        wedding = world[k % len(world)]
+        token = wedding.tokens[(k // len(world)) % len(wedding.tokens)]
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        clients.append((KeepAliveClient(run.target.host, run.target.port, headers), wedding.id))
+    idle: asyncio.Queue = asyncio.Queue()
+    for client in clients:
+        idle.put_nowait(client)
+    latency = Latencies()
+    statuses: Counter = Counter()
+    body_bytes = 0
+    sent = 0
+    tasks: set[asyncio.Task] = set()
+    run.status = lambda: f"requests {sent} | ok {statuses.get(200, 0)}"
+    run.start_background()
+
+    async def one(due: float) -> None:
+        nonlocal body_bytes
+        client, wedding_id = await idle.get()
+        try:
+            status, body = await client.get(f"/api/weddings/{wedding_id}/")
+        except (HttpError, OSError) as exc:
+            statuses[type(exc).__name__] += 1
+        else:
+            statuses[status] += 1
+            body_bytes += len(body)
+            if status == 200:
+                latency.add((time.monotonic() - due) * 1000)
+        finally:
+            idle.put_nowait((client, wedding_id))
+
+    try:
+        # One warm-up read per wedding: the figures are of a warm cache, as on the day
+        # (scaling.warming keeps the snapshots of near weddings loaded).
+        for wedding_id in sorted({w for _, w in clients}):
+            client = next(c for c, w in clients if w == wedding_id)
+            with contextlib.suppress(HttpError, OSError):
+                await client.get(f"/api/weddings/{wedding_id}/")
+        total = max(1, round(scenario.rate * scenario.duration))
+        start = run.mark()
+        loop_start = time.monotonic()
+        for n in range(total):
+            due = loop_start + n / scenario.rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.ensure_future(one(due))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        if tasks:
+            await asyncio.wait(list(tasks), timeout=60)
+        end = run.mark()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*(c.close() for c, _ in clients), return_exceptions=True)
+        await run.stop_background()
+    ok = statuses.get(200, 0)
+    return {
+        "connections": {"attempted": scenario.clients, "succeeded": scenario.clients},
+        "requests": {
+            "sent": sent,
+            "statuses": {str(k): v for k, v in statuses.items()},
+            "ok": ok,
+            "per_s": round(ok / (end - start), 1) if end > start else None,
+            "mean_body_bytes": round(body_bytes / max(1, sum(statuses.values()))),
+            "latency": latency.summary(),
+            "cache_hit_ratio": None,
+            "cache_hit_ratio_note": "not obtainable: the server exposes no cache counters "
+            "over HTTP yet (the metrics endpoint of PROTOCOL §9 is not built)",
+        },
+        "measured_s": round(end - start, 3),
+        "server_usage": run.usage(start, end),
+    }
+
+
+RUNNERS: dict[type[Scenario], Callable[..., Any]] = {
+    SaturdayPeak: saturday_peak,
+    FanoutMax: fanout_max,
+    ConnectionsMax: connections_max,
+    ReconnectStorm: reconnect_storm,
+    SnapshotRead: snapshot_read,
+}
+
+
+def weddings_needed(scenario: Scenario) -> tuple[int, int]:
+    """(weddings, suppliers per wedding) to seed for a scenario."""
+    if isinstance(scenario, SnapshotRead):
+        return scenario.weddings, max(2, -(-scenario.clients // scenario.weddings))
+    per = scenario.per_wedding  # type: ignore[attr-defined]
+    return scenario.weddings, per  # type: ignore[attr-defined]
+
+
+async def run_scenario(
+    scenario: Scenario, world: list[WeddingLogins], target: Target, say: Say
+) -> dict[str, Any]:
+    """Run one scenario; the returned dict is the run's report minus its header."""
+    random.seed()
+    run = Run(target, say)
+    started = time.monotonic()
+    result = await RUNNERS[type(scenario)](scenario, world, run)
+    result["elapsed_s"] = round(time.monotonic() - started, 3)
+    result["coordinator_loop"] = loop_name(asyncio.get_running_loop())
+    return result
