@@ -9,13 +9,16 @@ later (PROTOCOL §7), so a lost broadcast delays delivery and loses nothing.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+from functools import partial
 from typing import Any
 
 import orjson
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from realtime.db import calling_loop
 from realtime.models import Event
 from wedsync.breaker import CircuitOpen, redis_breaker
 from wedsync.selectors import wire_time
@@ -71,6 +74,19 @@ async def group_send_bounded(group: str, message: dict[str, Any]) -> None:
     await redis_breaker("channel-layer").acall(send)
 
 
+def _sent(topic: str, seq: int, future: concurrent.futures.Future) -> None:
+    """Log a broadcast handed to the event loop that failed (receivers catch up)."""
+    exc = future.exception() if not future.cancelled() else None
+    if exc is None or isinstance(exc, CircuitOpen):
+        return
+    logger.error(
+        "broadcast of %s#%s failed (%r); subscribers will catch up from the event log",
+        topic,
+        seq,
+        exc,
+    )
+
+
 def broadcast_event(event: Event) -> None:
     """Send a committed event to its topic's group; never raises (failures are logged)."""
     try:
@@ -80,6 +96,15 @@ def broadcast_event(event: Event) -> None:
             "seq": event.seq,
             "text": event_frame_text(event),
         }
+        loop = calling_loop()
+        if loop is not None and loop.is_running():
+            # A realtime database thread: hand the send to the event loop and return, so
+            # the thread is free for the next publish (the loop sends in call order).
+            future = asyncio.run_coroutine_threadsafe(
+                group_send_bounded(group_name(event.topic), message), loop
+            )
+            future.add_done_callback(partial(_sent, event.topic, event.seq))
+            return
         async_to_sync(group_send_bounded)(group_name(event.topic), message)
     except CircuitOpen:  # the breaker logged the outage once; receivers catch up later
         logger.debug("channel layer down; %s#%s not broadcast", event.topic, event.seq)

@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 from channels.consumer import AsyncConsumer
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from django.conf import settings
 from django.db import DatabaseError
@@ -26,6 +25,7 @@ from wedsync.breaker import redis_breaker
 from . import protocol, services
 from .broadcast import group_name
 from .connections import Connection, get_connection_registry, supplier_limit
+from .db import in_db_thread
 from .delivery import Outbox, OutboxFull, TopicStream, deliver, fill, finish_sync
 from .errors import RealtimeError
 from .limits import PublishLimiter
@@ -72,7 +72,7 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def dispatch(self, message: dict) -> None:
         # Channels runs close_old_connections() in a thread before every handler; our
-        # handlers reach the database only through database_sync_to_async, which does it
+        # handlers reach the database only through in_db_thread (realtime.db), which does it
         # itself, so deliveries skip that thread round trip (FINDINGS.md #4).
         handler = getattr(self, message["type"].replace(".", "_"), None)
         if handler is None:
@@ -114,7 +114,7 @@ class RealtimeConsumer(AsyncConsumer):
     async def _register(self) -> bool:
         """Count this connection against its user's and suppliers' limits (4029 if over)."""
         try:
-            suppliers, wedding_day = await database_sync_to_async(connect_facts)(self.user.pk)
+            suppliers, wedding_day = await in_db_thread(connect_facts)(self.user.pk)
         except DatabaseError:
             suppliers, wedding_day = (), False  # counted per user only until the next connect
         connection = Connection(self.conn_id, self.user.pk, suppliers)
@@ -247,7 +247,7 @@ class RealtimeConsumer(AsyncConsumer):
                     raise RealtimeError(
                         "unavailable", "server restarting; send it again after reconnecting"
                     )
-                result = await database_sync_to_async(services.event_publish)(
+                result = await in_db_thread(services.event_publish)(
                     topic=frame.topic,
                     event=frame.event,
                     payload=frame.payload,
@@ -260,13 +260,13 @@ class RealtimeConsumer(AsyncConsumer):
                 await self._reply(protocol.reply_ok(frame.ref, **fields))
             case protocol.Presence():
                 if frame.topic not in self.streams:
-                    await database_sync_to_async(authorize_topics)(self.user, [frame.topic])
+                    await in_db_thread(authorize_topics)(self.user, [frame.topic])
                 members = await self.presence.members(frame.topic)
                 await self._reply(
                     protocol.reply_ok(frame.ref, topic=frame.topic, members=members)
                 )
             case protocol.Ack():
-                result = await database_sync_to_async(services.ack_record)(
+                result = await in_db_thread(services.ack_record)(
                     user=self.user, topic=frame.topic, seq=frame.seq
                 )
                 await self._reply(
@@ -291,7 +291,7 @@ class RealtimeConsumer(AsyncConsumer):
                     "message": "at most "
                     f"{settings.REALTIME_MAX_TOPICS_PER_CONNECTION} topics per connection",
                 }
-        allowed, refused = await database_sync_to_async(authorize_topics)(self.user, fresh)
+        allowed, refused = await in_db_thread(authorize_topics)(self.user, fresh)
         for topic, err in refused.items():
             statuses[topic] = {"status": "error", **err.as_dict()}
         # Join the groups first, then read the log: an event stored in between arrives
@@ -323,7 +323,7 @@ class RealtimeConsumer(AsyncConsumer):
             await fill(stream, self.outbox, positions[topic][0], live=False)
             await finish_sync(stream, self.outbox)
         if allowed:
-            infos = await database_sync_to_async(member_infos)(self.user, allowed)
+            infos = await in_db_thread(member_infos)(self.user, allowed)
             for topic in allowed:
                 await self._join_presence(topic, infos[topic])
 
@@ -400,7 +400,7 @@ class RealtimeConsumer(AsyncConsumer):
         topic = message["topic"]
         if topic not in self.streams or self.closing:
             return
-        if await database_sync_to_async(still_allowed)(self.user.pk, topic):
+        if await in_db_thread(still_allowed)(self.user.pk, topic):
             return
         await self._drop_topic(topic)
         await self._reply(

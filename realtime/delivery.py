@@ -14,10 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from channels.db import database_sync_to_async
-
 from . import selectors
 from .broadcast import event_frame_text
+from .db import in_db_thread
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def _events_after(topic: str, after: int, upto: int | None) -> list[tuple[int, s
     return [(e.seq, event_frame_text(e)) for e in events if upto is None or e.seq <= upto]
 
 
-events_after = database_sync_to_async(_events_after)
+events_after = in_db_thread(_events_after)
 
 
 class Outbox:

@@ -1,6 +1,6 @@
 """Database reads a connection needs: authorising topics, sync positions, presence info.
 
-Each function is sync (it runs in the database thread through database_sync_to_async)
+Each function is sync (it runs in a database thread through realtime.db.in_db_thread)
 and batches its work, so a subscribe frame costs a few queries however many topics it
 names.
 """
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 
 from wedsync import selectors as domain
 from wedsync.models import Booking
 
 from . import selectors, topics
+from .db import in_db_thread
 from .errors import RealtimeError
 from .models import TopicCursor
 
@@ -101,14 +101,14 @@ def _sync_positions(since: dict[str, int | None]) -> dict[str, tuple[int, bool, 
     return out
 
 
-sync_positions = database_sync_to_async(_sync_positions)
+sync_positions = in_db_thread(_sync_positions)
 
 
 def _topic_positions(names: list[str]) -> dict[str, int]:
     return dict(TopicCursor.objects.filter(topic__in=names).values_list("topic", "last_seq"))
 
 
-topic_positions = database_sync_to_async(_topic_positions)
+topic_positions = in_db_thread(_topic_positions)
 
 
 def connect_facts(user_id: int) -> tuple[tuple[int, ...], bool]:

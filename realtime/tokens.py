@@ -16,11 +16,11 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core import signing
 from django.utils.crypto import constant_time_compare
 
+from realtime.db import in_db_thread
 from wedsync.caching import user_cached
 
 if TYPE_CHECKING:
@@ -166,4 +166,4 @@ def token_authenticate(token: str) -> User:
 
 async def atoken_authenticate(token: str) -> User:
     """``token_authenticate`` for consumers and async views (the ORM runs in a thread)."""
-    return await database_sync_to_async(token_authenticate)(token)
+    return await in_db_thread(token_authenticate)(token)

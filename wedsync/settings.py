@@ -347,6 +347,11 @@ REALTIME_OUTBOX_PUT_TIMEOUT = env.float("REALTIME_OUTBOX_PUT_TIMEOUT", default=1
 # presence refreshed, and events the channel layer lost are delivered from the log.
 REALTIME_SWEEP_INTERVAL = env.float("REALTIME_SWEEP_INTERVAL", default=5.0)
 
+# Threads per process for the realtime path's database work (realtime/db.py): publishes
+# of different topics run side by side. Each holds one pooled connection while it works,
+# so keep DATABASE_POOL_MAX_SIZE above it (HTTP views use one more).
+REALTIME_DB_THREADS = env.int("REALTIME_DB_THREADS", default=6)
+
 # Connections (realtime/connections.py, PROTOCOL §8 close 4029): open WebSockets per user
 # and per supplier, counted across every server process (in Redis; in-process on the
 # embedded default). Wedding-day mode multiplies the supplier limit.
