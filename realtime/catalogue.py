@@ -178,8 +178,11 @@ class PublishContext:
 
     @cached_property
     def acting_supplier_ids(self) -> set[int]:
-        """The user's suppliers that are actively booked on this wedding."""
-        return self.user_supplier_ids & self.booked_supplier_ids
+        """The user's suppliers that are actively booked on this wedding (one query, or
+        none when both sets were already read)."""
+        if "user_supplier_ids" in self.__dict__ and "booked_supplier_ids" in self.__dict__:
+            return self.user_supplier_ids & self.booked_supplier_ids
+        return wedsync_selectors.user_acting_supplier_ids(self.user, self.wedding_id)
 
 
 def _any_member(user: Any, wedding_id: int) -> bool:

@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from monitoring import metrics
 from realtime import catalogue, selectors
 from realtime.broadcast import broadcast_event
 from realtime.catalogue import invalid
@@ -139,6 +140,7 @@ def _append(
         idempotency_key=idempotency_key,
     )
     transaction.on_commit(partial(broadcast_event, stored))
+    transaction.on_commit(partial(metrics.published, event, priority))
     return stored
 
 
@@ -149,10 +151,17 @@ def _check_idempotency_key(key: Any) -> None:
         raise invalid("idempotency_key", "1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'")
 
 
-def _replayed(*, user: Any, key: str, topic: str, event: str) -> Event | None:
-    """The event first published with this user's key in the last 24 h, if any."""
+def _replayed(
+    *, user: Any, key: str, topic: str, event: str, drop_expired: bool = False
+) -> Event | None:
+    """The event first published with this user's key in the last 24 h, if any; with
+    ``drop_expired`` an older row of the key is deleted (its key may be used again)."""
     row = IdempotencyKey.objects.filter(user=user, key=key).first()
-    if row is None or row.created_at < timezone.now() - IDEMPOTENCY_TTL:
+    if row is None:
+        return None
+    if row.created_at < timezone.now() - IDEMPOTENCY_TTL:
+        if drop_expired:
+            row.delete()
         return None
     if row.topic != topic:
         raise invalid("idempotency_key", "already used for a publish on another topic")
@@ -190,10 +199,13 @@ def event_publish(
     topic_name = str(parsed)
     _check_idempotency_key(idempotency_key)
     replay = partial(_replayed, user=user, key=idempotency_key, topic=topic_name, event=event)
-    if idempotency_key is not None and (first := replay()) is not None:
-        return PublishResult(first, created=False)
-
-    writable_check()
+    # A repeated key is found under the topic's lock below (one lookup, not two): a
+    # retry costs a lock, every first publish saves a round trip. In read-only mode a
+    # repeat still gets its first seq (that is a read).
+    if selectors.read_only_mode()["enabled"]:
+        if idempotency_key is not None and (first := replay()) is not None:
+            return PublishResult(first, created=False)
+        writable_check()
     spec = catalogue.spec_for(event)
     data = spec.validate(payload)
     ctx = catalogue.PublishContext(user=user, wedding_id=parsed.id)
@@ -202,10 +214,9 @@ def event_publish(
         with transaction.atomic():
             cursor = _lock_cursor(topic_name)
             if idempotency_key is not None:
-                # A twin of this publish may have committed while we waited for the lock.
-                if (first := replay()) is not None:
+                # A repeat, or a twin that committed while we waited for the lock.
+                if (first := replay(drop_expired=True)) is not None:
                     return PublishResult(first, created=False)
-                IdempotencyKey.objects.filter(user=user, key=idempotency_key).delete()  # expired
             stored_payload = spec.apply(ctx, data)
             stored = _append(
                 cursor,
@@ -296,6 +307,10 @@ def ack_record(*, user: Any, topic: str, seq: Any) -> AckResult:
         except IntegrityError:
             created = False
         acked = selectors.acked_user_ids(acked_event)
+        if created:
+            transaction.on_commit(
+                partial(metrics.acked, ack_required=acked_event.ack_required)
+            )
         update = None
         if created and acked_event.ack_required:
             update = event_publish_system(

@@ -48,6 +48,19 @@ def user_supplier_ids(user: Any) -> set[int]:
     )
 
 
+def user_acting_supplier_ids(user: Any, wedding_id: int) -> set[int]:
+    """The user's suppliers with an active booking on a wedding (one query)."""
+    if not _is_active_user(user):
+        return set()
+    return set(
+        SupplierMembership.objects.filter(
+            user_id=user.pk,
+            supplier__bookings__wedding_id=wedding_id,
+            supplier__bookings__active=True,
+        ).values_list("supplier_id", flat=True)
+    )
+
+
 def user_can_edit_timeline(user: Any, wedding_id: int) -> bool:
     """Whether a user may change a wedding's timeline: staff, planners and coordinators.
 

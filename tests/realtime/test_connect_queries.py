@@ -1,4 +1,5 @@
-"""Database round trips of the connect path: what a reconnect storm multiplies.
+"""Database round trips of the connect path (what a reconnect storm multiplies) and of a
+publish (what the publish rate is bounded by).
 
 A reconnect (token auth, registry, subscribe with ``since``, replay, presence) must not
 query what the cache already holds. The counts are printed for docs/benchmarks.md
@@ -78,3 +79,32 @@ async def test_reconnect_with_since__warm_cache__few_queries(monkeypatch) -> Non
     # Warm: the topic's seq, the replay page and the presence card; auth, access, the
     # supplier list and wedding-day mode come from the cache.
     assert warm_queries <= 5
+
+
+@pytest.mark.django_db
+def test_publish_with_key__round_trips() -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from realtime import services
+
+    vendor = make_user()
+    wedding = make_wedding()
+    make_booking(supplier=make_supplier(users=(vendor,)), wedding=wedding)
+    services.event_publish(
+        topic=wedding.topic, event="message.posted", payload={"text": "warm"}, user=vendor
+    )  # the topic's cursor exists; read-only mode is cached
+
+    with CaptureQueriesContext(connection) as queries:
+        services.event_publish(
+            topic=wedding.topic, event="message.posted", payload={"text": "hi"},
+            user=vendor, idempotency_key="k-1",
+        )  # fmt: skip
+
+    print(f"\npublish with an idempotency key: {len(queries)} statements")
+    for query in queries.captured_queries:
+        print("  ", query["sql"][:90])
+    # Authorisation 2, the cursor lock, the key lookup, the cursor update, the event and
+    # key inserts, and the transaction's begin and end (a savepoint here, inside the
+    # test's transaction). Before the delivery-path work: 12.
+    assert len(queries) <= 9
