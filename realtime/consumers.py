@@ -28,6 +28,7 @@ from .connections import Connection, get_connection_registry, supplier_limit
 from .db import in_db_thread
 from .delivery import Outbox, OutboxFull, TopicStream, deliver, fill, finish_sync
 from .errors import RealtimeError
+from .hub import GROUP_TIMEOUT_S, get_hub
 from .limits import PublishLimiter
 from .presence import get_presence_store
 from .protocol import (
@@ -50,9 +51,6 @@ from .session import (
 
 logger = logging.getLogger(__name__)
 
-# Seconds a channel-layer group join or leave may take before it counts as failed (a
-# stuck Redis); a failed join is retried by the sweep, events meanwhile come from the log.
-GROUP_TIMEOUT_S = 2.0
 
 
 def _wedding_ids(topics: list[str]) -> list[int]:
@@ -296,9 +294,10 @@ class RealtimeConsumer(AsyncConsumer):
             statuses[topic] = {"status": "error", **err.as_dict()}
         # Join the groups first, then read the log: an event stored in between arrives
         # both ways and the duplicate is dropped; none can fall between the two.
+        hub = get_hub()
         for topic in allowed:
             self.streams[topic] = TopicStream(topic)
-            await self._group_add(group_name(topic))
+            await hub.join(topic, self)
         if self.connection is not None:
             await get_connection_registry().track_weddings(self.connection, _wedding_ids(allowed))
         since = {t: requested[t].since for t in allowed}
@@ -330,7 +329,7 @@ class RealtimeConsumer(AsyncConsumer):
     async def _drop_topic(self, topic: str) -> None:
         if self.streams.pop(topic, None) is None:
             return
-        await self._group_discard(group_name(topic))
+        await get_hub().leave(topic, self)
         if self.connection is not None:
             await get_connection_registry().untrack_weddings(self.connection, _wedding_ids([topic]))
         member = self.members.pop(topic, None)
@@ -376,6 +375,55 @@ class RealtimeConsumer(AsyncConsumer):
         except Exception:  # presence is best effort; events never depend on it
             logger.warning("presence diff on %s not sent", topic, exc_info=True)
 
+    # --- events from this process's hub (realtime.hub) ----------------------------------
+
+    def hub_event(self, topic: str, seq: int, text: str) -> None:
+        """One live event of a subscribed topic, in the order the hub received them.
+
+        The common case (the next seq) is a put into the outbox, no await: the hub hands
+        an event to every local subscriber in one pass. A gap or a resync goes through
+        ``delivery`` in a task, with later events held in ``pending`` meanwhile.
+        """
+        stream = self.streams.get(topic)
+        if stream is None or self.closing:
+            return
+        if stream.syncing:
+            stream.pending[seq] = text
+            return
+        if seq <= stream.last_seq:
+            return
+        if seq == stream.last_seq + 1:
+            try:
+                self.outbox.put_nowait(text)
+            except OutboxFull:
+                get_hub().spawn(self.close(CLOSE_OVERLOADED, "client too slow"))
+                return
+            stream.last_seq = seq
+            return
+        stream.syncing = True  # a gap: fill it from the log, then the held events
+        stream.pending[seq] = text
+        get_hub().spawn(self._refill(stream, seq - 1))
+
+    async def _refill(self, stream: TopicStream, upto: int) -> None:
+        try:
+            await fill(stream, self.outbox, upto, live=True)
+            await finish_sync(stream, self.outbox)
+        except OutboxFull:
+            await self.close(CLOSE_OVERLOADED, "client too slow")
+        except Exception:
+            # The database failed mid-fill: the sweep's catch-up retries from last_seq.
+            logger.warning("gap fill of %s failed; the sweep retries", stream.topic)
+            stream.pending.clear()
+            stream.syncing = False
+
+    def hub_presence(self, topic: str, text: str) -> None:
+        # Presence diffs are the one thing that may be shed under load (PROTOCOL §7).
+        if topic in self.streams and not self.closing:
+            try:
+                self.outbox.put_nowait(text)
+            except OutboxFull:
+                pass
+
     # --- messages from the channel layer ------------------------------------------------
 
     async def rt_event(self, message: dict) -> None:
@@ -388,12 +436,7 @@ class RealtimeConsumer(AsyncConsumer):
             await self.close(CLOSE_OVERLOADED, "client too slow")
 
     async def rt_presence(self, message: dict) -> None:
-        # Presence diffs are the one thing that may be shed under load (PROTOCOL §7).
-        if message["topic"] in self.streams and not self.closing:
-            try:
-                self.outbox.put_nowait(message["text"])
-            except OutboxFull:
-                pass
+        self.hub_presence(message["topic"], message["text"])
 
     async def rt_recheck(self, message: dict) -> None:
         """A booking or membership changed: drop the topic if this user lost access."""
@@ -499,6 +542,7 @@ class Registry:
         await get_connection_registry().heartbeat(
             c.connection for c in consumers if c.connection is not None and not c.closing
         )
+        await get_hub().retry_joins()
         if not topics:
             return
         # One query for the whole process: the current seq of every subscribed topic.

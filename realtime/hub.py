@@ -1,0 +1,166 @@
+"""In-process fan-out: one channel-layer subscription per topic per server process.
+
+Without the hub every connection joins its topics' groups, and the layer hands each
+event to each connection's own queue: one message decode, one consumer wake-up and one
+dispatch per delivery. With it, the process joins a topic's group once (when its first
+local connection subscribes), receives each event once, and puts the already encoded
+frame straight into each local connection's outbox in seq order
+(``RealtimeConsumer.hub_event``). Ordering and repair are unchanged: a connection that
+sees a gap fills it from the event log before it takes later events (``delivery``).
+
+Presence diffs and access re-checks sent to a topic's group arrive here too and are
+handed to the local connections of that topic. One hub per event loop (tests run
+several loops in one process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import Any, Protocol
+
+from channels.layers import get_channel_layer
+
+from wedsync.breaker import redis_breaker
+
+from .broadcast import group_name
+
+logger = logging.getLogger(__name__)
+
+# Seconds a group join or leave may take before it counts as failed (a stuck Redis); a
+# failed join is retried by the sweep, events meanwhile come from the log.
+GROUP_TIMEOUT_S = 2.0
+
+
+class Member(Protocol):
+    """What the hub needs of a local connection."""
+
+    def hub_event(self, topic: str, seq: int, text: str) -> None: ...
+
+    def hub_presence(self, topic: str, text: str) -> None: ...
+
+    async def rt_recheck(self, message: dict) -> None: ...
+
+
+class TopicHub:
+    """The local connections of each topic, behind one group membership per topic."""
+
+    def __init__(self) -> None:
+        self.layer = get_channel_layer()
+        self.topics: dict[str, set[Member]] = {}
+        self.unjoined: set[str] = set()  # topics whose group join failed; retried
+        self.channel: str | None = None
+        self._reader: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def join(self, topic: str, member: Member) -> None:
+        """Deliver ``topic``'s events to ``member`` from now on."""
+        members = self.topics.setdefault(topic, set())
+        first = not members
+        members.add(member)
+        if first:
+            await self._group_add(topic)
+
+    async def leave(self, topic: str, member: Member) -> None:
+        members = self.topics.get(topic)
+        if members is None:
+            return
+        members.discard(member)
+        if members:
+            return
+        del self.topics[topic]
+        self.unjoined.discard(topic)
+        if self.channel is None:
+            return
+        try:
+            await asyncio.wait_for(
+                self.layer.group_discard(group_name(topic), self.channel), GROUP_TIMEOUT_S
+            )
+        except Exception:
+            logger.warning("hub: group leave %s failed", topic)
+
+    async def retry_joins(self) -> None:
+        """Join the groups a failed join left out (the sweep calls this)."""
+        for topic in sorted(self.unjoined):
+            if topic in self.topics:
+                await self._group_add(topic)
+
+    async def _ensure_channel(self) -> str:
+        if self.channel is None:
+            self.channel = await self.layer.new_channel(prefix="hub.")
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.ensure_future(self._read(self.channel))
+        return self.channel
+
+    async def _group_add(self, topic: str) -> None:
+        async def join() -> None:
+            channel = await self._ensure_channel()
+            group = group_name(topic)
+            await asyncio.wait_for(self.layer.group_add(group, channel), GROUP_TIMEOUT_S)
+
+        try:
+            await redis_breaker("channel-layer").acall(join)
+        except Exception:
+            # Redis is down: the sweep's catch-up delivers from the log until the retried
+            # join succeeds.
+            logger.warning("hub: group join %s failed; the sweep retries it", topic)
+            self.unjoined.add(topic)
+        else:
+            self.unjoined.discard(topic)
+
+    async def _read(self, channel: str) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the layer's connection failed; it reconnects by itself
+                logger.warning("hub: receive failed", exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                self.dispatch(message)
+            except Exception:
+                logger.exception("hub: dispatch of %s failed", message.get("type"))
+            # Let the outboxes write between events: a backlog read without a pause would
+            # fill every outbox before any of them could drain.
+            await asyncio.sleep(0)
+
+    def dispatch(self, message: dict[str, Any]) -> None:
+        """Hand one group message to the local connections of its topic."""
+        topic = message.get("topic")
+        members = self.topics.get(topic) if isinstance(topic, str) else None
+        if not members:
+            return
+        kind = message.get("type")
+        if kind == "rt.event":
+            seq, text = message["seq"], message["text"]
+            for member in list(members):
+                member.hub_event(topic, seq, text)
+        elif kind == "rt.presence":
+            for member in list(members):
+                member.hub_presence(topic, message["text"])
+        elif kind == "rt.recheck":
+            for member in list(members):
+                self.spawn(member.rt_recheck(message))
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, keeping a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TopicHub] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_hub() -> TopicHub:
+    """The hub of the running event loop (made on first use)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = TopicHub()
+    return hub
