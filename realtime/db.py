@@ -34,6 +34,8 @@ _local = threading.local()
 
 def _get_executor() -> ThreadPoolExecutor:
     global _executor
+    if _executor is not None:  # the hot path: no lock once made
+        return _executor
     with _executor_lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(
