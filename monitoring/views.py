@@ -1,8 +1,10 @@
-"""Liveness and readiness endpoints (PROTOCOL §9)."""
+"""Liveness and readiness endpoints (PROTOCOL §9), and the staff dashboard page."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
 
 from .health import readiness
 
@@ -20,3 +22,19 @@ async def readyz(request: HttpRequest) -> JsonResponse:
         {"status": "ready" if ready else "not_ready", "checks": checks},
         status=200 if ready else 503,
     )
+
+
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """The staff dashboard, an admin page (``admin_view`` in wedsync/urls.py keeps
+    everyone else out): starts from the metrics API's body, then follows ``ops`` live."""
+    from django.contrib import admin
+
+    from .selectors import metrics_overview
+
+    context = {
+        **admin.site.each_context(request),
+        "title": "Live dashboard",
+        "overview": metrics_overview(),
+        "api_url": reverse("performance-metrics"),
+    }
+    return render(request, "monitoring/dashboard.html", context)

@@ -20,6 +20,7 @@ from collections import deque
 
 from django.conf import settings
 
+from monitoring import metrics
 from realtime.errors import RealtimeError
 
 # PROTOCOL §7: critical events are never rate-limited. The catalogue marks emergency.* as
@@ -108,6 +109,7 @@ class PublishLimiter:
         if self._bucket.allow(now):
             return
         self._strike(now)
+        metrics.rate_limited()
         retry_ms = max(1, round(self._bucket.retry_after(now) * 1000))
         raise RealtimeError(
             "rate_limited",

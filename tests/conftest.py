@@ -64,6 +64,17 @@ def _isolated_cache(settings: Any) -> Any:
     breakers_reset()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_metric_files_removed() -> Any:
+    """The test process's metric files leave the shared directory with it, so that a
+    developer's running stack does not count the tests' publishes."""
+    yield
+    from monitoring.metrics import metrics_dir
+
+    for path in metrics_dir().glob(f"*_{os.getpid()}.db"):
+        path.unlink(missing_ok=True)
+
+
 @pytest.fixture
 def redis_url() -> str:
     """The real Redis of this run; the test is skipped (or fails in CI) without one."""

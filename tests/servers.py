@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +44,13 @@ class Server:
     def __init__(self, server: str = "uvicorn", port: int | None = None, **env: str) -> None:
         self.port = port or free_port()
         self.server = server
+        # Its own metric files unless the test shares a directory between servers (the
+        # monitoring tests do); removed when the server stops.
+        self.own_metrics_dir = None
+        if "PROMETHEUS_MULTIPROC_DIR" not in env:
+            self.own_metrics_dir = tempfile.mkdtemp(prefix="wedsync-metrics-")
+            env["PROMETHEUS_MULTIPROC_DIR"] = self.own_metrics_dir
+        self.metrics_dir = env["PROMETHEUS_MULTIPROC_DIR"]
         full_env = {
             **os.environ,
             "DJANGO_DEBUG": "true",
@@ -108,6 +117,8 @@ class Server:
                 self.proc.wait(5)
         if not self.log.closed:
             self.log.close()
+        if self.own_metrics_dir is not None:
+            shutil.rmtree(self.own_metrics_dir, ignore_errors=True)
 
 
 class RedisServer:

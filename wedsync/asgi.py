@@ -12,7 +12,11 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
+from monitoring.metrics import start_sampler  # noqa: E402
 from realtime.routing import websocket_application  # noqa: E402
+
+# Every server process samples its connections into the shared metric files.
+start_sampler()
 
 application = ProtocolTypeRouter(
     {

@@ -8,6 +8,7 @@ opens it again. While open (and while the probe is in flight) calls raise
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -175,8 +176,16 @@ def redis_breaker(name: str) -> CircuitBreaker:
                 failure_threshold=settings.REDIS_BREAKER_FAILURES,
                 reset_timeout=settings.REDIS_BREAKER_RESET,
                 failure_exceptions=REDIS_FAILURES,
+                on_change=functools.partial(_report_change, name),
             )
         return breaker
+
+
+def _report_change(name: str, old: str, new: str) -> None:
+    """The Redis breakers' hook: the state gauge and the opens counter (docs/monitoring.md)."""
+    from monitoring.metrics import breaker_changed
+
+    breaker_changed(name, new)
 
 
 def breaker_states() -> dict[str, str]:

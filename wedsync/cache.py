@@ -35,7 +35,15 @@ from wedsync.cache_tiers import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INVALIDATE_CHANNEL", "L1Cache", "L2Cache", "TwoTierCache", "get_cache", "reset_cache"]
+__all__ = [
+    "INVALIDATE_CHANNEL",
+    "L1Cache",
+    "L2Cache",
+    "TwoTierCache",
+    "current_cache",
+    "get_cache",
+    "reset_cache",
+]
 
 
 class _Flight:
@@ -423,6 +431,12 @@ def get_cache() -> TwoTierCache:
             cache.start_invalidation_listener()
             _cache, _cache_pid = cache, os.getpid()
     return _cache
+
+
+def current_cache() -> TwoTierCache | None:
+    """This process's cache if it made one (monitoring reads its stats without creating it)."""
+    cache = _cache
+    return cache if cache is not None and _cache_pid == os.getpid() else None
 
 
 def reset_cache() -> None:

@@ -29,6 +29,11 @@ class GracefulServer(uvicorn.Server):
 
         await registry.shutdown(settings.REALTIME_SHUTDOWN_GRACE)
         await super().shutdown(sockets)
+        # uvicorn re-raises SIGTERM once it is done, so atexit handlers never run: the
+        # process's live gauges (connections ...) leave the shared metric files here.
+        from monitoring.metrics import process_exiting
+
+        process_exiting()
 
 
 def config(host: str, port: int, *, log_level: str = "warning") -> uvicorn.Config:

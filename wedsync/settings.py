@@ -15,6 +15,7 @@ writes one for local development); real environment variables win over it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import environ
@@ -299,13 +300,18 @@ CELERY_BEAT_SCHEDULE["scaling-warm-cache"] = {
     "schedule": 15 * 60,  # a ceremony enters the 4 h window at least 3.75 h before it starts
     "options": {"expires": 14 * 60},  # a late run gives way to the next one
 }
+CELERY_BEAT_SCHEDULE["monitoring-snapshot"] = {
+    "task": "monitoring.tasks.record_snapshot",
+    "schedule": 60,  # the history's resolution; alerts are evaluated on the same beat
+    "options": {"expires": 55},  # a run that missed its minute gives way to the next one
+}
 
 # --- production hardening (effective when DEBUG is off) --------------------------------
 
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 30)
@@ -381,6 +387,63 @@ CACHE_WARM_HORIZON_HOURS = env.float("CACHE_WARM_HORIZON_HOURS", default=4.0)
 # Declared number of ASGI server processes in this deployment. It cannot be detected, so
 # the operator states it; a system check refuses several with the in-process layer.
 WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)
+
+# --- monitoring (docs/monitoring.md) ------------------------------------------------------
+
+# prometheus_client's multiprocess mode: every process of one host (ASGI servers, Celery
+# workers, beat) writes its metrics to files in this directory and /metrics adds them up.
+# The library decides at import time, from this environment variable, so it is exported
+# here, before anything can import it. One directory per host (per PID namespace): files
+# of dead processes are recognised by their pid (docs/monitoring.md).
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "metrics"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+# GET /metrics: a scraper sends this bearer token, or comes from one of these networks
+# (REMOTE_ADDR: behind a proxy on this host, loopback is everybody, hence no default
+# without DEBUG). Staff may also use their realtime token.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list(
+    "METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"] if DEBUG else []
+)
+# Seconds between two samples of a process's gauges (connections, subscriptions, outbox
+# depth, presence, cache counters, breakers) into the shared metric files.
+METRICS_SAMPLE_INTERVAL = env.float("METRICS_SAMPLE_INTERVAL", default=5.0)
+# Seconds between two `metrics.live` events on the `ops` topic (the live dashboard).
+MONITORING_LIVE_INTERVAL = env.float("MONITORING_LIVE_INTERVAL", default=5.0)
+MONITORING_SNAPSHOT_RETENTION_DAYS = env.int("MONITORING_SNAPSHOT_RETENTION_DAYS", default=90)
+CELERY_BEAT_SCHEDULE["monitoring-live"] = {
+    "task": "monitoring.tasks.publish_live",
+    "schedule": MONITORING_LIVE_INTERVAL,
+    "options": {"expires": MONITORING_LIVE_INTERVAL},  # a stale live figure is worthless
+}
+# Alert rules: the thresholds staff start from; each becomes a row editable in admin
+# (Monitoring > Alert rules) the first time alerts are evaluated, and the row wins after.
+# "above": the alert opens when the value reaches the threshold; "below": when it falls
+# to it. monitoring/rules.py says what each value is.
+MONITORING_ALERT_RULES: dict[str, dict[str, float]] = {
+    "delivery_latency_p95": {"warning": 0.5, "critical": 2.0},  # seconds, over a minute
+    "error_rate": {"warning": 0.02, "critical": 0.10},  # error replies per frame in
+    "connection_utilisation": {"warning": 0.8, "critical": 0.95},  # busiest supplier/limit
+    "cache_hit_ratio": {"warning": 0.8, "critical": 0.5},  # below
+    "circuit_breaker_open": {"warning": 1, "critical": 3},  # Redis breakers open
+    "celery_beat_late": {"warning": 180, "critical": 600},  # seconds since the last snapshot
+    "ack_overdue": {"warning": 5, "critical": 15},  # minutes an ack_required event waits
+}
+# Unacknowledged alerts escalate: technical (at once) -> management -> executive after
+# these many minutes open. An alert resolves once its condition stayed clear this long,
+# so a value flapping around a threshold keeps one alert instead of reopening it.
+ALERT_ESCALATE_MANAGEMENT_MINUTES = env.int("ALERT_ESCALATE_MANAGEMENT_MINUTES", default=15)
+ALERT_ESCALATE_EXECUTIVE_MINUTES = env.int("ALERT_ESCALATE_EXECUTIVE_MINUTES", default=45)
+ALERT_CLEAR_MINUTES = env.int("ALERT_CLEAR_MINUTES", default=5)
+ALERT_EMAILS = {
+    "technical": env.list("ALERT_EMAILS_TECHNICAL", default=[]),
+    "management": env.list("ALERT_EMAILS_MANAGEMENT", default=[]),
+    "executive": env.list("ALERT_EMAILS_EXECUTIVE", default=[]),
+}
+# Alert e-mails go through Django's mail backend: EMAIL_URL (smtp://user:pass@host:587,
+# submission://... for STARTTLS) or, by default, the console.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="wedsync@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
 LOGGING = {
     "version": 1,

@@ -5,13 +5,27 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views import defaults
 
+from monitoring import api as monitoring_api
+from monitoring import exporter as monitoring_exporter
 from monitoring import views as monitoring_views
 from realtime.api import json_error
 
 urlpatterns = [
+    # Before admin/: the staff dashboard is an admin page of its own (monitoring/views.py).
+    path(
+        "admin/monitoring/dashboard/",
+        admin.site.admin_view(monitoring_views.dashboard),
+        name="monitoring-dashboard",
+    ),
     path("admin/", admin.site.urls),
     path("healthz", monitoring_views.healthz, name="healthz"),
     path("readyz", monitoring_views.readyz, name="readyz"),
+    path("metrics", monitoring_exporter.metrics_view, name="metrics"),
+    path(
+        "api/performance/realtime/metrics",
+        monitoring_api.metrics_view,
+        name="performance-metrics",
+    ),
     path("", include("realtime.urls")),
     # The vendor web app: "/" is My Saturday (web/urls.py).
     path("", include("web.urls")),

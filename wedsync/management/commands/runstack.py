@@ -208,6 +208,11 @@ class Command(BaseCommand):
         return children
 
     def _start(self, children: list[Child]) -> None:
+        from monitoring.figures import prune_dead_processes
+
+        # The metric files of an earlier run's processes go: the new stack counts afresh
+        # and the shared directory does not grow with every restart (docs/monitoring.md).
+        prune_dead_processes(counters=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         hook = _die_with_parent_hook()
         # Every child is started before any reader thread: preexec_fn is only safe while
