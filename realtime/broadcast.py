@@ -95,6 +95,7 @@ def broadcast_event(event: Event) -> None:
             "topic": event.topic,
             "seq": event.seq,
             "text": event_frame_text(event),
+            "stored_at": event.created_at.timestamp(),  # for the delivery latency metric
         }
         loop = calling_loop()
         if loop is not None and loop.is_running():

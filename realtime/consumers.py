@@ -20,6 +20,7 @@ from channels.exceptions import StopConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
+from monitoring import metrics
 from wedsync.breaker import redis_breaker
 
 from . import protocol, services
@@ -91,6 +92,7 @@ class RealtimeConsumer(AsyncConsumer):
         self.connection: Connection | None = None
         self.user = self.scope.get("user")
         await self.send({"type": "websocket.accept"})
+        metrics.connection_opened()
         self.outbox = Outbox(
             self._send_text,
             maxsize=settings.REALTIME_OUTBOX_SIZE,
@@ -127,6 +129,7 @@ class RealtimeConsumer(AsyncConsumer):
         return True
 
     async def websocket_disconnect(self, message: dict) -> None:
+        metrics.connection_closed(message.get("code"))
         registry.discard(self)
         outbox = getattr(self, "outbox", None)
         if outbox is not None:
@@ -200,25 +203,31 @@ class RealtimeConsumer(AsyncConsumer):
                 text if text is not None else data, is_binary=text is None
             )
         except RealtimeError as err:
+            metrics.frame_in("invalid")
+            metrics.error(err.code)
             ref = err.extra.pop("ref", None)
             reply = protocol.error_frame(err) if ref is None else protocol.reply_error(ref, err)
             await self._reply(reply)
             if err.code == "too_large":
                 await self.close(CLOSE_TOO_LARGE, "frame too large")
             return
+        metrics.frame_in(type(frame).__name__)
         try:
             await self._handle(frame)
         except RealtimeError as err:
+            metrics.error(err.code)
             await self._reply(protocol.reply_error(frame.ref, err))
             if err.code == "rate_limited" and self.limiter.should_close:
                 await self.close(CLOSE_POLICY, "rate limit exceeded repeatedly")
         except OutboxFull:
             await self.close(CLOSE_OVERLOADED, "client too slow")
         except DatabaseError:
+            metrics.error("unavailable")
             # Nothing was stored: the transaction rolled back. The client retries.
             logger.warning("frame %s failed: database unreachable", type(frame).__name__)
             await self._reply(protocol.reply_error(frame.ref, _database_unavailable()))
         except Exception:
+            metrics.error("unavailable")
             logger.exception("frame %s failed", type(frame).__name__)
             err = RealtimeError("unavailable", "the server could not handle this frame")
             await self._reply(protocol.reply_error(frame.ref, err))
@@ -308,6 +317,7 @@ class RealtimeConsumer(AsyncConsumer):
             status: dict[str, Any] = {"status": "ok", "seq": seq}
             if since[topic] is not None:
                 status["recovered"] = recovered
+                metrics.replayed(recovered=recovered, events=max(0, seq - start))
             statuses[topic] = status
         ok = any(s["status"] == "ok" for s in statuses.values()) or not statuses
         reply = protocol.reply_ok(frame.ref, topics=statuses)
@@ -377,7 +387,7 @@ class RealtimeConsumer(AsyncConsumer):
 
     # --- events from this process's hub (realtime.hub) ----------------------------------
 
-    def hub_event(self, topic: str, seq: int, text: str) -> None:
+    def hub_event(self, topic: str, seq: int, text: str, stored_at: float | None = None) -> None:
         """One live event of a subscribed topic, in the order the hub received them.
 
         The common case (the next seq) is a put into the outbox, no await: the hub hands
@@ -394,10 +404,11 @@ class RealtimeConsumer(AsyncConsumer):
             return
         if seq == stream.last_seq + 1:
             try:
-                self.outbox.put_nowait(text)
+                self.outbox.put_nowait(text, stored_at)
             except OutboxFull:
                 get_hub().spawn(self.close(CLOSE_OVERLOADED, "client too slow"))
                 return
+            metrics.delivered()
             stream.last_seq = seq
             return
         stream.syncing = True  # a gap: fill it from the log, then the held events

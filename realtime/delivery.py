@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+from monitoring import metrics
 
 from . import selectors
 from .broadcast import event_frame_text
@@ -61,14 +64,16 @@ class Outbox:
         self, send: Callable[[str], Awaitable[None]], *, maxsize: int, put_timeout: float
     ) -> None:
         self._send = send
-        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=maxsize)
+        # (frame, when its event was stored or None): the latency metric is taken when
+        # the frame is written, for live events only (a replay of old events is not late).
+        self._queue: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue(maxsize=maxsize)
         self._put_timeout = put_timeout
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
         queue, send = self._queue, self._send
         while True:
-            text = await queue.get()
+            text, stored_at = await queue.get()
             try:
                 await send(text)
             except Exception:  # a socket already gone; the disconnect handler cleans up
@@ -76,16 +81,18 @@ class Outbox:
                 return
             finally:
                 queue.task_done()
+            if stored_at is not None:
+                metrics.delivery_latency(time.time() - stored_at)
 
-    def put_nowait(self, text: str) -> None:
+    def put_nowait(self, text: str, stored_at: float | None = None) -> None:
         try:
-            self._queue.put_nowait(text)
+            self._queue.put_nowait((text, stored_at))
         except asyncio.QueueFull:
             raise OutboxFull from None
 
     async def put(self, text: str) -> None:
         try:
-            await asyncio.wait_for(self._queue.put(text), self._put_timeout)
+            await asyncio.wait_for(self._queue.put((text, None)), self._put_timeout)
         except TimeoutError:
             raise OutboxFull from None
 
@@ -117,6 +124,7 @@ async def fill(stream: TopicStream, outbox: Outbox, upto: int | None, *, live: b
                 continue
             if live:
                 outbox.put_nowait(text)
+                metrics.delivered()
             else:
                 await outbox.put(text)
             stream.last_seq = seq
@@ -136,6 +144,7 @@ async def deliver(stream: TopicStream, outbox: Outbox, seq: int, text: str) -> N
         if seq <= stream.last_seq:
             return
     outbox.put_nowait(text)
+    metrics.delivered()
     stream.last_seq = seq
 
 

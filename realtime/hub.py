@@ -36,7 +36,9 @@ GROUP_TIMEOUT_S = 2.0
 class Member(Protocol):
     """What the hub needs of a local connection."""
 
-    def hub_event(self, topic: str, seq: int, text: str) -> None: ...
+    def hub_event(
+        self, topic: str, seq: int, text: str, stored_at: float | None = None
+    ) -> None: ...
 
     def hub_presence(self, topic: str, text: str) -> None: ...
 
@@ -135,9 +137,9 @@ class TopicHub:
             return
         kind = message.get("type")
         if kind == "rt.event":
-            seq, text = message["seq"], message["text"]
+            seq, text, stored_at = message["seq"], message["text"], message.get("stored_at")
             for member in list(members):
-                member.hub_event(topic, seq, text)
+                member.hub_event(topic, seq, text, stored_at)
         elif kind == "rt.presence":
             for member in list(members):
                 member.hub_presence(topic, message["text"])

@@ -56,6 +56,9 @@ def server_env(overrides: dict[str, str]) -> dict[str, str]:
         "DATABASE_URL": database_url(),
         "REDIS_URL": settings.REDIS_URL,
         "CHANNEL_LAYER": settings.CHANNEL_LAYER,
+        # This process's cache keys: what it seeded and cached is what the server reads
+        # (a Redis shared with other databases holds rows under other namespaces).
+        "CACHE_NAMESPACE": settings.CACHE_NAMESPACE,
         "LOG_LEVEL": "WARNING",
         **overrides,
     }
