@@ -274,9 +274,9 @@ class ConnectionRegistry:
     while Redis is unreachable (limits then hold per process, and the counts staff see
     are this process's)."""
 
-    def __init__(self, url: str | None) -> None:
+    def __init__(self, url: str | None, key_prefix: str = "wedsync") -> None:
         self.local = LocalConnections()
-        self.shared = RedisConnections(url) if url else None
+        self.shared = RedisConnections(url, key_prefix=key_prefix) if url else None
 
     @property
     def ttl(self) -> float:
@@ -352,15 +352,16 @@ class ConnectionRegistry:
         return self.shared is not None and self.shared.breaker.state == "open"
 
 
-_registries: dict[str, ConnectionRegistry] = {}
+_registries: dict[tuple[str, str], ConnectionRegistry] = {}
 
 
 def get_connection_registry() -> ConnectionRegistry:
-    """The process's connection registry for the configured Redis (or none)."""
-    url = settings.REDIS_URL or ""
-    registry = _registries.get(url)
+    """The process's connection registry for the configured Redis (or none); its keys
+    start with CACHE_NAMESPACE, so deployments sharing a Redis keep apart."""
+    url, prefix = settings.REDIS_URL or "", settings.CACHE_NAMESPACE
+    registry = _registries.get((url, prefix))
     if registry is None:
-        registry = _registries[url] = ConnectionRegistry(url or None)
+        registry = _registries[(url, prefix)] = ConnectionRegistry(url or None, prefix)
     return registry
 
 

@@ -380,7 +380,7 @@ class FallbackPresence:
 # --- choice -----------------------------------------------------------------------------
 
 _local_store: LocalPresence | None = None
-_redis_stores: dict[str, FallbackPresence] = {}
+_redis_stores: dict[tuple[str, str], FallbackPresence] = {}
 
 
 def get_presence_store() -> PresenceStore:
@@ -389,9 +389,13 @@ def get_presence_store() -> PresenceStore:
     global _local_store
     url = settings.REDIS_URL
     if url:
-        store = _redis_stores.get(url)
+        # Keys under CACHE_NAMESPACE: deployments (and test runs) sharing a Redis keep apart.
+        prefix = settings.CACHE_NAMESPACE
+        store = _redis_stores.get((url, prefix))
         if store is None:
-            store = _redis_stores[url] = FallbackPresence(RedisPresence(url), LocalPresence())
+            store = _redis_stores[(url, prefix)] = FallbackPresence(
+                RedisPresence(url, key_prefix=prefix), LocalPresence()
+            )
         return store
     if _local_store is None:
         _local_store = LocalPresence()
