@@ -11,7 +11,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from . import services
-from .models import Alert, AlertRule, MetricSnapshot
+from .models import Alert, AlertRule, BenchmarkRun, MetricSnapshot
 from .rules import RULES
 
 
@@ -102,4 +102,30 @@ class MetricSnapshotAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(BenchmarkRun)
+class BenchmarkRunAdmin(admin.ModelAdmin):
+    """Runs of the Benchmark API: read-only (a run is started through the API)."""
+
+    list_display = ("started_at", "scenario", "status", "started_by", "p99_ms", "missing")
+    list_filter = ("scenario", "status")
+    readonly_fields = (
+        "scenario", "params", "status", "started_by", "started_at", "finished_at", "report",
+        "error",
+    )  # fmt: skip
+
+    @admin.display(description="p99 ms")
+    def p99_ms(self, run: BenchmarkRun) -> Any:
+        return ((run.report or {}).get("deliveries") or {}).get("latency", {}).get("p99_ms")
+
+    @admin.display(description="missing")
+    def missing(self, run: BenchmarkRun) -> Any:
+        return ((run.report or {}).get("deliveries") or {}).get("missing")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

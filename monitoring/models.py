@@ -125,3 +125,39 @@ class Alert(models.Model):
         if self.resolved_at is not None:
             return "resolved"
         return "acknowledged" if self.acknowledged_at is not None else "open"
+
+
+class BenchmarkRun(models.Model):
+    """One run of the Benchmark API (``/api/performance/realtime/benchmark``): a bounded
+    load-test scenario against this deployment, its parameters and its report."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    scenario = models.CharField(max_length=40)
+    params = models.JSONField(default=dict)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )  # fmt: skip
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    report = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ("-started_at", "-id")
+        constraints = [
+            # One run at a time, across every server process.
+            models.UniqueConstraint(
+                fields=("status",),
+                condition=Q(status="running"),
+                name="monitoring_one_benchmark_running",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scenario} at {self.started_at:%Y-%m-%d %H:%M} ({self.status})"

@@ -270,11 +270,14 @@ def seed_demo(
     vendors_per_wedding: int,
     progress: Callable[[int, int], None] | None = None,
     token_ttl: int | None = None,
+    with_staff: bool = True,
 ) -> dict[str, Any]:
     """Create a demo Saturday and return its logins and tokens (PROTOCOL §10 JSON).
 
     ``progress(done, total)`` is called with counts of weddings about every tenth of the
-    run. Raises DemoSeedError for arguments out of range; writes nothing then.
+    run. ``with_staff=False`` leaves the "staff" user alone (a benchmark against a live
+    deployment must not reset its password); the JSON then has no ``staff``. Raises
+    DemoSeedError for arguments out of range; writes nothing then.
     """
     ttl = _validate(weddings=weddings, vendors_per_wedding=vendors_per_wedding, token_ttl=token_ttl)
     password = secrets.token_urlsafe(12)
@@ -290,7 +293,8 @@ def seed_demo(
     per_round = max(1, min(math.ceil(weddings / 10), _VENDORS_PER_ROUND // vendors_per_wedding))
     result: dict[str, Any] = {"weddings": []}
     with transaction.atomic():
-        result["staff"] = _staff(context)
+        if with_staff:
+            result["staff"] = _staff(context)
         done = 0
         while done < weddings:
             count = min(per_round, weddings - done)

@@ -6,6 +6,7 @@ from django.urls import include, path
 from django.views import defaults
 
 from monitoring import api as monitoring_api
+from monitoring import benchmark as monitoring_benchmark
 from monitoring import exporter as monitoring_exporter
 from monitoring import views as monitoring_views
 from realtime.api import json_error
@@ -25,6 +26,11 @@ urlpatterns = [
         "api/performance/realtime/metrics",
         monitoring_api.metrics_view,
         name="performance-metrics",
+    ),
+    path(
+        "api/performance/realtime/benchmark",
+        monitoring_benchmark.benchmark_view,
+        name="performance-benchmark",
     ),
     path("", include("realtime.urls")),
     # The vendor web app: "/" is My Saturday (web/urls.py).

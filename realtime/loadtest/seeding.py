@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.db import close_old_connections, connection
+from django.contrib.auth import get_user_model
+from django.db import close_old_connections, connection, transaction
 
-from realtime.models import TopicCursor
+from realtime.models import Event, IdempotencyKey, TopicCursor
 from wedsync.demo import seed_demo
+from wedsync.models import Booking, Supplier, SupplierMembership, Wedding
 
 # Tokens are checked at the handshake only; reconnects of a long run need them valid.
 TOKEN_TTL_S = 6 * 3600
@@ -28,13 +30,17 @@ class WeddingLogins:
 
 
 def seed_weddings(
-    weddings: int, per_wedding: int, progress: Callable[[int, int], None] | None = None
+    weddings: int,
+    per_wedding: int,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    with_staff: bool = True,
 ) -> list[WeddingLogins]:
     """Create ``weddings`` weddings with ``per_wedding`` suppliers (one user each) in the
     current database, committed, so that the server sees them."""
     demo = seed_demo(
         weddings=weddings, vendors_per_wedding=per_wedding, progress=progress,
-        token_ttl=TOKEN_TTL_S,
+        token_ttl=TOKEN_TTL_S, with_staff=with_staff,
     )  # fmt: skip
     return [
         WeddingLogins(
@@ -44,6 +50,33 @@ def seed_weddings(
         )
         for w in demo["weddings"]
     ]
+
+
+def remove_seeded(wedding_ids: list[int]) -> int:
+    """Delete what ``seed_weddings`` created for these weddings: their event log, their
+    suppliers and those suppliers' users, their couples, and the weddings. Returns the
+    number of weddings removed. Only for weddings this benchmark seeded."""
+    topics = [f"wedding:{pk}" for pk in wedding_ids]
+    with transaction.atomic():
+        weddings = Wedding.objects.filter(pk__in=wedding_ids)
+        supplier_ids = set(
+            Booking.objects.filter(wedding__in=weddings).values_list("supplier_id", flat=True)
+        )
+        user_ids = set(
+            SupplierMembership.objects.filter(supplier_id__in=supplier_ids).values_list(
+                "user_id", flat=True
+            )
+        ) | set(Wedding.couple.through.objects.filter(wedding__in=weddings).values_list(
+            "user_id", flat=True
+        ))  # fmt: skip
+        Event.objects.filter(topic__in=topics).delete()
+        TopicCursor.objects.filter(topic__in=topics).delete()
+        IdempotencyKey.objects.filter(topic__in=topics).delete()
+        removed = weddings.count()
+        weddings.delete()
+        Supplier.objects.filter(pk__in=supplier_ids).delete()
+        get_user_model()._default_manager.filter(pk__in=user_ids, is_staff=False).delete()
+    return removed
 
 
 def final_seqs(topics: list[str]) -> dict[str, int]:

@@ -21,7 +21,7 @@ from realtime.loadtest import report as reporting
 from realtime.loadtest.procstat import ProcSampler, descendants, listening_pids
 from realtime.loadtest.runner import Target, run_scenario, weddings_needed
 from realtime.loadtest.scenarios import SCENARIOS, ScenarioError, scenario_from_options
-from realtime.loadtest.seeding import database_kind, seed_weddings
+from realtime.loadtest.seeding import database_kind, remove_seeded, seed_weddings
 from realtime.loadtest.server import (
     StartedServer,
     channel_layer_name,
@@ -82,6 +82,12 @@ class Command(BaseCommand):
             help="an environment variable for the started server (repeatable)",
         )  # fmt: skip
         parser.add_argument("--json", type=Path, default=None, metavar="PATH")
+        parser.add_argument(
+            "--cleanup",
+            action="store_true",
+            help="a benchmark of a live deployment: leave the staff user alone and delete"
+            " what was seeded once the run is over",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["scenario"]
@@ -92,7 +98,9 @@ class Command(BaseCommand):
         nofile = raise_open_file_limit()
         weddings, per_wedding = weddings_needed(scenario)
         self._say(f"seeding {weddings} weddings x {per_wedding} suppliers ({database_kind()})")
-        world = seed_weddings(weddings, per_wedding, progress=self._seeded)
+        world = seed_weddings(
+            weddings, per_wedding, progress=self._seeded, with_staff=not options["cleanup"]
+        )
         started: StartedServer | None = None
         try:
             if options["url"]:
@@ -121,6 +129,9 @@ class Command(BaseCommand):
         finally:
             if started is not None:
                 started.stop()
+            if options["cleanup"]:
+                removed = remove_seeded([w.id for w in world])
+                self._say(f"removed the {removed} seeded weddings, their suppliers and users")
         head["machine"]["load_average_at_end"] = reporting.load_average()
         report = {**head, **result}
         self.stdout.write(reporting.render(report))

@@ -1,0 +1,206 @@
+"""The Benchmark API: ``GET``/``POST /api/performance/realtime/benchmark`` (staff).
+
+``GET`` lists the scenarios with the bounds of their parameters and the recent runs.
+``POST {"scenario": "saturday-peak", "params": {"connections": 50, "duration": 20}}``
+runs one bounded scenario against this deployment and answers with its report. The run
+is the load benchmark itself (``manage.py loadtest SCENARIO --url <this server>
+--cleanup``) in a child process, so the generator's CPU is not this server's event
+loop's; ``--cleanup`` leaves the staff account alone and deletes the weddings, suppliers
+and users it seeded. One run at a time across every process (a unique constraint on
+the running row: a second POST gets 409); every run is stored (``BenchmarkRun``, in
+admin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from django.db import IntegrityError, transaction
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from realtime.api import _csrf_rejection, json_error, json_response
+from realtime.tokens import TokenError, atoken_authenticate
+
+from .models import BenchmarkRun
+
+# Per scenario: option -> (default, lowest, highest). Bounded so that a run stays under
+# a minute of load and a few hundred connections on a live deployment.
+SCENARIOS: dict[str, dict[str, tuple[int, int, int]]] = {
+    "saturday-peak": {
+        "connections": (50, 2, 200),
+        "per-wedding": (10, 2, 40),
+        "rate": (10, 1, 50),
+        "duration": (20, 1, 60),
+    },
+    "reconnect-storm": {
+        "connections": (50, 2, 200),
+        "per-wedding": (10, 2, 40),
+        "rate": (10, 1, 50),
+        "before": (5, 1, 20),
+        "after": (10, 1, 40),
+    },
+    "snapshot-read": {
+        "clients": (10, 1, 50),
+        "rate": (50, 1, 200),
+        "duration": (20, 1, 60),
+        "weddings": (3, 1, 5),
+    },
+}
+# The child process: seeding, the run, cleanup. Past this it is killed.
+RUN_TIMEOUT_S = 240
+# A "running" row older than this belongs to a process that died mid-run.
+STALE_AFTER = dt.timedelta(minutes=10)
+
+
+def validate(data: Any) -> tuple[str, dict[str, int]]:
+    """``(scenario, params)`` with defaults filled in; ValueError naming the field."""
+    if not isinstance(data, dict) or set(data) - {"scenario", "params"}:
+        raise ValueError("body: an object with 'scenario' and optional 'params'")
+    scenario = data.get("scenario")
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario: one of {', '.join(SCENARIOS)}")
+    bounds = SCENARIOS[scenario]
+    given = data.get("params", {})
+    if not isinstance(given, dict):
+        raise ValueError("params: an object")
+    params = {name: default for name, (default, _, _) in bounds.items()}
+    for name, value in given.items():
+        if name not in bounds:
+            raise ValueError(f"params.{name}: not a parameter of {scenario}")
+        _, low, high = bounds[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"params.{name}: an integer from {low} to {high}")
+        params[name] = value
+    return scenario, params
+
+
+def loadtest_argv(scenario: str, params: dict[str, int], ws_url: str, report: Path) -> list[str]:
+    argv = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "loadtest", scenario]
+    for name, value in params.items():
+        argv += [f"--{name}", str(value)]
+    return [*argv, "--url", ws_url, "--cleanup", "--json", str(report)]
+
+
+async def run_loadtest(argv: list[str], report: Path) -> dict[str, Any]:
+    """Run the load benchmark in a child process; its JSON report, or RuntimeError."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"the run took longer than {RUN_TIMEOUT_S} s and was stopped") from None
+    data = await asyncio.to_thread(_read, report) if proc.returncode == 0 else None
+    if data is None:
+        tail = err.decode(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError("the run failed: " + (" | ".join(tail) or f"exit {proc.returncode}"))
+    return orjson.loads(data)
+
+
+def _read(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
+def summary(run: BenchmarkRun) -> dict[str, Any]:
+    """A run as the API lists it."""
+    report = run.report or {}
+    return {
+        "id": run.pk,
+        "scenario": run.scenario,
+        "params": run.params,
+        "status": run.status,
+        "started_at": run.started_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "error": run.error or None,
+        "latency_ms": (report.get("deliveries") or {}).get("latency"),
+        "missing": (report.get("deliveries") or {}).get("missing"),
+    }
+
+
+def _start(scenario: str, params: dict[str, int], user: Any) -> BenchmarkRun | None:
+    BenchmarkRun.objects.filter(
+        status=BenchmarkRun.Status.RUNNING, started_at__lt=timezone.now() - STALE_AFTER
+    ).update(status=BenchmarkRun.Status.FAILED, error="interrupted", finished_at=timezone.now())
+    try:
+        with transaction.atomic():
+            return BenchmarkRun.objects.create(scenario=scenario, params=params, started_by=user)
+    except IntegrityError:
+        return None
+
+
+def _finish(run: BenchmarkRun, report: dict | None, error: str = "") -> None:
+    run.report, run.error, run.finished_at = report, error, timezone.now()
+    run.status = BenchmarkRun.Status.FAILED if error else BenchmarkRun.Status.DONE
+    run.save(update_fields=["report", "error", "finished_at", "status"])
+
+
+def _recent() -> list[dict[str, Any]]:
+    return [summary(run) for run in BenchmarkRun.objects.all()[:10]]
+
+
+async def _user(request: HttpRequest) -> tuple[Any, HttpResponse | None]:
+    """The caller, as ``realtime.api.api_view`` decides it, or the error response."""
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        try:
+            return await atoken_authenticate(header[7:].strip()), None
+        except TokenError as exc:
+            return AnonymousUser(), json_error("unauthenticated", str(exc), 401)
+    user = await request.auser()
+    if not user.is_authenticated:
+        return user, json_error("unauthenticated", "log in or send a bearer token", 401)
+    if request.method not in ("GET", "HEAD") and _csrf_rejection(request):
+        return user, json_error("csrf_failed", "CSRF token missing or wrong", 403)
+    return user, None
+
+
+@csrf_exempt  # checked in _user for session callers; token callers need none
+async def benchmark_view(request: HttpRequest) -> HttpResponse:
+    """GET: the scenarios and recent runs. POST: run one (bounded) and return its report."""
+    if request.method not in ("GET", "POST"):
+        return json_error("method_not_allowed", "use GET or POST", 405)
+    user, refused = await _user(request)
+    if refused is not None:
+        return refused
+    if not user.is_staff:
+        return json_error("forbidden", "staff only", 403)
+    if request.method == "GET":
+        bounds = {
+            name: {p: {"default": d, "min": lo, "max": hi} for p, (d, lo, hi) in opts.items()}
+            for name, opts in SCENARIOS.items()
+        }
+        return json_response({"scenarios": bounds, "runs": await sync_to_async(_recent)()})
+    try:
+        scenario, params = validate(orjson.loads(request.body or b"{}"))
+    except orjson.JSONDecodeError:
+        return json_error("bad_request", "the body is not valid JSON", 400)
+    except ValueError as exc:
+        return json_error("invalid_payload", str(exc), 400)
+    run = await sync_to_async(_start)(scenario, params, user)
+    if run is None:
+        return json_error("conflict", "a benchmark is already running; try again later", 409)
+    scheme = "wss" if request.is_secure() else "ws"
+    ws_url = f"{scheme}://{request.get_host()}/ws/realtime/"
+    with tempfile.TemporaryDirectory(prefix="wedsync-bench-") as folder:
+        report_path = Path(folder) / "report.json"
+        try:
+            argv = loadtest_argv(scenario, params, ws_url, report_path)
+            report = await run_loadtest(argv, report_path)
+        except (RuntimeError, OSError) as exc:
+            await sync_to_async(_finish)(run, None, str(exc)[:2000])
+            return json_error("benchmark_failed", str(exc)[:500], 502, run=run.pk)
+    await sync_to_async(_finish)(run, report)
+    return json_response({"run": summary(run), "report": report})
