@@ -407,3 +407,27 @@ def test_screenshots__each_page_at_phone_and_desktop_sizes(browse, day) -> None:
         docs.mkdir(exist_ok=True)
         for name, target in DOC_SCREENSHOTS.items():
             shutil.copyfile(ARTIFACTS / f"{name}.png", docs / target)
+
+
+def test_ack_overdue__the_planner_is_told_who_has_not_acknowledged(browse, day) -> None:
+    # given the planner on the wedding page
+    from realtime.services import event_publish_system
+    from wedsync.models import SupplierMembership
+
+    planner = browse.open(day.planner, f"/weddings/{day.wedding.pk}/")
+    suppliers = list(
+        SupplierMembership.objects.filter(user=day.planner).values_list("supplier_id", flat=True)
+    )
+
+    # when monitoring reports an emergency unacknowledged for 5 minutes
+    event_publish_system(
+        day.topic,
+        "alert.ack_overdue",
+        {"alert_id": 1, "seq": 1, "event": "emergency.raised", "minutes": 5,
+         "missing": [11, 12], "planner_supplier_ids": suppliers, "severity": "warning"},
+    )  # fmt: skip
+
+    # then the planner's page says so
+    expect(planner.locator("#toast")).to_contain_text(
+        "Not yet acknowledged after 5 min: 2 of the vendors", timeout=LIVE_TIMEOUT_MS
+    )

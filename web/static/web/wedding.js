@@ -170,6 +170,16 @@ class WeddingPage {
         }
         this.renderAlerts();
         break;
+      case "alert.ack_overdue":
+        // The monitoring work tells the planner who has not acknowledged an event.
+        if (p.planner_supplier_ids.some((id) => this.viewer.supplier_ids.includes(id))) {
+          const count = Array.isArray(p.missing) ? p.missing.length : p.missing;
+          this.toast(
+            `Not yet acknowledged after ${p.minutes} min: ${count} of the vendors ` +
+              `(event #${p.seq}).`,
+          );
+        }
+        break;
       case "wedding.updated":
         if (p.venue !== undefined) this.wedding.venue = p.venue;
         if (p.guest_count !== undefined) this.wedding.guest_count = p.guest_count;
