@@ -10,6 +10,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from realtime.admin import ReadOnlyAdmin
+
 from . import services
 from .models import Alert, AlertRule, BenchmarkRun, MetricSnapshot
 from .rules import RULES
@@ -87,7 +89,7 @@ class AlertAdmin(admin.ModelAdmin):
 
 
 @admin.register(MetricSnapshot)
-class MetricSnapshotAdmin(admin.ModelAdmin):
+class MetricSnapshotAdmin(ReadOnlyAdmin):
     list_display = (
         "taken_at", "connections", "deliveries_per_s", "latency_p95", "error_rate",
         "cache_hit_ratio", "breakers_open", "wedding_day_mode",
@@ -95,18 +97,9 @@ class MetricSnapshotAdmin(admin.ModelAdmin):
     date_hierarchy = "taken_at"
     list_filter = ("wedding_day_mode",)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(BenchmarkRun)
-class BenchmarkRunAdmin(admin.ModelAdmin):
+class BenchmarkRunAdmin(ReadOnlyAdmin):
     """Runs of the Benchmark API: read-only (a run is started through the API)."""
 
     list_display = ("started_at", "scenario", "status", "started_by", "p99_ms", "missing")
@@ -123,9 +116,3 @@ class BenchmarkRunAdmin(admin.ModelAdmin):
     @admin.display(description="missing")
     def missing(self, run: BenchmarkRun) -> Any:
         return ((run.report or {}).get("deliveries") or {}).get("missing")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

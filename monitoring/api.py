@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 
-from realtime.api import ApiError, api_view, json_response
+from realtime.api import ApiError, api_view, json_body, json_response
 from realtime.errors import RealtimeError
 from scaling.selectors import wedding_day_mode
 from scaling.services import wedding_day_mode_set
@@ -35,18 +34,6 @@ def _staff(request: HttpRequest) -> None:
         raise ApiError("forbidden", "staff only", 403)
 
 
-def _body(request: HttpRequest) -> dict[str, Any]:
-    if len(request.body) > MAX_BODY:
-        raise ApiError("too_large", "request body is too large", 413)
-    try:
-        data = orjson.loads(request.body or b"{}")
-    except orjson.JSONDecodeError:
-        raise ApiError("bad_request", "the body is not valid JSON", 400) from None
-    if not isinstance(data, dict):
-        raise ApiError("bad_request", "the body must be a JSON object", 400)
-    return data
-
-
 def _invalid(field: str, message: str) -> RealtimeError:
     return RealtimeError("invalid_payload", message, field=field)
 
@@ -62,7 +49,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     """GET: figures, history, alerts, today's weddings. POST: one staff action."""
     _staff(request)
     if request.method == "POST":
-        return _action(request, _body(request))
+        return _action(request, json_body(request, MAX_BODY))
     raw = request.GET.get("minutes", str(selectors.HISTORY_MINUTES))
     if not raw.isdigit() or int(raw) not in selectors.MINUTE_CHOICES:
         choices = ", ".join(map(str, selectors.MINUTE_CHOICES))

@@ -93,10 +93,11 @@ def api_view(*methods: str) -> Callable:
     return decorate
 
 
-def _body(request: HttpRequest) -> dict[str, Any]:
+def json_body(request: HttpRequest, max_bytes: int = MAX_FRAME_BYTES) -> dict[str, Any]:
+    """The request's JSON object body; ``ApiError`` 413/400 when too large or not one."""
     try:
         # Over DATA_UPLOAD_MAX_MEMORY_SIZE Django refuses to read the body at all.
-        too_large = len(request.body) > MAX_FRAME_BYTES
+        too_large = len(request.body) > max_bytes
     except RequestDataTooBig:
         too_large = True
     if too_large:
@@ -121,7 +122,7 @@ def _visible_wedding(request: HttpRequest, wedding_id: int) -> Wedding:
 @api_view("POST")
 def token_view(request: HttpRequest) -> HttpResponse:
     """A realtime token for the signed-in user (PROTOCOL §2)."""
-    data = _body(request)
+    data = json_body(request)
     try:
         token = token_issue(user=request.user, ttl=data.get("ttl"))
     except (TypeError, ValueError) as exc:
@@ -207,7 +208,7 @@ def _publish(request: HttpRequest, wedding_id: int) -> HttpResponse:
     # The same 404 ``not_found`` as the GET endpoints for a hidden, a missing and an
     # impossible wedding id (``event_publish`` would say ``forbidden``/``unknown_topic``).
     _visible_wedding(request, wedding_id)
-    data = _body(request)
+    data = json_body(request)
     unknown = set(data) - {"event", "payload", "idempotency_key"}
     if unknown:
         raise RealtimeError(

@@ -83,3 +83,19 @@ def redis_url() -> str:
     if not _redis_answers(settings.REDIS_URL):
         _missing(f"Redis at {settings.REDIS_URL} does not answer")
     return settings.REDIS_URL
+
+
+@pytest.fixture
+def redis_key_prefix(redis_url: str) -> Any:
+    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"test-{uuid.uuid4().hex}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -10,7 +10,6 @@ server's own figures arriving over the WebSocket.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,16 +25,14 @@ from monitoring import figures, services
 from monitoring.models import Alert
 from monitoring.selectors import LIVE_MIN_WINDOW_S
 from scaling.models import WeddingDayModeChange
-from tests.conftest import IN_CI
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
 from tests.servers import Server
 from tests.web.conftest import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     DESKTOP,
     PHONE,
     Browse,
     api_publish,
+    browser,  # noqa: F401 -- the fixture: one Chromium per module, as for the web app
     screenshot,
     sign_in_with_password,
     wait_until,
@@ -51,12 +48,6 @@ pytestmark = [
 
 DASHBOARD = "/admin/monitoring/dashboard/"
 LIVE_MS = 10_000  # a WebSocket event (or, on the embedded default, the sweep: ~2 s)
-
-
-def _missing(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI=true but {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -76,29 +67,8 @@ def server(django_db_setup: Any, django_db_blocker: Any, metrics_dir: Path) -> I
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        _missing(f"{CHROMIUM} is missing (install it with: apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # see tests/web/conftest.py
-    playwright = sync_playwright().start()
-    chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-    try:
-        yield chromium
-    finally:
-        chromium.close()
-        playwright.stop()
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
-
-
 @pytest.fixture
-def browse(browser: Any, server: Server, transactional_db: Any) -> Iterator[Browse]:
+def browse(browser: Any, server: Server, transactional_db: Any) -> Iterator[Browse]:  # noqa: F811
     session = Browse(server, browser)
     yield session
     session.close()

@@ -127,17 +127,8 @@ class TestLocalConnections(RegistryContract):
 @pytest.mark.redis
 class TestRedisConnections(RegistryContract):
     @pytest.fixture(autouse=True)
-    def _own_keys(self, redis_url: str):
-        self.url = redis_url
-        self.prefix = f"test-conn-{uuid.uuid4().hex}"
-        yield
-        client = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(client.scan_iter(match=f"{self.prefix}:*"))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+    def _own_keys(self, redis_url: str, redis_key_prefix: str) -> None:
+        self.url, self.prefix = redis_url, redis_key_prefix
 
     def make_store(self) -> RedisConnections:
         return RedisConnections(self.url, key_prefix=self.prefix)

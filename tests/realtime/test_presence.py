@@ -184,18 +184,8 @@ class TestLocalPresence(PresenceContract):
 @pytest.mark.redis
 class TestRedisPresence(PresenceContract):
     @pytest.fixture(autouse=True)
-    def _own_keys(self, redis_url: str):
-        """A key prefix of this test's own; its keys are deleted afterwards."""
-        self.url = redis_url
-        self.prefix = f"test-presence-{uuid.uuid4().hex}"
-        yield
-        client = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(client.scan_iter(match=f"{self.prefix}:*"))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+    def _own_keys(self, redis_url: str, redis_key_prefix: str) -> None:
+        self.url, self.prefix = redis_url, redis_key_prefix
 
     def make_store(self, *, ttl: float = 60, url: str | None = None) -> RedisPresence:
         return RedisPresence(url or self.url, ttl=ttl, key_prefix=self.prefix)
