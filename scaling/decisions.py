@@ -1,0 +1,318 @@
+"""Scaling decisions: a pure function of the forecast, the current metrics, the current
+capacity and the policy, giving the desired ASGI processes, Celery workers and
+connection limit, with the reason in words.
+
+The rules, in order (docs/scaling.md says why):
+
+1. Forecast: capacity for the busiest slot from now to ``prescale_lead`` (2 h) ahead,
+   plus ``headroom`` (30 %), so a peak is provisioned before it arrives.
+2. Reactive: current connections above ``high_utilisation`` of capacity, p95 latency,
+   CPU or error rate over their limits scale out by ``scale_out_factor`` of the current
+   count, whatever the forecast says: the forecast can be wrong, the load is not.
+3. Hysteresis: out at once to the target; in only when the target is below the current
+   count even with ``scale_in_margin`` extra headroom, and by ``scale_in_step`` at a time.
+4. Cooldown: no change within ``scale_out_cooldown`` of the last one; no scale-in within
+   ``scale_in_cooldown``.
+5. Saturday protocol: no scale-in while any wedding is in its window (``window_lead``
+   before its ceremony to the end of its timeline).
+6. Bounds: ``min_*``/``max_*`` last, whatever the rules above said.
+
+A ``notice`` is set when a slot within ``notice_lead`` (24 h) needs more processes than
+now: the caller posts it on the ``ops`` topic (once per peak; that is the caller's job).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from scaling.demand import Forecast, SlotForecast, WeddingPlan
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """Tuning of the decision rules; the defaults are the issue's (#7) and ops' estimates."""
+
+    # What one ASGI process carries comfortably, and the hard cap it admits.
+    connections_per_process: int = 1000
+    connection_limit_per_process: int = 1500
+    # Deliveries/s one Celery worker keeps up with (fan-out, notifications).
+    deliveries_per_worker: float = 200.0
+    headroom: float = 0.30
+    min_asgi: int = 2  # two, so one process dying never takes every socket down
+    max_asgi: int = 40
+    min_workers: int = 1
+    max_workers: int = 20
+    # Reactive limits: any one over its value scales out now.
+    high_utilisation: float = 0.80  # connections / (processes × connections_per_process)
+    latency_p95_max_s: float = 0.5
+    cpu_max: float = 0.75
+    error_rate_max: float = 0.02
+    scale_out_factor: float = 0.5  # a reactive scale-out adds half the current count
+    # Hysteresis: a scale-in needs this much more headroom than a scale-out, and goes
+    # one step at a time, so a dip between two peaks does not flap the fleet.
+    scale_in_margin: float = 0.20
+    scale_in_step: int = 1
+    scale_out_cooldown: dt.timedelta = dt.timedelta(minutes=2)
+    scale_in_cooldown: dt.timedelta = dt.timedelta(minutes=30)
+    prescale_lead: dt.timedelta = dt.timedelta(hours=2)
+    notice_lead: dt.timedelta = dt.timedelta(hours=24)
+    window_lead: dt.timedelta = dt.timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class CurrentMetrics:
+    """The latest readings (a ``MetricSnapshot``); None is 'not measured'."""
+
+    connections: int
+    deliveries_per_s: float | None = None
+    latency_p95_s: float | None = None
+    cpu: float | None = None  # 0..1, busiest process
+    error_rate: float | None = None  # 0..1
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What runs now, and when it last changed (None: never, so no cooldown)."""
+
+    asgi_processes: int
+    celery_workers: int
+    connection_limit: int
+    last_change_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A forecast peak the ops topic should hear about a day ahead."""
+
+    peak_at: dt.datetime
+    connections: float
+    asgi_processes: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The desired capacity, whether it changes, why, and the inputs it came from."""
+
+    asgi_processes: int
+    celery_workers: int
+    connection_limit: int
+    action: str  # "scale_out", "scale_in" or "hold"
+    reasons: tuple[str, ...]
+    notice: Notice | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        """The reasons as one sentence list, for the audit row and the ops topic."""
+        return "; ".join(self.reasons)
+
+
+def _need(load: float, per_unit: float, headroom: float) -> int:
+    return math.ceil(load * (1 + headroom) / per_unit) if load > 0 else 0
+
+
+_SLOT = dt.timedelta(minutes=15)
+
+
+def _peak(slots: tuple[SlotForecast, ...], start: dt.datetime, end: dt.datetime):
+    """The slot with the most connections among those overlapping [start, end]."""
+    inside = [s for s in slots if s.start_utc <= end and s.start_utc + _SLOT > start]
+    return max(inside, key=lambda s: s.connections, default=None)
+
+
+def weddings_in_window(
+    weddings: tuple[WeddingPlan, ...], now: dt.datetime, lead: dt.timedelta
+) -> list[WeddingPlan]:
+    """The weddings between ``lead`` before their ceremony and the end of their timeline."""
+    return [w for w in weddings if w.ceremony_utc - lead <= now <= w.window_end_utc]
+
+
+def _pressure(current: CurrentMetrics, capacity: Capacity, policy: ScalingPolicy) -> list[str]:
+    """The reactive limits the current readings are over, in words."""
+    found = []
+    room = capacity.asgi_processes * policy.connections_per_process
+    if room and current.connections / room >= policy.high_utilisation:
+        found.append(
+            f"connections {current.connections} are {current.connections / room:.0%} of "
+            f"capacity {room} (limit {policy.high_utilisation:.0%})"
+        )
+    if current.latency_p95_s is not None and current.latency_p95_s > policy.latency_p95_max_s:
+        found.append(
+            f"p95 latency {current.latency_p95_s * 1000:.0f} ms over "
+            f"{policy.latency_p95_max_s * 1000:.0f} ms"
+        )
+    if current.cpu is not None and current.cpu > policy.cpu_max:
+        found.append(f"CPU {current.cpu:.0%} over {policy.cpu_max:.0%}")
+    if current.error_rate is not None and current.error_rate > policy.error_rate_max:
+        found.append(f"error rate {current.error_rate:.1%} over {policy.error_rate_max:.1%}")
+    return found
+
+
+def _settle(
+    name: str,
+    have: int,
+    target: int,
+    *,
+    lower: int,
+    upper: int,
+    scale_in_target: int,
+    scale_in_blocked: str | None,
+    since_change: dt.timedelta | None,
+    policy: ScalingPolicy,
+    reasons: list[str],
+) -> int:
+    """Apply hysteresis, cooldown, the Saturday protocol and bounds to one pool."""
+    want = have
+    if target > have:
+        if since_change is not None and since_change < policy.scale_out_cooldown:
+            reasons.append(f"{name}: scale-out to {target} waits for the cooldown")
+        else:
+            want = target
+    elif scale_in_target < have:
+        if scale_in_blocked:
+            reasons.append(f"{name}: no scale-in, {scale_in_blocked}")
+        elif since_change is not None and since_change < policy.scale_in_cooldown:
+            reasons.append(f"{name}: scale-in waits for the cooldown")
+        else:
+            want = max(scale_in_target, have - policy.scale_in_step)
+    elif target < have:
+        reasons.append(f"{name}: {have} kept, the load is within the hysteresis band")
+    bounded = min(upper, max(lower, want))
+    if bounded != want:
+        side = "maximum" if bounded < want else "minimum"
+        reasons.append(f"{name}: held at the {side} of {bounded} (wanted {want})")
+    if bounded > have:
+        reasons.append(f"{name}: {have} → {bounded}")
+    elif bounded < have:
+        reasons.append(f"{name}: {have} → {bounded}")
+    return bounded
+
+
+def decide(
+    forecast: Forecast,
+    current: CurrentMetrics,
+    capacity: Capacity,
+    policy: ScalingPolicy,
+    now: dt.datetime,
+) -> Decision:
+    """The capacity wanted now; called once a minute by the scaling evaluation."""
+    reasons: list[str] = []
+    # 1. Forecast, looking prescale_lead ahead.
+    ahead = _peak(forecast.slots, now, now + policy.prescale_lead)
+    forecast_conn = ahead.connections if ahead else 0.0
+    forecast_del = ahead.deliveries_per_s if ahead else 0.0
+    load_conn = max(forecast_conn, float(current.connections))
+    load_del = max(forecast_del, current.deliveries_per_s or 0.0)
+    asgi_target = _need(load_conn, policy.connections_per_process, policy.headroom)
+    workers_target = _need(load_del, policy.deliveries_per_worker, policy.headroom)
+    if ahead and forecast_conn > current.connections:
+        reasons.append(
+            f"forecast peak of {forecast_conn:.0f} connections at "
+            f"{ahead.start_utc:%a %H:%M} UTC (within {_hours(policy.prescale_lead)}) "
+            f"needs {asgi_target} process(es) with {policy.headroom:.0%} headroom"
+        )
+    else:
+        reasons.append(
+            f"{current.connections} connections now need {asgi_target} process(es) "
+            f"with {policy.headroom:.0%} headroom"
+        )
+    # 2. Reactive.
+    pressure = _pressure(current, capacity, policy)
+    if pressure:
+        step = max(1, math.ceil(capacity.asgi_processes * policy.scale_out_factor))
+        asgi_target = max(asgi_target, capacity.asgi_processes + step)
+        step = max(1, math.ceil(capacity.celery_workers * policy.scale_out_factor))
+        workers_target = max(workers_target, capacity.celery_workers + step)
+        reasons.extend(pressure)
+    # 3.-6. Hysteresis, cooldown, Saturday protocol, bounds.
+    in_window = weddings_in_window(forecast.weddings, now, policy.window_lead)
+    blocked = None
+    if in_window:
+        blocked = f"{len(in_window)} wedding(s) in their window (Saturday protocol)"
+    margin = policy.headroom + policy.scale_in_margin
+    since = now - capacity.last_change_at if capacity.last_change_at else None
+    common = {"scale_in_blocked": blocked, "since_change": since, "policy": policy}
+    asgi = _settle(
+        "ASGI processes",
+        capacity.asgi_processes,
+        asgi_target,
+        lower=policy.min_asgi,
+        upper=policy.max_asgi,
+        scale_in_target=_need(load_conn, policy.connections_per_process, margin),
+        reasons=reasons,
+        **common,
+    )
+    workers = _settle(
+        "Celery workers",
+        capacity.celery_workers,
+        workers_target,
+        lower=policy.min_workers,
+        upper=policy.max_workers,
+        scale_in_target=_need(load_del, policy.deliveries_per_worker, margin),
+        reasons=reasons,
+        **common,
+    )
+    if asgi > capacity.asgi_processes or workers > capacity.celery_workers:
+        action = "scale_out"
+    elif asgi < capacity.asgi_processes or workers < capacity.celery_workers:
+        action = "scale_in"
+    else:
+        action = "hold"
+    # The 24 h notice.
+    notice = None
+    later = _peak(forecast.slots, now, now + policy.notice_lead)
+    if later is not None:
+        needed = _need(later.connections, policy.connections_per_process, policy.headroom)
+        if needed > capacity.asgi_processes:
+            notice = Notice(later.start_utc, later.connections, min(needed, policy.max_asgi))
+            reasons.append(
+                f"notice: {later.connections:.0f} connections expected at "
+                f"{later.start_utc:%a %d %b %H:%M} UTC need {needed} process(es)"
+            )
+    return Decision(
+        asgi_processes=asgi,
+        celery_workers=workers,
+        connection_limit=asgi * policy.connection_limit_per_process,
+        action=action,
+        reasons=tuple(reasons),
+        notice=notice,
+        inputs=_inputs(forecast, ahead, current, capacity, policy, now, in_window),
+    )
+
+
+def _hours(delta: dt.timedelta) -> str:
+    return f"{delta.total_seconds() / 3600:g} h"
+
+
+def _inputs(
+    forecast: Forecast,
+    ahead: SlotForecast | None,
+    current: CurrentMetrics,
+    capacity: Capacity,
+    policy: ScalingPolicy,
+    now: dt.datetime,
+    in_window: list[WeddingPlan],
+) -> dict[str, Any]:
+    """What the decision saw, as JSON-ready values (for the audit row to come)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dt.datetime):
+            return value.isoformat()
+        if isinstance(value, dt.timedelta):
+            return value.total_seconds()
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {
+        "now": now.isoformat(),
+        "forecast_made_at": forecast.made_at.isoformat(),
+        "forecast_peak": plain(asdict(ahead)) if ahead else None,
+        "current": asdict(current),
+        "capacity": plain(asdict(capacity)),
+        "policy": plain(asdict(policy)),
+        "weddings_in_window": [w.wedding_id for w in in_window],
+    }
