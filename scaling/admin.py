@@ -9,7 +9,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from scaling.models import WeddingDayModeChange
+from scaling.models import ScalingDecision, WeddingDayModeChange
 from scaling.services import wedding_day_mode_set
 
 
@@ -43,9 +43,7 @@ class SwitchLogAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def save_model(
-        self, request: HttpRequest, obj: Any, form: Any, change: bool
-    ) -> None:
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         # Through the service (writes go through services): the change is stamped with
         # the staff member who made it and the cached state is dropped after commit.
         if change:  # never reached: rows are read-only
@@ -60,3 +58,33 @@ class SwitchLogAdmin(admin.ModelAdmin):
 @admin.register(WeddingDayModeChange)
 class WeddingDayModeChangeAdmin(SwitchLogAdmin):
     switch_service = wedding_day_mode_set
+
+
+@admin.register(ScalingDecision)
+class ScalingDecisionAdmin(admin.ModelAdmin):
+    """The scaling decisions, newest first, with their reasons: an audit log, read-only
+    (written by ``scaling.services.scaling_evaluate`` only)."""
+
+    list_display = (
+        "made_at",
+        "action",
+        "asgi_processes",
+        "celery_workers",
+        "connection_limit",
+        "actuator",
+        "actuator_status",
+        "reason",
+    )
+    list_filter = ("action", "actuator_status", "actuator")
+    search_fields = ("reason", "actuator_output")
+    date_hierarchy = "made_at"
+    readonly_fields = [f.name for f in ScalingDecision._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # viewed read-only by staff with the view permission
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,5 +1,9 @@
 """Wedding-day operations state: the wedding-day mode switch and its audit log.
 
+``ScalingDecision`` is the audit log of the scaling evaluation (``scaling.services.
+scaling_evaluate``): one row per decision that changed the desired capacity or carried a
+new 24-hour notice, with its inputs, its reason in words and what the actuator did.
+
 Wedding-day mode marks the hours when weddings are live (stricter operations: no
 deploys, scaled-up capacity). Every change is a new ``WeddingDayModeChange`` row, never
 edited nor deleted, so the log says who switched it, when and why; the current mode is
@@ -12,6 +16,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.validators import MinLengthValidator
 from django.db import models
+from django.utils import timezone
 
 REASON_MAX_LENGTH = 500
 
@@ -38,3 +43,49 @@ class WeddingDayModeChange(models.Model):
     def __str__(self) -> str:
         state = "on" if self.enabled else "off"
         return f"wedding-day mode {state} at {self.changed_at:%Y-%m-%d %H:%M}"
+
+
+class ScalingDecision(models.Model):
+    """One scaling decision: the desired capacity, what it was before, why, on which
+    inputs, and what the actuator made of it (an append-only audit log)."""
+
+    class Action(models.TextChoices):
+        SCALE_OUT = "scale_out", "Scale out"
+        SCALE_IN = "scale_in", "Scale in"
+        HOLD = "hold", "Hold"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"  # stored, the actuator not yet back
+        APPLIED = "applied", "Applied"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"  # nothing to apply (a notice only)
+
+    made_at = models.DateTimeField(default=timezone.now, db_index=True)
+    action = models.CharField(max_length=10, choices=Action.choices)
+    asgi_processes = models.PositiveIntegerField()
+    celery_workers = models.PositiveIntegerField()
+    connection_limit = models.PositiveIntegerField()
+    previous_asgi_processes = models.PositiveIntegerField()
+    previous_celery_workers = models.PositiveIntegerField()
+    previous_connection_limit = models.PositiveIntegerField()
+    reason = models.TextField()
+    inputs = models.JSONField(default=dict)
+    # The forecast peak a 24-hour notice was posted for (so it is posted once per peak).
+    notice_peak_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    actuator = models.CharField(max_length=20)
+    actuator_status = models.CharField(
+        max_length=10, choices=Status.choices, default=Status.PENDING
+    )
+    actuator_returncode = models.IntegerField(null=True, blank=True)
+    actuator_output = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ("-made_at", "-id")
+        get_latest_by = ("made_at", "id")
+        verbose_name = "scaling decision"
+
+    def __str__(self) -> str:
+        return (
+            f"{self.action} to {self.asgi_processes} ASGI / {self.celery_workers} workers "
+            f"at {self.made_at:%Y-%m-%d %H:%M}"
+        )

@@ -1,5 +1,6 @@
-"""Reads of wedding-day operations: the current wedding-day mode (through the cache), and
-the demand model's inputs (the wedding calendar and the metric history)."""
+"""Reads of wedding-day operations: the current wedding-day mode (through the cache), the
+demand model's inputs (the wedding calendar and the metric history), and what the
+scaling evaluation starts from (current metrics, current capacity, weddings in window)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from django.db import transaction
 
 from monitoring.models import MetricSnapshot
+from scaling.decisions import Capacity, CurrentMetrics, ScalingPolicy
 from scaling.demand import (
     DEFAULT_WINDOW_AFTER,
     HORIZON,
@@ -19,7 +21,7 @@ from scaling.demand import (
     WeddingPlan,
     relevant,
 )
-from scaling.models import WeddingDayModeChange
+from scaling.models import ScalingDecision, WeddingDayModeChange
 from wedsync.cache import get_cache
 from wedsync.models import Booking, TimelineItem, Wedding
 from wedsync.selectors import switch_state
@@ -96,3 +98,91 @@ def demand_inputs(
         .values_list("taken_at", "connections", "deliveries_per_s")
     ]
     return plans, observations
+
+
+# A snapshot older than this is not "current": beat or the workers stopped, and the
+# evaluation must not keep scaling on a reading from an hour ago.
+METRICS_MAX_AGE = dt.timedelta(minutes=5)
+
+
+def current_metrics(*, now: dt.datetime) -> tuple[CurrentMetrics, dt.datetime | None]:
+    """The latest ``MetricSnapshot`` within ``METRICS_MAX_AGE`` of ``now`` as the decision's
+    readings, and when it was taken; zeros and None when there is none."""
+    snapshot = (
+        MetricSnapshot.objects.filter(taken_at__lte=now, taken_at__gte=now - METRICS_MAX_AGE)
+        .order_by("-taken_at", "-id")
+        .first()
+    )
+    if snapshot is None:
+        return CurrentMetrics(connections=0), None
+    return (
+        CurrentMetrics(
+            connections=snapshot.connections,
+            deliveries_per_s=snapshot.deliveries_per_s,
+            latency_p95_s=snapshot.latency_p95,
+            cpu=None,  # not measured by the snapshot yet
+            error_rate=snapshot.error_rate,
+        ),
+        snapshot.taken_at,
+    )
+
+
+def latest_decision() -> ScalingDecision | None:
+    """The newest scaling decision, whatever its actuator made of it."""
+    return ScalingDecision.objects.order_by("-made_at", "-id").first()
+
+
+def _applied_decisions():
+    return ScalingDecision.objects.filter(
+        actuator_status__in=(ScalingDecision.Status.APPLIED, ScalingDecision.Status.SKIPPED)
+    ).order_by("-made_at", "-id")
+
+
+def capacity_known() -> bool:
+    """Whether any decision was applied; until then the capacity is the policy's
+    minimums by assumption, and the next decision is stored and applied as the baseline."""
+    return _applied_decisions().exists()
+
+
+def current_capacity(*, policy: ScalingPolicy) -> Capacity:
+    """What runs now: the newest decision the actuator applied (or that needed nothing),
+    with the time of the last applied change; the policy's minimums when there is none.
+    A failed apply does not count, so the next evaluation decides (and tries) again."""
+    done = _applied_decisions()
+    last = done.first()
+    if last is None:
+        return Capacity(
+            asgi_processes=policy.min_asgi,
+            celery_workers=policy.min_workers,
+            connection_limit=policy.min_asgi * policy.connection_limit_per_process,
+        )
+    change = done.exclude(action=ScalingDecision.Action.HOLD).first()
+    return Capacity(
+        asgi_processes=last.asgi_processes,
+        celery_workers=last.celery_workers,
+        connection_limit=last.connection_limit,
+        last_change_at=change.made_at if change else None,
+    )
+
+
+def notice_posted(*, peak_at: dt.datetime, now: dt.datetime, lead: dt.timedelta) -> bool:
+    """Whether a 24-hour notice was already posted for this peak: one within 2 h of it,
+    in the last ``lead`` (a peak moves by a slot or two as bookings change)."""
+    near = dt.timedelta(hours=2)
+    return ScalingDecision.objects.filter(
+        notice_peak_at__gte=peak_at - near,
+        notice_peak_at__lte=peak_at + near,
+        made_at__gte=now - lead,
+    ).exists()
+
+
+def weddings_in_window(
+    *, now: dt.datetime, hours: float = 0.0, lead: dt.timedelta = dt.timedelta(hours=2)
+) -> list[WeddingPlan]:
+    """The weddings in their window (``lead`` before the ceremony to the end of the
+    timeline) now or at any time in the next ``hours``, soonest first; read by the
+    deploy guard and the wedding-day mode automation."""
+    ahead = dt.timedelta(hours=hours)
+    plans, _ = demand_inputs(now=now, history=dt.timedelta(0), horizon=ahead + lead)
+    found = [p for p in plans if p.ceremony_utc - lead <= now + ahead and p.window_end_utc >= now]
+    return sorted(found, key=lambda p: (p.ceremony_utc, p.wedding_id or 0))

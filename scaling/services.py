@@ -1,14 +1,31 @@
-"""Writes of wedding-day operations: switching wedding-day mode."""
+"""Writes of wedding-day operations: switching wedding-day mode, and the scaling
+evaluation (decide, persist, apply, broadcast) with its wedding-day mode automation."""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
-from scaling.models import REASON_MAX_LENGTH, WeddingDayModeChange
+from realtime.models import Event
+from realtime.services import event_publish_system
+from scaling import selectors
+from scaling.actuators import ActuatorResult, Desired, get_actuator
+from scaling.decisions import Decision, ScalingPolicy, decide, weddings_in_window
+from scaling.demand import WeddingPlan, forecast, learn_correction
+from scaling.models import REASON_MAX_LENGTH, ScalingDecision, WeddingDayModeChange
 from scaling.selectors import wedding_day_mode_invalidate
+from wedsync.models import Wedding
 from wedsync.services import switch_reason_clean
+
+logger = logging.getLogger(__name__)
+
+# How much of an actuator's output the ops event carries (the row keeps more).
+EVENT_OUTPUT_CHARS = 500
 
 
 def wedding_day_mode_set(*, enabled: bool, reason: str, user: Any) -> WeddingDayModeChange:
@@ -26,3 +43,158 @@ def wedding_day_mode_set(*, enabled: bool, reason: str, user: Any) -> WeddingDay
         )
         wedding_day_mode_invalidate()
     return change
+
+
+def wedding_day_mode_automate(*, in_window: Sequence[WeddingPlan]) -> WeddingDayModeChange | None:
+    """Switch wedding-day mode on while any wedding is in its window and off after, as an
+    automated change (``changed_by`` None); called by each scaling evaluation.
+
+    A change made by a person is never overridden: while the latest change has a
+    ``changed_by``, this does nothing. Returns the change made, if any.
+    """
+    latest = WeddingDayModeChange.objects.order_by("-changed_at", "-id").first()
+    if latest is not None and latest.changed_by_id is not None:
+        return None
+    enabled = latest is not None and latest.enabled
+    if in_window and not enabled:
+        names = dict(
+            (w.pk, str(w)) for w in Wedding.objects.filter(pk__in=[p.wedding_id for p in in_window])
+        )
+        listed = ", ".join(f"#{p.wedding_id} {names.get(p.wedding_id, '')}" for p in in_window)
+        reason = f"automatic: {len(in_window)} wedding(s) in their window: {listed}"
+        if len(reason) > REASON_MAX_LENGTH:
+            reason = reason[: REASON_MAX_LENGTH - 1] + "…"
+        logger.warning("wedding-day mode on: %s", reason)
+        return wedding_day_mode_set(enabled=True, reason=reason, user=None)
+    if not in_window and enabled:
+        reason = "automatic: no wedding is in its window any more"
+        logger.warning("wedding-day mode off: %s", reason)
+        return wedding_day_mode_set(enabled=False, reason=reason, user=None)
+    return None
+
+
+def scaling_evaluate(
+    *, now: dt.datetime | None = None, policy: ScalingPolicy | None = None
+) -> ScalingDecision | None:
+    """Forecast, decide, and when the desired capacity changes (or a new 24-hour notice
+    is due) persist the decision, apply it through the configured actuator and broadcast
+    ``scaling.decided`` on ``ops``. Called every minute by beat
+    (``scaling.tasks.evaluate_scaling``); also switches wedding-day mode automatically.
+
+    Returns the stored decision, or None when nothing changed (a "hold" with no new
+    notice is not stored: one row a minute of "no change" would bury the real ones).
+    """
+    now = now or timezone.now()
+    policy = policy or ScalingPolicy()
+    plans, observations = selectors.demand_inputs(now=now)
+    predicted = forecast(plans, now, learn_correction(plans, observations))
+    current, measured_at = selectors.current_metrics(now=now)
+    capacity = selectors.current_capacity(policy=policy)
+    decision = decide(predicted, current, capacity, policy, now)
+
+    in_window = weddings_in_window(predicted.weddings, now, policy.window_lead)
+    wedding_day_mode_automate(in_window=in_window)
+
+    # The first decision (or the first since every apply failed) is the baseline.
+    first = not selectors.capacity_known()
+    before = (capacity.asgi_processes, capacity.celery_workers, capacity.connection_limit)
+    after = (decision.asgi_processes, decision.celery_workers, decision.connection_limit)
+    changed = after != before
+    notice_due = decision.notice is not None and not selectors.notice_posted(
+        peak_at=decision.notice.peak_at, now=now, lead=policy.notice_lead
+    )
+    if not (first or changed or notice_due):
+        return None
+    taken = measured_at.isoformat() if measured_at else None
+    inputs = {**decision.inputs, "metrics_taken_at": taken}
+    return _decision_record(
+        decision=decision,
+        capacity_before=before,
+        apply=changed or first,
+        notice_due=notice_due,
+        inputs=inputs,
+        now=now,
+    )
+
+
+def _decision_record(
+    *,
+    decision: Decision,
+    capacity_before: tuple[int, int, int],
+    apply: bool,
+    notice_due: bool,
+    inputs: dict[str, Any],
+    now: dt.datetime,
+) -> ScalingDecision:
+    """Store the decision, run the actuator (outside any transaction: a command may take
+    its whole timeout), then record its result and broadcast, together."""
+    actuator = get_actuator()
+    with transaction.atomic():
+        row = ScalingDecision.objects.create(
+            made_at=now,
+            action=decision.action,
+            asgi_processes=decision.asgi_processes,
+            celery_workers=decision.celery_workers,
+            connection_limit=decision.connection_limit,
+            previous_asgi_processes=capacity_before[0],
+            previous_celery_workers=capacity_before[1],
+            previous_connection_limit=capacity_before[2],
+            reason=decision.reason,
+            inputs=inputs,
+            notice_peak_at=decision.notice.peak_at if notice_due and decision.notice else None,
+            actuator=actuator.name,
+        )
+    if apply:
+        result = actuator.apply(
+            Desired(decision.asgi_processes, decision.celery_workers, decision.connection_limit)
+        )
+        status = ScalingDecision.Status.APPLIED if result.ok else ScalingDecision.Status.FAILED
+    else:
+        result = ActuatorResult(ok=True, output="nothing to apply: a notice only")
+        status = ScalingDecision.Status.SKIPPED
+    if not result.ok:
+        # No monitoring alert rule covers the actuator yet (monitoring.rules.RULES), so
+        # the failure is logged at ERROR and the ops event goes out as critical.
+        logger.error(
+            "scaling: actuator %s failed to apply decision %s (asgi=%s workers=%s): %s",
+            actuator.name, row.pk, row.asgi_processes, row.celery_workers, result.output,
+        )  # fmt: skip
+    with transaction.atomic():
+        row.actuator_status = status
+        row.actuator_returncode = result.returncode
+        row.actuator_output = result.output
+        row.save(update_fields=["actuator_status", "actuator_returncode", "actuator_output"])
+        priority = Event.Priority.NORMAL if result.ok else Event.Priority.CRITICAL
+        event_publish_system("ops", "scaling.decided", decision_payload(row, decision), priority)
+    return row
+
+
+def decision_payload(row: ScalingDecision, decision: Decision | None = None) -> dict[str, Any]:
+    """The ``scaling.decided`` event's payload: the stored row, and the notice it posted."""
+    notice = decision.notice if decision is not None and row.notice_peak_at else None
+    return {
+        "id": row.pk,
+        "made_at": row.made_at,
+        "action": row.action,
+        "asgi": row.asgi_processes,
+        "workers": row.celery_workers,
+        "connection_limit": row.connection_limit,
+        "previous": {
+            "asgi": row.previous_asgi_processes,
+            "workers": row.previous_celery_workers,
+            "connection_limit": row.previous_connection_limit,
+        },
+        "reason": row.reason,
+        "actuator": row.actuator,
+        "status": row.actuator_status,
+        "output": row.actuator_output[:EVENT_OUTPUT_CHARS],
+        "notice": (
+            {
+                "peak_at": notice.peak_at,
+                "connections": round(notice.connections),
+                "asgi": notice.asgi_processes,
+            }
+            if notice
+            else None
+        ),
+    }

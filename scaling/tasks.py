@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
+from scaling.services import scaling_evaluate
 from scaling.warming import cache_warm
 
 
@@ -13,3 +14,12 @@ from scaling.warming import cache_warm
 def warm_cache() -> dict[str, Any]:
     """Every 15 min (beat): warm the cache for weddings whose ceremony is near."""
     return cache_warm()
+
+
+@shared_task(name="scaling.tasks.evaluate_scaling", ignore_result=True)
+def evaluate_scaling() -> dict[str, Any] | None:
+    """Every minute (beat): decide the capacity, and store/apply/broadcast a change."""
+    row = scaling_evaluate()
+    if row is None:
+        return None
+    return {"id": row.pk, "action": row.action, "status": row.actuator_status}

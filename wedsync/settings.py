@@ -384,6 +384,20 @@ REDIS_POOL_MAX_CONNECTIONS = env.int("REDIS_POOL_MAX_CONNECTIONS", default=50)
 # (or started within the last hour) are warmed every 15 minutes.
 CACHE_WARM_HORIZON_HOURS = env.float("CACHE_WARM_HORIZON_HOURS", default=4.0)
 
+# Scaling (docs/scaling.md): the actuator that applies decisions ("log" or "command"), the
+# command's template ({asgi}, {workers}, {connection_limit}; split with shlex, no shell)
+# and its timeout in seconds, and the bearer token KEDA sends to GET /api/scaling/desired
+# (empty: only staff realtime tokens are accepted).
+SCALING_ACTUATOR = env.str("SCALING_ACTUATOR", default="log")
+SCALING_COMMAND_TEMPLATE = env.str("SCALING_COMMAND_TEMPLATE", default="")
+SCALING_COMMAND_TIMEOUT = env.int("SCALING_COMMAND_TIMEOUT", default=30)
+SCALING_API_TOKEN = env.str("SCALING_API_TOKEN", default="")
+CELERY_BEAT_SCHEDULE["scaling-evaluate"] = {
+    "task": "scaling.tasks.evaluate_scaling",
+    "schedule": 60,  # the decision's resolution; scale-out cooldown is 2 min
+    "options": {"expires": 55},  # a run that missed its minute gives way to the next one
+}
+
 # Declared number of ASGI server processes in this deployment. It cannot be detected, so
 # the operator states it; a system check refuses several with the in-process layer.
 WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)

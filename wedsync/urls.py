@@ -10,6 +10,7 @@ from monitoring import benchmark as monitoring_benchmark
 from monitoring import exporter as monitoring_exporter
 from monitoring import views as monitoring_views
 from realtime.api import json_error
+from scaling import api as scaling_api
 
 urlpatterns = [
     # Before admin/: the staff dashboard is an admin page of its own (monitoring/views.py).
@@ -32,6 +33,7 @@ urlpatterns = [
         monitoring_benchmark.benchmark_view,
         name="performance-benchmark",
     ),
+    path("api/scaling/desired", scaling_api.desired_view, name="scaling-desired"),
     path("", include("realtime.urls")),
     # The vendor web app: "/" is My Saturday (web/urls.py).
     path("", include("web.urls")),
