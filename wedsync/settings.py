@@ -392,10 +392,13 @@ SCALING_ACTUATOR = env.str("SCALING_ACTUATOR", default="log")
 SCALING_COMMAND_TEMPLATE = env.str("SCALING_COMMAND_TEMPLATE", default="")
 SCALING_COMMAND_TIMEOUT = env.int("SCALING_COMMAND_TIMEOUT", default=30)
 SCALING_API_TOKEN = env.str("SCALING_API_TOKEN", default="")
+# Seconds between scaling evaluations (the decision's resolution; scale-out cooldown is
+# 2 min). A late run gives way to the next one.
+SCALING_EVALUATE_INTERVAL = env.int("SCALING_EVALUATE_INTERVAL", default=60)
 CELERY_BEAT_SCHEDULE["scaling-evaluate"] = {
     "task": "scaling.tasks.evaluate_scaling",
-    "schedule": 60,  # the decision's resolution; scale-out cooldown is 2 min
-    "options": {"expires": 55},  # a run that missed its minute gives way to the next one
+    "schedule": SCALING_EVALUATE_INTERVAL,
+    "options": {"expires": max(1, SCALING_EVALUATE_INTERVAL - 5)},
 }
 
 # Declared number of ASGI server processes in this deployment. It cannot be detected, so
