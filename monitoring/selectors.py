@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import orjson
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db.models import Q
@@ -21,7 +22,8 @@ from django.utils import timezone
 
 from realtime.connections import get_connection_registry, supplier_limit
 from realtime.models import Ack, Event
-from scaling.selectors import wedding_day_mode
+from scaling.selectors import recent_decisions, wedding_day_mode
+from scaling.services import decision_payload
 from wedsync.cache import get_cache
 from wedsync.models import Booking, Supplier, SupplierMembership, Wedding
 from wedsync.selectors import wire_time
@@ -394,6 +396,9 @@ def metrics_overview(*, minutes: int = HISTORY_MINUTES) -> dict[str, Any]:
             "clear_minutes": settings.ALERT_CLEAR_MINUTES,
         },
         "weddings": todays_weddings(),
+        "scaling": [
+            orjson.loads(orjson.dumps(decision_payload(row))) for row in recent_decisions()
+        ],
     }
     cache.set(key, body, OVERVIEW_TTL)
     return body

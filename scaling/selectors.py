@@ -127,6 +127,11 @@ def current_metrics(*, now: dt.datetime) -> tuple[CurrentMetrics, dt.datetime | 
     )
 
 
+def recent_decisions(limit: int = 5) -> list[ScalingDecision]:
+    """The newest scaling decisions, newest first (the dashboard's panel)."""
+    return list(ScalingDecision.objects.order_by("-made_at", "-id")[:limit])
+
+
 def latest_decision() -> ScalingDecision | None:
     """The newest scaling decision, whatever its actuator made of it."""
     return ScalingDecision.objects.order_by("-made_at", "-id").first()

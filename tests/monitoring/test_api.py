@@ -224,3 +224,21 @@ def test_metrics__allowed_network_needs_no_token_and_an_empty_token_never_matche
     error(Client(REMOTE_ADDR="192.168.1.2").get("/metrics"), 401, "unauthenticated")
     empty = Client(REMOTE_ADDR="192.168.1.2").get("/metrics", HTTP_AUTHORIZATION="Bearer ")
     assert empty.status_code == 401
+
+
+def test_get__lists_the_latest_scaling_decisions(people) -> None:
+    # given: a scaling evaluation stored its first decision
+    from scaling.services import scaling_evaluate
+
+    row = scaling_evaluate()
+    assert row is not None
+
+    # when
+    client = Client()
+    client.force_login(people["staff"])
+    body = orjson.loads(client.get(URL).content)
+
+    # then the dashboard's panel has it, newest first, with its reason
+    assert body["scaling"][0]["id"] == row.pk
+    assert body["scaling"][0]["asgi"] == row.asgi_processes
+    assert body["scaling"][0]["reason"] == row.reason

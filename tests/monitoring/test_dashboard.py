@@ -109,10 +109,18 @@ def points(page: Any, chart: str) -> int:
 def test_dashboard__staff_sees_live_charts_switches_mode_and_acknowledges(
     browse: Browse, metrics_dir: Path
 ) -> None:
-    # given: the photographer on the wedding page, so that they count as connected
+    # given: the photographer on the wedding page, so that they count as connected, and a
+    # scaling decision stored
+    from scaling.models import ScalingDecision
+
     day = today_wedding()
     wedding = day["wedding"]
     browse.open(day["photographer"], f"/weddings/{wedding.pk}/")
+    decision = ScalingDecision.objects.create(
+        action="scale_out", asgi_processes=4, celery_workers=2, connection_limit=4000,
+        previous_asgi_processes=2, previous_celery_workers=1, previous_connection_limit=2000,
+        reason="forecast peak of 3,000 connections in 1 h 45", actuator="log",
+    )  # fmt: skip
 
     # when: staff sign in to the admin and follow the index's link to the dashboard
     page = browse.page(browse.context(viewport=DESKTOP), "/admin/", live=False)
@@ -125,6 +133,9 @@ def test_dashboard__staff_sees_live_charts_switches_mode_and_acknowledges(
     expect(page.locator("#dashboard")).to_be_visible()
     row = page.locator(f'#weddings li[data-wedding-id="{wedding.pk}"]')
     expect(row).to_contain_text("1 of 2 vendors connected")
+    expect(page.locator(f'#scaling li[data-decision-id="{decision.pk}"]')).to_contain_text(
+        f"{decision.asgi_processes} server processes"
+    )
     expect(page.locator("canvas").first).to_be_visible()  # uPlot drew its charts
     before = points(page, "connections")
 

@@ -204,6 +204,26 @@ function renderWeddings(weddings) {
   );
 }
 
+function renderScaling(decisions) {
+  const list = document.getElementById("scaling");
+  if (!decisions.length) {
+    fill(list, h("li", { class: "quiet" }, "No scaling decision yet."));
+    return;
+  }
+  fill(
+    list,
+    decisions.map((d) =>
+      h(
+        "li",
+        { dataset: { decisionId: d.id, status: d.status } },
+        h("strong", {}, `${d.asgi} server processes · ${d.workers} workers`),
+        h("span", { class: "meta" }, ` ${new Date(d.made_at).toLocaleString()} · ${d.action} · ${d.status}`),
+        h("div", { class: "meta" }, d.reason),
+      ),
+    ),
+  );
+}
+
 function applyOverview(overview) {
   state.overview = overview;
   const current = overview.current;
@@ -212,6 +232,8 @@ function applyOverview(overview) {
   renderMode(overview.wedding_day_mode);
   setAlerts(overview.alerts);
   renderWeddings(overview.weddings);
+  state.scaling = overview.scaling || [];
+  renderScaling(state.scaling);
   if (added) redrawCharts();
 }
 
@@ -289,6 +311,9 @@ function onEvent(frame) {
       poll(); // switched elsewhere: fetch the reason and who did it
     }
     if (addPoint(p)) redrawCharts();
+  } else if (frame.event === "scaling.decided") {
+    state.scaling = [p, ...(state.scaling || []).filter((d) => d.id !== p.id)].slice(0, 5);
+    renderScaling(state.scaling);
   } else if (frame.event.startsWith("alert.")) {
     if (frame.event === "alert.resolved") state.alerts.delete(p.id);
     else state.alerts.set(p.id, p);
