@@ -70,6 +70,13 @@ RULES: dict[str, RuleSpec] = {
             "s",
         ),
         RuleSpec(
+            "scaling_actuator_failed",
+            "Scaling actuator failing",
+            "scaling decisions in a row that the actuator failed to apply",
+            "decisions",
+            resolve_at_once=True,
+        ),
+        RuleSpec(
             "ack_overdue",
             "Acknowledgement overdue",
             "minutes an ack_required event has waited for a booked supplier's acknowledgement",

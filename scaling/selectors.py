@@ -132,6 +132,20 @@ def recent_decisions(limit: int = 5) -> list[ScalingDecision]:
     return list(ScalingDecision.objects.order_by("-made_at", "-id")[:limit])
 
 
+def failures_in_a_row() -> int:
+    """Applied-or-failed decisions, newest first, that failed before one that did not."""
+    count = 0
+    for status in (
+        ScalingDecision.objects.exclude(actuator_status=ScalingDecision.Status.SKIPPED)
+        .order_by("-made_at", "-id")
+        .values_list("actuator_status", flat=True)[:20]
+    ):
+        if status != ScalingDecision.Status.FAILED:
+            break
+        count += 1
+    return count
+
+
 def latest_decision() -> ScalingDecision | None:
     """The newest scaling decision, whatever its actuator made of it."""
     return ScalingDecision.objects.order_by("-made_at", "-id").first()

@@ -153,8 +153,6 @@ def _decision_record(
         result = ActuatorResult(ok=True, output="nothing to apply: a notice only")
         status = ScalingDecision.Status.SKIPPED
     if not result.ok:
-        # No monitoring alert rule covers the actuator yet (monitoring.rules.RULES), so
-        # the failure is logged at ERROR and the ops event goes out as critical.
         logger.error(
             "scaling: actuator %s failed to apply decision %s (asgi=%s workers=%s): %s",
             actuator.name, row.pk, row.asgi_processes, row.celery_workers, result.output,
@@ -166,6 +164,17 @@ def _decision_record(
         row.save(update_fields=["actuator_status", "actuator_returncode", "actuator_output"])
         priority = Event.Priority.NORMAL if result.ok else Event.Priority.CRITICAL
         event_publish_system("ops", "scaling.decided", decision_payload(row, decision), priority)
+    if apply:
+        # The alert opens on the first failure, turns critical after three in a row, and
+        # resolves with the next decision applied (monitoring's rule scaling_actuator_failed).
+        from monitoring.services import alert_observe
+
+        alert_observe(
+            "scaling_actuator_failed",
+            selectors.failures_in_a_row(),
+            message=f"the {actuator.name} actuator could not apply decision {row.pk}: "
+            f"{result.output[:200]}",
+        )
     return row
 
 

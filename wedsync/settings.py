@@ -443,6 +443,7 @@ MONITORING_ALERT_RULES: dict[str, dict[str, float]] = {
     "cache_hit_ratio": {"warning": 0.8, "critical": 0.5},  # below
     "circuit_breaker_open": {"warning": 1, "critical": 3},  # Redis breakers open
     "celery_beat_late": {"warning": 180, "critical": 600},  # seconds since the last snapshot
+    "scaling_actuator_failed": {"warning": 1, "critical": 3},  # failed applies in a row
     "ack_overdue": {"warning": 5, "critical": 15},  # minutes an ack_required event waits
 }
 # Unacknowledged alerts escalate: technical (at once) -> management -> executive after

@@ -126,6 +126,17 @@ def test_scaling_evaluate__a_failed_apply_is_recorded_alerted_and_retried(settin
     # and: a failed apply is not capacity, so the next evaluation tries again
     assert retried is not None
     assert retried.previous_asgi_processes == 2 and retried.asgi_processes == 4
+    # and: the monitoring alert is open, at warning after two failures in a row
+    from monitoring.models import Alert
+
+    alert = Alert.objects.get(rule="scaling_actuator_failed", resolved_at__isnull=True)
+    assert alert.severity == "warning"
+    assert alert.value == 2
+    # when: the actuator works again, the alert resolves at once
+    settings.SCALING_COMMAND_TEMPLATE = f"{PYTHON} -c 'print(1)'"
+    scaling_evaluate(now=NOW + dt.timedelta(seconds=60))
+    alert.refresh_from_db()
+    assert alert.resolved_at is not None
 
 
 def test_scaling_evaluate__posts_a_24_hour_notice_once_per_peak():
