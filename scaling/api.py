@@ -15,8 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from realtime.api import ApiError, api_view, json_error, json_response
-from scaling.decisions import ScalingPolicy
-from scaling.selectors import latest_decision
+from scaling.selectors import latest_decision, scaling_policy
 from wedsync.selectors import wire_time
 
 
@@ -24,7 +23,7 @@ def desired_capacity() -> dict[str, object]:
     """The latest decision's capacity; the policy's minimums before the first one."""
     row = latest_decision()
     if row is None:
-        policy = ScalingPolicy()
+        policy = scaling_policy()
         return {
             "asgi": policy.min_asgi,
             "workers": policy.min_workers,

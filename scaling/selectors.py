@@ -7,8 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
 from monitoring.models import MetricSnapshot
@@ -205,3 +207,23 @@ def weddings_in_window(
     plans, _ = demand_inputs(now=now, history=dt.timedelta(0), horizon=ahead + lead)
     found = [p for p in plans if p.ceremony_utc - lead <= now + ahead and p.window_end_utc >= now]
     return sorted(found, key=lambda p: (p.ceremony_utc, p.wedding_id or 0))
+
+
+def scaling_policy() -> ScalingPolicy:
+    """The decision rules' policy: the defaults of ``ScalingPolicy`` with the deployment's
+    settings (SCALING_*) over them. The hard per-process limit keeps its ratio to the
+    comfortable capacity."""
+    per_process = settings.SCALING_CONNECTIONS_PER_PROCESS
+    defaults = ScalingPolicy()
+    ratio = defaults.connection_limit_per_process / defaults.connections_per_process
+    return replace(
+        defaults,
+        connections_per_process=per_process,
+        connection_limit_per_process=round(per_process * ratio),
+        headroom=settings.SCALING_HEADROOM,
+        min_asgi=settings.SCALING_MIN_ASGI,
+        max_asgi=settings.SCALING_MAX_ASGI,
+        min_workers=settings.SCALING_MIN_WORKERS,
+        max_workers=settings.SCALING_MAX_WORKERS,
+        prescale_lead=dt.timedelta(hours=settings.SCALING_PRESCALE_HOURS),
+    )

@@ -85,7 +85,7 @@ def scaling_evaluate(
     notice is not stored: one row a minute of "no change" would bury the real ones).
     """
     now = now or timezone.now()
-    policy = policy or ScalingPolicy()
+    policy = policy or selectors.scaling_policy()
     plans, observations = selectors.demand_inputs(now=now)
     predicted = forecast(plans, now, learn_correction(plans, observations))
     current, measured_at = selectors.current_metrics(now=now)

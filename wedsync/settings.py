@@ -395,6 +395,15 @@ SCALING_API_TOKEN = env.str("SCALING_API_TOKEN", default="")
 # Seconds between scaling evaluations (the decision's resolution; scale-out cooldown is
 # 2 min). A late run gives way to the next one.
 SCALING_EVALUATE_INTERVAL = env.int("SCALING_EVALUATE_INTERVAL", default=60)
+# The scaling policy (scaling.decisions.ScalingPolicy; docs/scaling.md): the capacity of
+# one ASGI process, headroom, bounds and how early to scale ahead of a forecast peak.
+SCALING_CONNECTIONS_PER_PROCESS = env.int("SCALING_CONNECTIONS_PER_PROCESS", default=1000)
+SCALING_HEADROOM = env.float("SCALING_HEADROOM", default=0.30)
+SCALING_MIN_ASGI = env.int("SCALING_MIN_ASGI", default=2)
+SCALING_MAX_ASGI = env.int("SCALING_MAX_ASGI", default=40)
+SCALING_MIN_WORKERS = env.int("SCALING_MIN_WORKERS", default=1)
+SCALING_MAX_WORKERS = env.int("SCALING_MAX_WORKERS", default=20)
+SCALING_PRESCALE_HOURS = env.float("SCALING_PRESCALE_HOURS", default=2.0)
 CELERY_BEAT_SCHEDULE["scaling-evaluate"] = {
     "task": "scaling.tasks.evaluate_scaling",
     "schedule": SCALING_EVALUATE_INTERVAL,

@@ -274,3 +274,18 @@ def test_scaling_evaluate__a_failed_baseline_is_retried_until_applied(settings):
     assert applied.actuator_status == ScalingDecision.Status.APPLIED
     assert applied.actuator_output == "2"
     assert quiet is None
+
+
+def test_scaling_policy__from_settings(settings):
+    from scaling.selectors import scaling_policy
+
+    settings.SCALING_CONNECTIONS_PER_PROCESS = 500
+    settings.SCALING_HEADROOM = 0.5
+    settings.SCALING_MIN_ASGI, settings.SCALING_MAX_ASGI = 3, 9
+    settings.SCALING_PRESCALE_HOURS = 3
+
+    policy = scaling_policy()
+
+    assert (policy.connections_per_process, policy.connection_limit_per_process) == (500, 750)
+    assert (policy.headroom, policy.min_asgi, policy.max_asgi) == (0.5, 3, 9)
+    assert policy.prescale_lead == dt.timedelta(hours=3)
