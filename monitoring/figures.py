@@ -75,6 +75,7 @@ def read_totals(path: Path | None = None) -> dict[str, Any]:
         "latency": {"buckets": {}, "count": 0, "sum": 0.0},
         "cache": {"l1": {"hits": 0, "misses": 0}, "l2": {"hits": 0, "misses": 0}},
         "breakers": {},
+        "server_cpu": None,
     }  # fmt: skip
     simple = {
         "wedsync_ws_connections": "connections",
@@ -94,6 +95,8 @@ def read_totals(path: Path | None = None) -> dict[str, Any]:
     for name, labels, value in _samples(multiprocess_registry(path)):
         if name in simple:
             totals[simple[name]] += value
+        if name == "wedsync_server_cpu_ratio":
+            totals["server_cpu"] = max(value, totals["server_cpu"] or 0.0)
         if name == "wedsync_ws_errors_total":
             totals["errors"] += value
             codes = totals["errors_by_code"]
@@ -213,5 +216,6 @@ def derive(previous: dict[str, Any] | None, current: dict[str, Any], seconds: fl
         },
         "cache": cache,
         "breakers": dict(current.get("breakers", {})),
+        "server_cpu": current.get("server_cpu"),
         "breakers_open": sum(1 for state in current.get("breakers", {}).values() if state >= 2),
     }

@@ -107,6 +107,11 @@ OUTBOX_DEPTH = Gauge(
 OUTBOX_DEPTH_MAX = Gauge(
     "wedsync_outbox_depth_max", "The fullest outbox of one connection", multiprocess_mode="livemax"
 )
+SERVER_CPU = Gauge(
+    "wedsync_server_cpu_ratio",
+    "CPU of a server process between two samples (1.0 = one core; the busiest process)",
+    multiprocess_mode="livemax",
+)
 BREAKER_STATE = Gauge(
     "wedsync_circuit_breaker_state",
     "Redis circuit breaker: 0 closed, 1 half-open, 2 open (the worst process)",
@@ -279,11 +284,20 @@ class _Sampler:
     def __init__(self) -> None:
         self.cache_seen: dict[tuple[str, str], float] = {}
         self.cache_id: int | None = None
+        self.cpu_seen: tuple[float, float] | None = None  # (wall clock, process CPU)
 
     def sample(self) -> None:
         self._connections()
         self._breakers()
         self._cache()
+        self._cpu()
+
+    def _cpu(self) -> None:
+        """This process's CPU since the previous sample (the scaling rules read it)."""
+        now = (time.monotonic(), time.process_time())
+        if self.cpu_seen is not None and now[0] > self.cpu_seen[0]:
+            SERVER_CPU.set((now[1] - self.cpu_seen[1]) / (now[0] - self.cpu_seen[0]))
+        self.cpu_seen = now
 
     def _connections(self) -> None:
         from realtime.consumers import registry

@@ -37,6 +37,7 @@ class MetricSnapshot(models.Model):
     cache_hit_ratio = models.FloatField(null=True, blank=True)  # either tier
     breakers_open = models.IntegerField(default=0)
     supplier_utilisation = models.FloatField(null=True, blank=True)  # busiest supplier / limit
+    server_cpu = models.FloatField(null=True, blank=True)  # busiest server process, 1.0 = a core
     wedding_day_mode = models.BooleanField(default=False)
     totals = models.JSONField(default=dict)
 

@@ -81,6 +81,7 @@ def snapshot_record(*, now: dt.datetime | None = None, totals: dict[str, Any] | 
         cache_hit_ratio=cache["combined"]["hit_ratio"],
         breakers_open=derived["breakers_open"],
         supplier_utilisation=utilisation,
+        server_cpu=derived["server_cpu"],
         wedding_day_mode=bool(wedding_day_mode()["enabled"]),
         totals={**totals, "_derived": {
             "frames": derived["frames"],

@@ -122,7 +122,7 @@ def current_metrics(*, now: dt.datetime) -> tuple[CurrentMetrics, dt.datetime | 
             connections=snapshot.connections,
             deliveries_per_s=snapshot.deliveries_per_s,
             latency_p95_s=snapshot.latency_p95,
-            cpu=None,  # not measured by the snapshot yet
+            cpu=snapshot.server_cpu,
             error_rate=snapshot.error_rate,
         ),
         snapshot.taken_at,

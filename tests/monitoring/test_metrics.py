@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,20 @@ def test_beat__monitoring_entries_expire_before_their_next_run() -> None:
     assert 0 < snapshot["options"]["expires"] < snapshot["schedule"]
     assert live["task"] == "monitoring.tasks.publish_live"
     assert 0 < live["options"]["expires"] <= live["schedule"]
+
+
+def test_sampler__process_cpu_between_two_samples_reaches_the_totals() -> None:
+    # given: a first sample, then some work in this process
+    metrics.sample_now()
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:
+        pass
+
+    # when
+    metrics.sample_now()
+
+    # then: the gauge holds this process's CPU share (a busy loop: most of a core), and the
+    # host's totals report the busiest process
+    cpu = metrics.local_value("wedsync_server_cpu_ratio")
+    assert 0.0 < cpu <= 1.5
+    assert figures.read_totals()["server_cpu"] >= cpu * 0.99

@@ -289,3 +289,18 @@ def test_scaling_policy__from_settings(settings):
     assert (policy.connections_per_process, policy.connection_limit_per_process) == (500, 750)
     assert (policy.headroom, policy.min_asgi, policy.max_asgi) == (0.5, 3, 9)
     assert policy.prescale_lead == dt.timedelta(hours=3)
+
+
+def test_scaling_evaluate__busy_server_cpu_in_the_snapshot_scales_out():
+    # given: the baseline, then a minute snapshot with a server process at 90 % CPU
+    scaling_evaluate(now=NOW)
+    MetricSnapshot.objects.create(
+        taken_at=NOW + dt.timedelta(minutes=4), connections=100, server_cpu=0.9
+    )
+
+    # when
+    row = scaling_evaluate(now=NOW + dt.timedelta(minutes=5))
+
+    # then: the CPU rule adds processes and says why
+    assert row is not None and row.asgi_processes > row.previous_asgi_processes
+    assert "CPU 90%" in row.reason
