@@ -23,14 +23,12 @@ from typing import Any
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth.models import AnonymousUser
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from realtime.api import _csrf_rejection, json_error, json_response
-from realtime.tokens import TokenError, atoken_authenticate
+from realtime.api import api_authenticate, json_error, json_response
 
 from .models import BenchmarkRun
 
@@ -151,30 +149,17 @@ def _recent() -> list[dict[str, Any]]:
     return [summary(run) for run in BenchmarkRun.objects.all()[:10]]
 
 
-async def _user(request: HttpRequest) -> tuple[Any, HttpResponse | None]:
-    """The caller, as ``realtime.api.api_view`` decides it, or the error response."""
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        try:
-            return await atoken_authenticate(header[7:].strip()), None
-        except TokenError as exc:
-            return AnonymousUser(), json_error("unauthenticated", str(exc), 401)
-    user = await request.auser()
-    if not user.is_authenticated:
-        return user, json_error("unauthenticated", "log in or send a bearer token", 401)
-    if request.method not in ("GET", "HEAD") and _csrf_rejection(request):
-        return user, json_error("csrf_failed", "CSRF token missing or wrong", 403)
-    return user, None
-
-
-@csrf_exempt  # checked in _user for session callers; token callers need none
+@csrf_exempt  # checked by api_authenticate for session callers; token callers need none
 async def benchmark_view(request: HttpRequest) -> HttpResponse:
     """GET: the scenarios and recent runs. POST: run one (bounded) and return its report."""
     if request.method not in ("GET", "POST"):
         return json_error("method_not_allowed", "use GET or POST", 405)
-    user, refused = await _user(request)
+    # The API's one authentication (bearer token, or session with CSRF for POST); it reads
+    # the session and the user, so it runs in a thread.
+    refused = await sync_to_async(api_authenticate)(request)
     if refused is not None:
         return refused
+    user = request.user
     if not user.is_staff:
         return json_error("forbidden", "staff only", 403)
     if request.method == "GET":

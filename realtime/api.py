@@ -58,6 +58,22 @@ def _csrf_rejection(request: HttpRequest) -> HttpResponse | None:
     return check.process_view(request, None, (), {})
 
 
+def api_authenticate(request: HttpRequest) -> HttpResponse | None:
+    """Set ``request.user`` from a bearer token, or keep the session user (with the CSRF
+    check for writes); the JSON error response when neither will do, else None."""
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        try:
+            request.user = token_authenticate(header[7:].strip())
+        except TokenError as exc:
+            return json_error("unauthenticated", str(exc), 401)
+    elif not request.user.is_authenticated:
+        return json_error("unauthenticated", "log in or send a bearer token", 401)
+    elif request.method not in ("GET", "HEAD") and _csrf_rejection(request):
+        return json_error("csrf_failed", "CSRF token missing or wrong", 403)
+    return None
+
+
 def api_view(*methods: str) -> Callable:
     """Authenticate (session or bearer token), check the method, turn errors into JSON."""
 
@@ -69,16 +85,9 @@ def api_view(*methods: str) -> Callable:
                 return json_error(
                     "method_not_allowed", f"use {' or '.join(methods)}", 405
                 )
-            header = request.headers.get("Authorization", "")
-            if header.startswith("Bearer "):
-                try:
-                    request.user = token_authenticate(header[7:].strip())
-                except TokenError as exc:
-                    return json_error("unauthenticated", str(exc), 401)
-            elif not request.user.is_authenticated:
-                return json_error("unauthenticated", "log in or send a bearer token", 401)
-            elif request.method not in ("GET", "HEAD") and _csrf_rejection(request):
-                return json_error("csrf_failed", "CSRF token missing or wrong", 403)
+            refused = api_authenticate(request)
+            if refused is not None:
+                return refused
             try:
                 return view(request, *args, **kwargs)
             except ApiError as exc:
