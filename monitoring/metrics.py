@@ -302,18 +302,7 @@ class _Sampler:
     def _connections(self) -> None:
         from realtime.consumers import registry
 
-        held = getattr(registry, "_consumers", None)
-        if held is None:
-            return
-        for _ in range(3):  # the event loop may change the set while we copy it
-            try:
-                consumers = list(held)
-                break
-            except RuntimeError:
-                continue
-        else:
-            return
-        open_ = [c for c in consumers if not getattr(c, "closing", False)]
+        open_ = [c for c in registry.consumers() if not getattr(c, "closing", False)]
         depths = [_depth(c) for c in open_]
         CONNECTIONS.set(len(open_))
         SUBSCRIPTIONS.set(sum(len(getattr(c, "streams", ())) for c in open_))

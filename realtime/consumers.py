@@ -21,7 +21,6 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from monitoring import metrics
-from wedsync.breaker import redis_breaker
 
 from . import protocol, services
 from .broadcast import group_name
@@ -29,7 +28,7 @@ from .connections import Connection, get_connection_registry, supplier_limit
 from .db import in_db_thread
 from .delivery import Outbox, OutboxFull, TopicStream, deliver, fill, finish_sync
 from .errors import RealtimeError
-from .hub import GROUP_TIMEOUT_S, get_hub
+from .hub import get_hub, group_join, group_leave
 from .limits import PublishLimiter
 from .presence import get_presence_store
 from .protocol import (
@@ -143,29 +142,14 @@ class RealtimeConsumer(AsyncConsumer):
         raise StopConsumer
 
     async def _group_add(self, group: str) -> None:
-        async def join() -> None:
-            await asyncio.wait_for(
-                self.channel_layer.group_add(group, self.channel_name), GROUP_TIMEOUT_S
-            )
-
-        try:
-            await redis_breaker("channel-layer").acall(join)
-        except Exception:
-            # Redis is down: events still reach this connection from the log (the
-            # sweep's catch-up) until the retried join succeeds.
-            logger.warning("group join %s failed; the sweep retries it", group)
-            self.unjoined.add(group)
-        else:
+        if await group_join(self.channel_layer, group, self.channel_name):
             self.unjoined.discard(group)
+        else:
+            self.unjoined.add(group)
 
     async def _group_discard(self, group: str) -> None:
         self.unjoined.discard(group)
-        try:
-            await asyncio.wait_for(
-                self.channel_layer.group_discard(group, self.channel_name), GROUP_TIMEOUT_S
-            )
-        except Exception:
-            logger.warning("group leave %s failed", group)
+        await group_leave(self.channel_layer, group, self.channel_name)
 
     async def retry_joins(self) -> None:
         """Join the groups a failed join left out (the sweep calls this)."""
@@ -508,6 +492,16 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._consumers)
+
+    def consumers(self) -> list[RealtimeConsumer]:
+        """A copy of the process's connections; safe to call from another thread (the
+        metrics sampler) while the event loop changes the set."""
+        for _ in range(3):
+            try:
+                return list(self._consumers)
+            except RuntimeError:  # the set changed size during the copy
+                continue
+        return []
 
     async def shutdown(self, grace: float) -> None:
         """Drain this process (SIGTERM): refuse new connections and publishes, let the

@@ -33,6 +33,30 @@ logger = logging.getLogger(__name__)
 GROUP_TIMEOUT_S = 2.0
 
 
+async def group_join(layer: Any, group: str, channel: str) -> bool:
+    """Join ``channel`` to ``group`` through the channel layer's breaker, within
+    GROUP_TIMEOUT_S; False (logged) when Redis is down or stuck. Whoever joins keeps the
+    failed group and retries it at the next sweep; events meanwhile come from the log."""
+
+    async def join() -> None:
+        await asyncio.wait_for(layer.group_add(group, channel), GROUP_TIMEOUT_S)
+
+    try:
+        await redis_breaker("channel-layer").acall(join)
+    except Exception:
+        logger.warning("group join %s failed; the sweep retries it", group)
+        return False
+    return True
+
+
+async def group_leave(layer: Any, group: str, channel: str) -> None:
+    """Leave ``group`` within GROUP_TIMEOUT_S; a failure is logged (the join expires)."""
+    try:
+        await asyncio.wait_for(layer.group_discard(group, channel), GROUP_TIMEOUT_S)
+    except Exception:
+        logger.warning("group leave %s failed", group)
+
+
 class Member(Protocol):
     """What the hub needs of a local connection."""
 
@@ -73,14 +97,8 @@ class TopicHub:
             return
         del self.topics[topic]
         self.unjoined.discard(topic)
-        if self.channel is None:
-            return
-        try:
-            await asyncio.wait_for(
-                self.layer.group_discard(group_name(topic), self.channel), GROUP_TIMEOUT_S
-            )
-        except Exception:
-            logger.warning("hub: group leave %s failed", topic)
+        if self.channel is not None:
+            await group_leave(self.layer, group_name(topic), self.channel)
 
     async def retry_joins(self) -> None:
         """Join the groups a failed join left out (the sweep calls this)."""
@@ -96,20 +114,16 @@ class TopicHub:
         return self.channel
 
     async def _group_add(self, topic: str) -> None:
-        async def join() -> None:
-            channel = await self._ensure_channel()
-            group = group_name(topic)
-            await asyncio.wait_for(self.layer.group_add(group, channel), GROUP_TIMEOUT_S)
-
         try:
-            await redis_breaker("channel-layer").acall(join)
-        except Exception:
-            # Redis is down: the sweep's catch-up delivers from the log until the retried
-            # join succeeds.
-            logger.warning("hub: group join %s failed; the sweep retries it", topic)
+            channel = await self._ensure_channel()
+        except Exception:  # the layer cannot reach Redis to make the channel
+            logger.warning("hub: no channel for %s; the sweep retries it", topic)
             self.unjoined.add(topic)
-        else:
+            return
+        if await group_join(self.layer, group_name(topic), channel):
             self.unjoined.discard(topic)
+        else:
+            self.unjoined.add(topic)
 
     async def _read(self, channel: str) -> None:
         while True:
