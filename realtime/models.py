@@ -12,6 +12,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from wedsync.models import SwitchChange
+
 
 class TopicCursor(models.Model):
     """The last seq allocated on a topic; its row lock serialises publishers of the topic."""
@@ -101,28 +103,14 @@ class Ack(models.Model):
         return f"ack {self.event} by user {self.user_id}"
 
 
-class ReadOnlyModeChange(models.Model):
+class ReadOnlyModeChange(SwitchChange):
     """One switch of read-only (maintenance) mode on or off: an append-only audit log.
 
     While the latest row says on, publishes and acks are refused with ``unavailable``
     and the reason; reads, replays and live delivery of stored events go on.
     """
 
-    enabled = models.BooleanField()
-    reason = models.CharField(max_length=500)
-    changed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,  # the log outlives the account
-        related_name="+",
-    )
-    changed_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    switch_name = "read-only mode"
 
-    class Meta:
-        ordering = ("-changed_at", "-id")
+    class Meta(SwitchChange.Meta):
         verbose_name = "read-only mode change"
-
-    def __str__(self) -> str:
-        state = "on" if self.enabled else "off"
-        return f"read-only mode {state} at {self.changed_at:%Y-%m-%d %H:%M}"

@@ -13,36 +13,21 @@ the latest row (off when there is none). Written by ``scaling.services``, read b
 
 from __future__ import annotations
 
-from django.conf import settings
-from django.core.validators import MinLengthValidator
 from django.db import models
 from django.utils import timezone
 
-REASON_MAX_LENGTH = 500
+from wedsync.models import SWITCH_REASON_MAX_LENGTH, SwitchChange
+
+REASON_MAX_LENGTH = SWITCH_REASON_MAX_LENGTH
 
 
-class WeddingDayModeChange(models.Model):
+class WeddingDayModeChange(SwitchChange):
     """One switch of wedding-day mode on or off (an append-only audit log)."""
 
-    enabled = models.BooleanField()
-    reason = models.CharField(max_length=REASON_MAX_LENGTH, validators=[MinLengthValidator(1)])
-    changed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,  # the log outlives the account
-        related_name="+",
-    )
-    changed_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    switch_name = "wedding-day mode"
 
-    class Meta:
-        ordering = ("-changed_at", "-id")
-        get_latest_by = ("changed_at", "id")
+    class Meta(SwitchChange.Meta):
         verbose_name = "wedding-day mode change"
-
-    def __str__(self) -> str:
-        state = "on" if self.enabled else "off"
-        return f"wedding-day mode {state} at {self.changed_at:%Y-%m-%d %H:%M}"
 
 
 class ScalingDecision(models.Model):

@@ -22,7 +22,7 @@ from django.db import transaction
 from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
-from wedsync.models import Booking, Supplier, TimelineItem, Wedding
+from wedsync.models import SWITCH_REASON_MAX_LENGTH, Booking, Supplier, TimelineItem, Wedding
 from wedsync.selectors import active_supplier_ids
 
 # A shift is a delay or a gain on the day; more than a day either way is a new plan.
@@ -278,7 +278,9 @@ def booking_deactivate(*, supplier_id: int, wedding_id: int) -> Booking:
     return booking
 
 
-def switch_reason_clean(enabled: Any, reason: Any, max_length: int = 500) -> str:
+def switch_reason_clean(
+    enabled: Any, reason: Any, max_length: int = SWITCH_REASON_MAX_LENGTH
+) -> str:
     """Validate an audited switch change (wedding-day mode, read-only mode): ``enabled`` a
     bool, ``reason`` 1 to ``max_length`` characters, not blank. Returns the stripped reason;
     raises ``ValidationError`` naming the field."""
