@@ -21,12 +21,13 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from monitoring import metrics
+from wedsync.breaker import CircuitOpen
 
 from . import protocol, services
-from .broadcast import group_name
+from .broadcast import group_name, group_send_bounded
 from .connections import Connection, get_connection_registry, supplier_limit
 from .db import in_db_thread
-from .delivery import Outbox, OutboxFull, TopicStream, deliver, fill, finish_sync
+from .delivery import Outbox, OutboxFull, TopicStream, fill, finish_sync
 from .errors import RealtimeError
 from .hub import get_hub, group_join, group_leave
 from .limits import PublishLimiter
@@ -362,10 +363,11 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def _presence_diff(self, topic: str, joins: list, leaves: list) -> None:
         text = protocol.presence_diff(topic, joins, leaves)
+        message = {"type": "rt.presence", "topic": topic, "text": text}
         try:
-            await self.channel_layer.group_send(
-                group_name(topic), {"type": "rt.presence", "topic": topic, "text": text}
-            )
+            await group_send_bounded(group_name(topic), message)
+        except CircuitOpen:  # Redis is down (the breaker logged it); presence is best effort
+            pass
         except Exception:  # presence is best effort; events never depend on it
             logger.warning("presence diff on %s not sent", topic, exc_info=True)
 
@@ -420,18 +422,6 @@ class RealtimeConsumer(AsyncConsumer):
                 pass
 
     # --- messages from the channel layer ------------------------------------------------
-
-    async def rt_event(self, message: dict) -> None:
-        stream = self.streams.get(message["topic"])
-        if stream is None or self.closing:
-            return
-        try:
-            await deliver(stream, self.outbox, message["seq"], message["text"])
-        except OutboxFull:
-            await self.close(CLOSE_OVERLOADED, "client too slow")
-
-    async def rt_presence(self, message: dict) -> None:
-        self.hub_presence(message["topic"], message["text"])
 
     async def rt_recheck(self, message: dict) -> None:
         """A booking or membership changed: drop the topic if this user lost access."""
