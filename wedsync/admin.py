@@ -58,7 +58,14 @@ class TimelineItemInline(admin.TabularInline):
     model = TimelineItem
     extra = 0
     fields = (
-        "title", "starts_at", "ends_at", "location", "status", "key_moment", "pinned", "version"
+        "title",
+        "starts_at",
+        "ends_at",
+        "location",
+        "status",
+        "key_moment",
+        "pinned",
+        "version",
     )
     readonly_fields = ("version",)
     show_change_link = True  # suppliers are edited on the item's own page

@@ -11,12 +11,19 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wedsync.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.urls import get_resolver  # noqa: E402
 
 from monitoring.metrics import start_sampler  # noqa: E402
 from realtime.routing import websocket_application  # noqa: E402
+from wedsync.gctune import tune_after_startup  # noqa: E402
 
 # Every server process samples its connections into the shared metric files.
 start_sampler()
+
+# Import the URL conf now rather than on the first request, so that it is part of the
+# start-up heap that the collector freezes.
+get_resolver().url_patterns  # noqa: B018
+tune_after_startup()
 
 application = ProtocolTypeRouter(
     {

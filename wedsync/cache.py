@@ -425,9 +425,7 @@ def get_cache() -> TwoTierCache:
                 else None
             )
             # Tests set a unique CACHE_NAMESPACE per test.
-            cache = TwoTierCache(
-                l1=l1, l2=l2, namespace=settings.CACHE_NAMESPACE
-            )
+            cache = TwoTierCache(l1=l1, l2=l2, namespace=settings.CACHE_NAMESPACE)
             cache.start_invalidation_listener()
             _cache, _cache_pid = cache, os.getpid()
     return _cache

@@ -364,5 +364,3 @@ class L2Cache:
             "raw_bytes": self.raw_bytes,
             "compression_ratio": ratio,
         }
-
-

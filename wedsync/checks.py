@@ -56,8 +56,7 @@ def check_embedded_in_production(app_configs: Any = None, **kwargs: Any) -> list
                 "local-memory cache and the filesystem Celery broker are for development "
                 "and one process only.",
                 hint=(
-                    "Set REDIS_URL=redis://... for production, or DJANGO_DEBUG=true for "
-                    "local use."
+                    "Set REDIS_URL=redis://... for production, or DJANGO_DEBUG=true for local use."
                 ),
                 id="wedsync.W001",
             )

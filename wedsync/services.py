@@ -175,9 +175,7 @@ def timeline_item_update(*, item_id: int, expected_version: int, **changes: Any)
     item = _locked_item(item_id=item_id, expected_version=expected_version)
     current = {name: getattr(item, name) for name in UPDATABLE_FIELDS - {"supplier_ids"}}
     current["supplier_ids"] = ()
-    cleaned = _validated(
-        wedding_id=item.wedding_id, values=current | changes, changed=set(changes)
-    )
+    cleaned = _validated(wedding_id=item.wedding_id, values=current | changes, changed=set(changes))
     for name in changes.keys() - {"supplier_ids"}:
         setattr(item, name, cleaned[name])
     item.version += 1

@@ -315,9 +315,7 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 30)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool(
-        "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True
-    )
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
     SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
     SECURE_CONTENT_TYPE_NOSNIFF = True
 
@@ -357,6 +355,12 @@ REALTIME_SWEEP_INTERVAL = env.float("REALTIME_SWEEP_INTERVAL", default=5.0)
 # of different topics run side by side. Each holds one pooled connection while it works,
 # so keep DATABASE_POOL_MAX_SIZE above it (HTTP views use one more).
 REALTIME_DB_THREADS = env.int("REALTIME_DB_THREADS", default=6)
+# Garbage collection in server processes (wedsync/gctune.py): freeze the start-up heap,
+# and collect young objects less often. "700,10,10" and false give CPython's defaults.
+SERVER_GC_FREEZE = env.bool("SERVER_GC_FREEZE", default=True)
+SERVER_GC_THRESHOLDS = [
+    int(v) for v in env.list("SERVER_GC_THRESHOLDS", default=["7000", "20", "100"])
+]
 
 # Connections (realtime/connections.py, PROTOCOL §8 close 4029): open WebSockets per user
 # and per supplier, counted across every server process (in Redis; in-process on the

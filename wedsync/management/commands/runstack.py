@@ -179,14 +179,26 @@ class Command(BaseCommand):
                 Child(
                     "worker",
                     [
-                        python, "-m", "celery", "-A", "wedsync", "worker", "-l", "info",
+                        python,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "wedsync",
+                        "worker",
+                        "-l",
+                        "info",
                         # solo: the task runs in the worker process itself, so there is no
                         # pool of grandchildren to stop (and nothing to leave orphaned).
-                        "--pool", "solo", "--concurrency", "1",
+                        "--pool",
+                        "solo",
+                        "--concurrency",
+                        "1",
                         # Named after the port, so two stacks on one broker stay apart.
-                        "-n", f"wedsync-{port}@%h",
+                        "-n",
+                        f"wedsync-{port}@%h",
                         # One worker: nobody to synchronise with at start or gossip to.
-                        "--without-mingle", "--without-gossip",
+                        "--without-mingle",
+                        "--without-gossip",
                     ],
                 )
             )
@@ -196,12 +208,21 @@ class Command(BaseCommand):
                 Child(
                     "beat",
                     [
-                        python, "-m", "celery", "-A", "wedsync", "beat", "-l", "info",
+                        python,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "wedsync",
+                        "beat",
+                        "-l",
+                        "info",
                         # Per port, so that two stacks do not fight over one pidfile. The
                         # schedule itself is in the database (DatabaseScheduler); the file
                         # is only used should someone switch to the default scheduler.
-                        "--pidfile", str(run_dir / f"beat-{port}.pid"),
-                        "-s", str(run_dir / f"beat-schedule-{port}"),
+                        "--pidfile",
+                        str(run_dir / f"beat-{port}.pid"),
+                        "-s",
+                        str(run_dir / f"beat-schedule-{port}"),
                     ],
                 )
             )
@@ -281,7 +302,8 @@ class Command(BaseCommand):
         running = [c for c in children if c.running]
         if running:
             self._say(
-                "runstack: stopping " + ", ".join(c.name for c in running)
+                "runstack: stopping "
+                + ", ".join(c.name for c in running)
                 + f" (SIGTERM, SIGKILL after {GRACE_S:g} s or on a second Ctrl-C) ..."
             )
         for child in running:
@@ -294,9 +316,7 @@ class Command(BaseCommand):
             time.sleep(0.1)
         for child in children:
             if child.running:
-                self._say(
-                    self.style.WARNING(f"runstack: {child.name} is still running; SIGKILL")
-                )
+                self._say(self.style.WARNING(f"runstack: {child.name} is still running; SIGKILL"))
                 _signal_group(child, signal.SIGKILL)
         for child in children:
             if child.proc is not None:
@@ -417,6 +437,7 @@ def _demo_lines(path: Path) -> list[str]:
     if staff := _user(demo.get("staff")):
         rows.append(("staff (admin)", [("", staff)]))
     for wedding in weddings[:_DEMO_WEDDINGS_SHOWN]:
+
         def first(category: str, wedding: dict = wedding) -> tuple[str, str] | None:
             return next(
                 (
