@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import msgspec
 import orjson
@@ -167,6 +167,13 @@ class PublishContext:
 
     user: Any
     wedding_id: int
+
+    @classmethod
+    def known(cls, user: Any, wedding_id: int, acting_supplier_ids: frozenset[int]) -> Self:
+        """A context whose acting suppliers were already read (``publish_access``)."""
+        ctx = cls(user=user, wedding_id=wedding_id)
+        ctx.__dict__["acting_supplier_ids"] = set(acting_supplier_ids)  # the cached_property
+        return ctx
 
     @cached_property
     def booked_supplier_ids(self) -> set[int]:
@@ -319,6 +326,10 @@ class EventSpec:
     apply: Callable[[PublishContext, Any], dict[str, Any]]
     priority: str = "normal"
     ack_required: bool = False
+    # True when ``apply`` writes nothing to the database (it may read): the event is then
+    # stored with one statement, without holding the topic's lock around ``apply``
+    # (services._append_one_statement). Left False, the conservative default.
+    stores_only: bool = False
 
     def validate(self, payload: Any) -> Payload:
         """Check a client payload against this event's type; raise ``invalid_payload``."""
@@ -340,8 +351,10 @@ CATALOGUE: dict[str, EventSpec] = {
         EventSpec(
             "timeline.shifted", TimelineShifted, _timeline_editor, _apply_shifted, ack_required=True
         ),
-        EventSpec("vendor.status", VendorStatus, _any_member, _apply_vendor_status),
-        EventSpec("message.posted", MessagePosted, _any_member, _as_stored),
+        EventSpec(
+            "vendor.status", VendorStatus, _any_member, _apply_vendor_status, stores_only=True
+        ),
+        EventSpec("message.posted", MessagePosted, _any_member, _as_stored, stores_only=True),
         EventSpec(
             "emergency.raised",
             EmergencyRaised,
@@ -349,9 +362,15 @@ CATALOGUE: dict[str, EventSpec] = {
             _apply_emergency_raised,
             priority="critical",
             ack_required=True,
+            stores_only=True,
         ),
         EventSpec(
-            "emergency.resolved", EmergencyResolved, _any_member, _as_stored, priority="critical"
+            "emergency.resolved",
+            EmergencyResolved,
+            _any_member,
+            _as_stored,
+            priority="critical",
+            stores_only=True,
         ),
         EventSpec("wedding.updated", WeddingUpdated, _timeline_editor, _apply_wedding_updated),
     )

@@ -108,7 +108,8 @@ def snapshot_invalidate(wedding_id: int) -> None:
     key = snapshot_key(wedding_id)
     cache = get_cache()
     cache.delete(key)
-    transaction.on_commit(lambda: cache.delete(key))
+    if connection.in_atomic_block:  # outside one, the write has already committed
+        transaction.on_commit(lambda: cache.delete(key))
 
 
 # --- receivers (connected on import, by ``realtime.signals``) --------------------------
@@ -118,8 +119,14 @@ def snapshot_invalidate(wedding_id: int) -> None:
 def _event_stored(sender: type, instance: Event, created: bool = False, **kwargs: Any) -> None:
     # Registered while the event is written, before its broadcast is queued (both run on
     # commit in order): a client that refetches on the event reads the new snapshot.
-    kind, _, raw_id = instance.topic.partition(":")
-    if created and kind == "wedding" and raw_id.isdigit():
+    if created:
+        event_stored(instance)
+
+
+def event_stored(event: Event) -> None:
+    """Drop the snapshot of the wedding an event was stored on (its seq moved on)."""
+    kind, _, raw_id = event.topic.partition(":")
+    if kind == "wedding" and raw_id.isdigit():
         snapshot_invalidate(int(raw_id))
 
 

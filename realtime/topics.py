@@ -123,10 +123,21 @@ def authorize_publish(user: Any, topic: str | Topic, event: str) -> Topic:
     catalogue and ``forbidden`` when the user's role may not publish that event. A rule
     that depends on the payload (``vendor.status``) is checked by the catalogue.
     """
+    return publish_access(user, topic, event)[0]
+
+
+def publish_access(
+    user: Any, topic: str | Topic, event: str
+) -> tuple[Topic, wedsync_selectors.WeddingAccess]:
+    """``authorize_publish``, also returning what it read: the user's acting suppliers
+    on the wedding, which the publish needs next (one database round trip for both)."""
     parsed = parse_topic(topic)
-    if parsed.kind != "wedding" or not _may_subscribe(user, parsed):
+    if parsed.kind != "wedding" or not _is_active_user(user):
+        raise topic_forbidden(str(parsed))
+    access = wedsync_selectors.user_wedding_access(user, parsed.id)
+    if not access.visible:
         raise topic_forbidden(str(parsed))
     spec = catalogue.spec_for(event)
     if not spec.role_allows(user, parsed.id):
         raise RealtimeError("forbidden", f"you may not publish {event!r} on this wedding")
-    return parsed
+    return parsed, access

@@ -8,8 +8,10 @@ active booking. Inactive and anonymous users see nothing.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
+from django.db import connection
 from django.db.models import Q, QuerySet
 
 from wedsync.models import Booking, Supplier, SupplierMembership, TimelineItem, Wedding
@@ -59,6 +61,48 @@ def user_acting_supplier_ids(user: Any, wedding_id: int) -> set[int]:
             supplier__bookings__active=True,
         ).values_list("supplier_id", flat=True)
     )
+
+
+@dataclass(frozen=True)
+class WeddingAccess:
+    """What one user is to one wedding: whether they may see it, and as which suppliers."""
+
+    visible: bool
+    acting_supplier_ids: frozenset[int]
+
+
+_NO_ACCESS = WeddingAccess(False, frozenset())
+
+
+def user_wedding_access(user: Any, wedding_id: int) -> WeddingAccess:
+    """``user_can_view_wedding`` and ``user_acting_supplier_ids`` in one round trip.
+
+    Every publish needs both, exactly (never from the cache), so this is on the hot path:
+    one hand-written statement instead of two ORM queries, about 1 ms of Python and a
+    round trip less per publish (docs/benchmarks.md). Staff see every existing wedding.
+    """
+    if not _is_active_user(user):
+        return _NO_ACCESS
+    membership = SupplierMembership._meta.db_table
+    booking = Booking._meta.db_table
+    couple = Wedding.couple.through._meta.db_table
+    # Supplier ids are positive: 0 marks the couple row, -1 the wedding's existence.
+    sql = (
+        f"SELECT m.supplier_id FROM {membership} m"  # noqa: S608 -- table names from _meta
+        f" INNER JOIN {booking} b ON b.supplier_id = m.supplier_id"
+        " WHERE m.user_id = %s AND b.wedding_id = %s AND b.active"
+        f" UNION ALL SELECT 0 FROM {couple} c WHERE c.user_id = %s AND c.wedding_id = %s"
+    )
+    params: list[Any] = [user.pk, wedding_id, user.pk, wedding_id]
+    if user.is_staff:
+        sql += f" UNION ALL SELECT -1 FROM {Wedding._meta.db_table} w WHERE w.id = %s"  # noqa: S608
+        params.append(wedding_id)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        ids = {row[0] for row in cursor.fetchall()}
+    acting = frozenset(i for i in ids if i > 0)
+    visible = bool(acting) or 0 in ids or -1 in ids
+    return WeddingAccess(visible, acting)
 
 
 def user_can_edit_timeline(user: Any, wedding_id: int) -> bool:
