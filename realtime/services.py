@@ -18,7 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from contextlib import nullcontext
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 IDEMPOTENCY_TTL = dt.timedelta(hours=24)
 _IDEMPOTENCY_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _EVENT_NAME_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
+# The topics' ordering locks (``_in_order``): a topic hashes to one of them.
+_ORDER_LOCKS = tuple(threading.RLock() for _ in range(64))
 # Pruning deletes in slices so that no single statement holds locks for long.
 PRUNE_BATCH = 2000
 
@@ -146,6 +149,21 @@ def _append(
     return stored
 
 
+def _in_order(topic: str) -> AbstractContextManager[Any]:
+    """The topic's ordering lock in this process, to hold from before its cursor row is
+    locked until the commit's broadcast is handed over: two threads storing seqs N and
+    N+1 then hand them to the event loop in that order, and no subscriber of this
+    process sees a gap it must read from the database (``realtime.broadcast``).
+
+    Inside a caller's transaction it is not taken: the broadcast waits for that
+    transaction's commit anyway, and holding it there could deadlock against the row
+    locks the caller keeps. Every path that locks a cursor row outside one takes it first.
+    """
+    if connection.in_atomic_block:
+        return nullcontext()
+    return _ORDER_LOCKS[hash(topic) % len(_ORDER_LOCKS)]
+
+
 def _on_commit_of(stored: Event) -> None:
     """Once the event's transaction commits: its broadcast and the publish counter."""
     transaction.on_commit(partial(broadcast_event, stored))
@@ -194,35 +212,36 @@ def _append_one_statement(
         *(priority, ack_required, idempotency_key, now),
         *(user_id, idempotency_key, topic, now, idempotency_key is not None),
     ]
-    try:
-        # Inside a caller's transaction, a savepoint: a taken key must not abort it.
-        with transaction.atomic() if connection.in_atomic_block else nullcontext():
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                row = cursor.fetchone()
-    except IntegrityError:
-        return None
-    if row is None:
-        return None
-    stored = Event(
-        id=row[0],
-        topic=topic,
-        seq=row[1],
-        event=event,
-        payload=payload,
-        actor_user_id=user_id,
-        actor_supplier_id=supplier_id,
-        priority=priority,
-        ack_required=ack_required,
-        idempotency_key=idempotency_key,
-        created_at=now,
-    )
-    stored._state.adding = False
-    stored._state.db = connection.alias
-    # What the post_save receivers do for an ORM save, before the broadcast is queued.
-    snapshots.event_stored(stored)
-    _on_commit_of(stored)
-    return stored
+    with _in_order(topic):
+        try:
+            # Inside a caller's transaction, a savepoint: a taken key must not abort it.
+            with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    row = cursor.fetchone()
+        except IntegrityError:
+            return None
+        if row is None:
+            return None
+        stored = Event(
+            id=row[0],
+            topic=topic,
+            seq=row[1],
+            event=event,
+            payload=payload,
+            actor_user_id=user_id,
+            actor_supplier_id=supplier_id,
+            priority=priority,
+            ack_required=ack_required,
+            idempotency_key=idempotency_key,
+            created_at=now,
+        )
+        stored._state.adding = False
+        stored._state.db = connection.alias
+        # What the post_save receivers do for an ORM save, before the broadcast is queued.
+        snapshots.event_stored(stored)
+        _on_commit_of(stored)
+        return stored
 
 
 def _check_idempotency_key(key: Any) -> None:
@@ -305,7 +324,7 @@ def event_publish(
         if stored is not None:
             return PublishResult(stored, created=True)
     try:
-        with transaction.atomic():
+        with _in_order(topic_name), transaction.atomic():
             cursor = _lock_cursor(topic_name)
             if idempotency_key is not None:
                 # A repeat, or a twin that committed while we waited for the lock.
@@ -362,7 +381,7 @@ def event_publish_system(
         payload = orjson.loads(orjson.dumps(payload))
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise invalid("payload", "must be JSON-serialisable") from exc
-    with transaction.atomic():
+    with _in_order(str(parsed)), transaction.atomic():
         cursor = _lock_cursor(str(parsed))
         return _append(
             cursor,
@@ -386,7 +405,7 @@ def ack_record(*, user: Any, topic: str, seq: Any) -> AckResult:
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise invalid("seq", "must be a positive integer")
     writable_check()
-    with transaction.atomic():
+    with _in_order(topic_name), transaction.atomic():
         acked_event = Event.objects.filter(topic=topic_name, seq=seq).first()
         if acked_event is None:
             raise invalid("seq", f"no event {seq} on this topic (never sent, or pruned)")
