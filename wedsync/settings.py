@@ -105,7 +105,11 @@ DATABASES["default"]["ATOMIC_REQUESTS"] = False
 # Persistent connections are off by default: under ASGI each request may run in another
 # thread, and a pooled connection left open per thread exhausts PostgreSQL quickly.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# With the pool, Django's health check is psycopg_pool's check on every checkout: one
+# more round trip per database call (a third of the realtime threads' time at 100
+# publishes/s). Off by default: a connection the server killed fails the one call that
+# meets it (`unavailable`, the client retries) and the pool replaces it.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_POOL_CHECK", default=False)
 DATABASE_IS_SQLITE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
 # PostgreSQL through psycopg 3's connection pool (Django's OPTIONS["pool"]): a checkout
 # costs no TCP + auth handshake, and the pool bounds a process's connections. The pool
