@@ -12,10 +12,10 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 from django.conf import settings
 from django.db import DatabaseError
@@ -29,7 +29,7 @@ from .connections import Connection, get_connection_registry, supplier_limit
 from .db import in_db_thread
 from .delivery import Outbox, OutboxFull, TopicStream, fill, finish_sync
 from .errors import RealtimeError
-from .hub import get_hub, group_join, group_leave
+from .hub import get_hub
 from .limits import PublishLimiter
 from .presence import get_presence_store
 from .protocol import (
@@ -47,11 +47,9 @@ from .session import (
     member_infos,
     still_allowed,
     sync_positions,
-    user_group_name,
 )
 
 logger = logging.getLogger(__name__)
-
 
 
 def _wedding_ids(topics: list[str]) -> list[int]:
@@ -66,30 +64,81 @@ def _database_unavailable() -> RealtimeError:
     )
 
 
-class RealtimeConsumer(AsyncConsumer):
-    """One client's connection: subscriptions, publishes, presence, acks."""
+class RealtimeConsumer:
+    """One client's connection: subscriptions, publishes, presence, acks.
 
-    async def dispatch(self, message: dict) -> None:
-        # Channels runs close_old_connections() in a thread before every handler; our
-        # handlers reach the database only through in_db_thread (realtime.db), which does it
-        # itself, so deliveries skip that thread round trip (FINDINGS.md #4).
-        handler = getattr(self, message["type"].replace(".", "_"), None)
-        if handler is None:
-            logger.warning("no handler for message type %s", message["type"])
-            return
-        await handler(message)
+    A plain ASGI application rather than a channels consumer: events, presence diffs
+    and access notices come from the process's hub (``realtime.hub``), so a connection
+    needs no channel-layer channel, no task reading one and no Redis subscription
+    (docs/adr/0013-connections-without-a-layer-channel.md). Slots: thousands are held.
+    """
 
-    # --- lifecycle ---------------------------------------------------------------------
+    __slots__ = (
+        "__weakref__",
+        "_base_send",
+        "closing",
+        "conn_id",
+        "connection",
+        "inflight",
+        "last_seen",
+        "limiter",
+        "members",
+        "outbox",
+        "presence",
+        "scope",
+        "streams",
+        "user",
+        "watched",
+    )
 
-    async def websocket_connect(self, message: dict) -> None:
+    def __init__(self) -> None:
         self.conn_id = uuid.uuid4().hex
         self.streams: dict[str, TopicStream] = {}
         self.members: dict[str, dict] = {}
         self.last_seen = time.monotonic()
         self.closing = False
         self.inflight = 0  # frames being handled (a graceful shutdown waits for them)
-        self.unjoined: set[str] = set()  # groups a failed join left out; the sweep retries
         self.connection: Connection | None = None
+        self.limiter: PublishLimiter | None = None  # made by the first publish
+        self.watched = False  # registered with the hub for notices about its user
+        self.user: Any = None
+
+    @classmethod
+    def as_asgi(cls) -> Callable[[dict, Any, Any], Awaitable[None]]:
+        """The ASGI application: one instance per connection."""
+
+        async def app(scope: dict, receive: Any, send: Any) -> None:
+            await cls()(scope, receive, send)
+
+        app.consumer_class = cls  # type: ignore[attr-defined]
+        return app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        self.scope = scope
+        self._base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
+    async def dispatch(self, message: dict) -> None:
+        # Channels' consumers run close_old_connections() in a thread before every
+        # handler; ours reach the database only through in_db_thread (realtime.db), which
+        # does it itself, so no frame pays for that thread round trip (FINDINGS.md #4).
+        handler = _HANDLERS.get(message["type"])
+        if handler is None:
+            logger.warning("no handler for message type %s", message["type"])
+            return
+        await handler(self, message)
+
+    async def send(self, message: dict) -> None:
+        """Send one ASGI message to the server (accept, a text frame, close)."""
+        await self._base_send(message)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def websocket_connect(self, message: dict) -> None:
         self.user = self.scope.get("user")
         await self.send({"type": "websocket.accept"})
         metrics.connection_opened()
@@ -106,9 +155,9 @@ class RealtimeConsumer(AsyncConsumer):
             return
         if not await self._register():
             return
-        self.limiter = PublishLimiter()
         self.presence = get_presence_store()
-        await self._group_add(user_group_name(self.user.pk))
+        self.watched = True
+        await get_hub().watch_user(self.user.pk, self)
         registry.add(self)
 
     async def _register(self) -> bool:
@@ -131,31 +180,16 @@ class RealtimeConsumer(AsyncConsumer):
     async def websocket_disconnect(self, message: dict) -> None:
         metrics.connection_closed(message.get("code"))
         registry.discard(self)
+        if self.watched:
+            get_hub().unwatch_user(self.user.pk, self)
         outbox = getattr(self, "outbox", None)
         if outbox is not None:
             outbox.stop()
-        if getattr(self, "connection", None) is not None:
+        if self.connection is not None:
             await get_connection_registry().unregister(self.connection)
-        if getattr(self, "user", None) is not None and self.user.is_authenticated:
-            for topic in list(self.streams):
-                await self._drop_topic(topic)
-            await self._group_discard(user_group_name(self.user.pk))
+        for topic in list(self.streams):
+            await self._drop_topic(topic)
         raise StopConsumer
-
-    async def _group_add(self, group: str) -> None:
-        if await group_join(self.channel_layer, group, self.channel_name):
-            self.unjoined.discard(group)
-        else:
-            self.unjoined.add(group)
-
-    async def _group_discard(self, group: str) -> None:
-        self.unjoined.discard(group)
-        await group_leave(self.channel_layer, group, self.channel_name)
-
-    async def retry_joins(self) -> None:
-        """Join the groups a failed join left out (the sweep calls this)."""
-        for group in sorted(self.unjoined):
-            await self._group_add(group)
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close the socket once, after the frames already queued for it."""
@@ -202,7 +236,7 @@ class RealtimeConsumer(AsyncConsumer):
         except RealtimeError as err:
             metrics.error(err.code)
             await self._reply(protocol.reply_error(frame.ref, err))
-            if err.code == "rate_limited" and self.limiter.should_close:
+            if err.code == "rate_limited" and self.limiter and self.limiter.should_close:
                 await self.close(CLOSE_POLICY, "rate limit exceeded repeatedly")
         except OutboxFull:
             await self.close(CLOSE_OVERLOADED, "client too slow")
@@ -234,6 +268,8 @@ class RealtimeConsumer(AsyncConsumer):
                     await self._drop_topic(topic)
                 await self._reply(protocol.reply_ok(frame.ref, topics=list(frame.topics)))
             case protocol.Publish():
+                if self.limiter is None:
+                    self.limiter = PublishLimiter()
                 self.limiter.check(frame.event)
                 if registry.draining:
                     raise RealtimeError(
@@ -254,16 +290,12 @@ class RealtimeConsumer(AsyncConsumer):
                 if frame.topic not in self.streams:
                     await in_db_thread(authorize_topics)(self.user, [frame.topic])
                 members = await self.presence.members(frame.topic)
-                await self._reply(
-                    protocol.reply_ok(frame.ref, topic=frame.topic, members=members)
-                )
+                await self._reply(protocol.reply_ok(frame.ref, topic=frame.topic, members=members))
             case protocol.Ack():
                 result = await in_db_thread(services.ack_record)(
                     user=self.user, topic=frame.topic, seq=frame.seq
                 )
-                await self._reply(
-                    protocol.reply_ok(frame.ref, topic=frame.topic, seq=result.seq)
-                )
+                await self._reply(protocol.reply_ok(frame.ref, topic=frame.topic, seq=result.seq))
 
     async def _subscribe(self, frame: protocol.Subscribe) -> None:
         requested = dict(frame.topics)
@@ -458,6 +490,13 @@ class RealtimeConsumer(AsyncConsumer):
                 await self.close(CLOSE_OVERLOADED, "client too slow")
 
 
+_HANDLERS: dict[str, Callable[[RealtimeConsumer, dict], Awaitable[None]]] = {
+    "websocket.connect": RealtimeConsumer.websocket_connect,
+    "websocket.receive": RealtimeConsumer.websocket_receive,
+    "websocket.disconnect": RealtimeConsumer.websocket_disconnect,
+}
+
+
 async def _poll_until(condition: Any, deadline: float) -> None:
     """Wait until ``condition()`` holds or the monotonic ``deadline`` passes."""
     while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110 -- bounded poll
@@ -532,8 +571,6 @@ class Registry:
             topics.update(consumer.streams)
             if consumer.members:
                 await consumer.refresh_presence()
-            if consumer.unjoined:
-                await consumer.retry_joins()
         await get_connection_registry().heartbeat(
             c.connection for c in consumers if c.connection is not None and not c.closing
         )

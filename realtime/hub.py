@@ -9,8 +9,11 @@ frame straight into each local connection's outbox in seq order
 sees a gap fills it from the event log before it takes later events (``delivery``).
 
 Presence diffs and access re-checks sent to a topic's group arrive here too and are
-handed to the local connections of that topic. One hub per event loop (tests run
-several loops in one process).
+handed to the local connections of that topic. So do the notices about users (a user
+deactivated: close their connections), through one group every hub joins
+(``ACCESS_GROUP``): a connection has no channel-layer channel or group of its own, and
+costs the layer nothing (docs/adr/0013-connections-without-a-layer-channel.md). One hub
+per event loop (tests run several loops in one process).
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from wedsync.breaker import redis_breaker
 from .broadcast import group_name
 
 logger = logging.getLogger(__name__)
+
+# The group of notices about users ({"type": "rt.user.revoked", "user_id": N}); every
+# hub joins it once. Such notices are rare (a deactivation), so every process getting
+# each one costs nothing, where a group per user would cost a subscription per user.
+ACCESS_GROUP = "rt.access"
 
 # Seconds a group join or leave may take before it counts as failed (a stuck Redis); a
 # failed join is retried by the sweep, events meanwhile come from the log.
@@ -68,6 +76,8 @@ class Member(Protocol):
 
     async def rt_recheck(self, message: dict) -> None: ...
 
+    async def rt_user_revoked(self, message: dict) -> None: ...
+
 
 class TopicHub:
     """The local connections of each topic, behind one group membership per topic."""
@@ -75,7 +85,9 @@ class TopicHub:
     def __init__(self) -> None:
         self.layer = get_channel_layer()
         self.topics: dict[str, set[Member]] = {}
+        self.users: dict[int, set[Member]] = {}  # the local connections of each user
         self.unjoined: set[str] = set()  # topics whose group join failed; retried
+        self._access: asyncio.Future[bool] | None = None  # the ACCESS_GROUP join
         self.channel: str | None = None
         self._reader: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -100,11 +112,37 @@ class TopicHub:
         if self.channel is not None:
             await group_leave(self.layer, group_name(topic), self.channel)
 
+    async def watch_user(self, user_id: int, member: Member) -> None:
+        """Hand notices about ``user_id`` to ``member`` from now on (its connect)."""
+        self.users.setdefault(user_id, set()).add(member)
+        if self._access is None:  # the first connection joins; a failed join the sweep retries
+            self._access = asyncio.ensure_future(self._join_access())
+        await asyncio.shield(self._access)
+
+    def unwatch_user(self, user_id: int, member: Member) -> None:
+        members = self.users.get(user_id)
+        if members is not None:
+            members.discard(member)
+            if not members:
+                del self.users[user_id]
+
+    async def _join_access(self) -> bool:
+        try:
+            channel = await self._ensure_channel()
+        except Exception:
+            logger.warning("hub: no channel for user notices; the sweep retries it")
+            return False
+        return await group_join(self.layer, ACCESS_GROUP, channel)
+
     async def retry_joins(self) -> None:
         """Join the groups a failed join left out (the sweep calls this)."""
         for topic in sorted(self.unjoined):
             if topic in self.topics:
                 await self._group_add(topic)
+        access = self._access
+        if self.users and access is not None and access.done() and not access.result():
+            self._access = asyncio.ensure_future(self._join_access())
+            await asyncio.shield(self._access)
 
     async def _ensure_channel(self) -> str:
         if self.channel is None:
@@ -144,12 +182,16 @@ class TopicHub:
             await asyncio.sleep(0)
 
     def dispatch(self, message: dict[str, Any]) -> None:
-        """Hand one group message to the local connections of its topic."""
+        """Hand one group message to the local connections of its topic (or user)."""
+        kind = message.get("type")
+        if kind == "rt.user.revoked":
+            for member in list(self.users.get(message.get("user_id"), ())):  # type: ignore[arg-type]
+                self.spawn(member.rt_user_revoked(message))
+            return
         topic = message.get("topic")
         members = self.topics.get(topic) if isinstance(topic, str) else None
         if not members:
             return
-        kind = message.get("type")
         if kind == "rt.event":
             seq, text, stored_at = message["seq"], message["text"], message.get("stored_at")
             for member in list(members):
@@ -168,9 +210,7 @@ class TopicHub:
         task.add_done_callback(self._tasks.discard)
 
 
-_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TopicHub] = (
-    weakref.WeakKeyDictionary()
-)
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TopicHub] = weakref.WeakKeyDictionary()
 
 
 def get_hub() -> TopicHub:

@@ -20,11 +20,6 @@ from .errors import RealtimeError
 from .models import TopicCursor
 
 
-def user_group_name(user_id: int) -> str:
-    """The channel-layer group of every connection of one user (revocation)."""
-    return f"rt.user.{user_id}"
-
-
 def authorize_topics(user: Any, names: list[str]) -> tuple[list[str], dict[str, RealtimeError]]:
     """Split requested topics into those the user may join and the refused ones."""
     allowed: list[str] = []

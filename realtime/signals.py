@@ -1,8 +1,10 @@
 """Tell live connections when access changes, so a subscription never outlives a right.
 
 A booking deactivated or deleted, a membership removed: every connection on the
-wedding's topic re-checks its user (``rt.recheck``). A user deactivated: every
-connection of that user closes with 4001 (``rt.user.revoked``). Sent after commit.
+wedding's topic re-checks its user (``rt.recheck``, to the topic's group). A user
+deactivated: every connection of that user closes with 4001 (``rt.user.revoked``, to
+the one group of user notices that every server process's hub joins). Sent after
+commit.
 
 The cached access (``wedsync.caching``) and snapshots (``realtime.snapshots``) are
 invalidated by their own receivers, imported below BEFORE these are connected: Django
@@ -27,7 +29,7 @@ from wedsync.models import Booking, SupplierMembership
 
 from . import snapshots  # noqa: F401  (connects its receivers)
 from .broadcast import group_name, group_send_bounded
-from .session import user_group_name
+from .hub import ACCESS_GROUP
 
 logger = logging.getLogger(__name__)
 
@@ -74,4 +76,4 @@ def membership_deleted(sender: type, instance: SupplierMembership, **kwargs: Any
 @receiver(post_save, sender=get_user_model())
 def user_saved(sender: type, instance: Any, **kwargs: Any) -> None:
     if not instance.is_active:
-        _send_after_commit(user_group_name(instance.pk), {"type": "rt.user.revoked"})
+        _send_after_commit(ACCESS_GROUP, {"type": "rt.user.revoked", "user_id": instance.pk})

@@ -50,6 +50,7 @@ class Ws:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self.events: list[dict] = []
+        self.others: list[dict] = []  # frames that are neither events nor awaited replies
         self.replies: dict[str, asyncio.Future] = {}
         self.reader = asyncio.ensure_future(self._read())
 
@@ -60,6 +61,8 @@ class Ws:
                 self.events.append(frame)
             elif frame.get("ref") in self.replies:
                 self.replies.pop(frame["ref"]).set_result(frame)
+            else:
+                self.others.append(frame)
 
     async def request(self, frame: dict) -> dict:
         ref = str(next(self._refs))
@@ -114,8 +117,12 @@ async def test_two_processes__every_subscriber_gets_1_to_200_once_in_order(serve
         seqs = []
         for n in range(EVENTS // PUBLISHERS):
             reply = await ws.request(
-                {"type": "publish", "topic": topic, "event": "message.posted",
-                 "payload": {"text": f"{index}-{n}"}}
+                {
+                    "type": "publish",
+                    "topic": topic,
+                    "event": "message.posted",
+                    "payload": {"text": f"{index}-{n}"},
+                }
             )
             assert reply["status"] == "ok", reply
             seqs.append(reply["seq"])
@@ -140,8 +147,12 @@ async def test_replay_after_disconnect__missed_events_then_live(servers):
 
     async def post(text: str) -> int:
         reply = await writer.request(
-            {"type": "publish", "topic": topic, "event": "message.posted",
-             "payload": {"text": text}}
+            {
+                "type": "publish",
+                "topic": topic,
+                "event": "message.posted",
+                "payload": {"text": text},
+            }
         )
         return reply["seq"]
 
@@ -172,8 +183,11 @@ async def test_idempotent_retry_across_processes__stores_one_event(servers):
     world = await seed()
     topic = world["topic"]
     frame = {
-        "type": "publish", "topic": topic, "event": "message.posted",
-        "payload": {"text": "once"}, "idempotency_key": "retry-after-drop-1",
+        "type": "publish",
+        "topic": topic,
+        "event": "message.posted",
+        "payload": {"text": "once"},
+        "idempotency_key": "retry-after-drop-1",
     }
     first = await open_ws(servers[0], world["tokens"][0])
     one = await first.request(frame)
@@ -185,6 +199,59 @@ async def test_idempotent_retry_across_processes__stores_one_event(servers):
     assert one["seq"] == two["seq"] == 1
     assert two.get("duplicate") is True
     assert await database_sync_to_async(Event.objects.filter(topic=topic).count)() == 1
+
+
+async def test_access_withdrawn__connections_on_both_processes_dropped(servers):
+    # given one user subscribed on both processes, and a second user on both (the
+    # notices reach the processes through their hubs: connections have no layer channel)
+    world = await seed()
+    topic = world["topic"]
+    kept = [await open_ws(server, world["tokens"][0]) for server in servers]
+    revoked = [await open_ws(server, world["tokens"][1]) for server in servers]
+    for ws in kept + revoked:
+        reply = await ws.request({"type": "subscribe", "topics": {topic: {}}})
+        assert reply["topics"][topic]["status"] == "ok"
+
+    # when the first user's booking is deactivated (its only access to the wedding)
+    @database_sync_to_async
+    def unbook_and_deactivate() -> None:
+        from django.contrib.auth import get_user_model
+
+        from realtime.tokens import token_authenticate
+        from wedsync.models import SupplierMembership
+        from wedsync.services import booking_deactivate
+
+        first = token_authenticate(world["tokens"][0])
+        supplier_id = SupplierMembership.objects.get(user=first).supplier_id
+        booking_deactivate(supplier_id=supplier_id, wedding_id=int(topic.split(":")[1]))
+        # and the second user is deactivated
+        second = get_user_model().objects.get(pk=token_authenticate(world["tokens"][1]).pk)
+        second.is_active = False
+        second.save(update_fields=["is_active"])
+
+    await unbook_and_deactivate()
+
+    # then the first user's subscription ends on both processes, the connections stay
+    for ws in kept:
+        notice = await asyncio.wait_for(_next_of_type(ws, "unsubscribed"), 10)
+        assert notice["topic"] == topic and notice["code"] == "forbidden"
+        assert (await ws.request({"type": "ping"}))["type"] == "pong"
+    # and the second user's connections are closed with 4001 on both processes
+    for ws in revoked:
+        await asyncio.wait_for(ws.ws.wait_closed(), 10)
+        assert ws.ws.close_code == 4001
+        await asyncio.gather(ws.reader, return_exceptions=True)  # it ended with the close
+    for ws in kept:
+        await ws.close()
+
+
+async def _next_of_type(ws: Ws, kind: str) -> dict:
+    while True:
+        for frame in ws.others:
+            if frame["type"] == kind:
+                ws.others.remove(frame)
+                return frame
+        await asyncio.sleep(0.05)
 
 
 @pytest.mark.timeout(240)
@@ -206,18 +273,21 @@ async def test_stuck_client__closed_1013_while_others_get_everything(redis_url):
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", server.port))
-        stuck = await connect(
-            f"{server.ws_url}?token={world['tokens'][1]}", sock=sock, max_queue=1
+        stuck = await connect(f"{server.ws_url}?token={world['tokens'][1]}", sock=sock, max_queue=1)
+        await stuck.send(
+            orjson.dumps({"type": "subscribe", "ref": "s", "topics": {topic: {}}}).decode()
         )
-        await stuck.send(orjson.dumps({"type": "subscribe", "ref": "s",
-                                       "topics": {topic: {}}}).decode())
         # when more is published than the socket buffers hold (the server's kernel send
         # buffer grows to 4 MB) and the stuck client reads nothing
         writer = await open_ws(server, world["tokens"][2])
         for n in range(STUCK_EVENTS):
             reply = await writer.request(
-                {"type": "publish", "topic": topic, "event": "message.posted",
-                 "payload": {"text": f"{n} " + "x" * 3990}}
+                {
+                    "type": "publish",
+                    "topic": topic,
+                    "event": "message.posted",
+                    "payload": {"text": f"{n} " + "x" * 3990},
+                }
             )
             assert reply["status"] == "ok"
         # then the healthy subscriber has them all, in order
@@ -246,8 +316,11 @@ async def test_python_client__survives_a_server_crash_exactly_once_in_order(serv
     received: list[int] = []
     a, b = servers
     client = RealtimeClient(
-        a.ws_url, token=world["tokens"][0], on_event=lambda e: received.append(e["seq"]),
-        backoff_initial=0.1, backoff_max=0.5,
+        a.ws_url,
+        token=world["tokens"][0],
+        on_event=lambda e: received.append(e["seq"]),
+        backoff_initial=0.1,
+        backoff_max=0.5,
     )
     await client.connect()
     await client.subscribe(topic)
@@ -255,8 +328,12 @@ async def test_python_client__survives_a_server_crash_exactly_once_in_order(serv
 
     async def post(text: str) -> None:
         reply = await writer.request(
-            {"type": "publish", "topic": topic, "event": "message.posted",
-             "payload": {"text": text}}
+            {
+                "type": "publish",
+                "topic": topic,
+                "event": "message.posted",
+                "payload": {"text": text},
+            }
         )
         assert reply["status"] == "ok"
 
