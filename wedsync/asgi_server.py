@@ -7,21 +7,34 @@ import sys
 SERVERS = ("uvicorn", "daphne")
 
 
-def asgi_server_command(host: str, port: int, server: str = "uvicorn") -> list[str]:
-    """The argv of one ASGI server process bound to host:port.
+def asgi_server_command(
+    host: str, port: int, server: str = "uvicorn", workers: int = 1
+) -> list[str]:
+    """The argv of the ASGI server bound to host:port, with ``workers`` processes.
 
     uvicorn is the default: its WebSocket send waits while the client's socket buffer is
     full, so a slow client backs up into its own bounded outbox (closed with 1013)
     instead of the server's memory. It runs through ``wedsync.serve``, which drains the
-    connections on SIGTERM (close 1012 after the frames in flight).
+    connections on SIGTERM (close 1012 after the frames in flight), and with ``workers``
+    above 1 supervises that many processes sharing the port (SO_REUSEPORT, Linux).
+    daphne serves one process per port: several go behind nginx or HAProxy
+    (docs/operations.md).
     """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
     if server == "uvicorn":
         return [
             sys.executable, "-m", "wedsync.serve",
             "--host", host, "--port", str(port),
+            "--workers", str(workers),
             "--log-level", "warning",
         ]  # fmt: skip
     if server == "daphne":
+        if workers != 1:
+            raise ValueError(
+                "daphne runs one process per port: start one per port behind nginx or "
+                "HAProxy (docs/operations.md), or use uvicorn for several workers on one port"
+            )
         return [sys.executable, "-m", "daphne", "-b", host, "-p", str(port),
                 "wedsync.asgi:application"]  # fmt: skip
     raise ValueError(f"unknown ASGI server {server!r}; choose one of {', '.join(SERVERS)}")

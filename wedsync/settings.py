@@ -365,6 +365,9 @@ SERVER_GC_FREEZE = env.bool("SERVER_GC_FREEZE", default=True)
 SERVER_GC_THRESHOLDS = [
     int(v) for v in env.list("SERVER_GC_THRESHOLDS", default=["7000", "20", "100"])
 ]
+# Server processes per `python -m wedsync.serve` (its --workers default): above 1 they
+# share one port through SO_REUSEPORT under a supervisor (docs/adr/0011-workers-on-one-port.md).
+SERVER_WORKERS = env.int("SERVER_WORKERS", default=1)
 
 # Connections (realtime/connections.py, PROTOCOL §8 close 4029): open WebSockets per user
 # and per supplier, counted across every server process (in Redis; in-process on the
