@@ -41,9 +41,12 @@ def test_database_url() -> str:
 class Server:
     """An ASGI server process serving wedsync.asgi on a free port; stopped with ``stop()``."""
 
-    def __init__(self, server: str = "uvicorn", port: int | None = None, **env: str) -> None:
+    def __init__(
+        self, server: str = "uvicorn", port: int | None = None, workers: int = 1, **env: str
+    ) -> None:
         self.port = port or free_port()
         self.server = server
+        self.workers = workers
         # Its own metric files unless the test shares a directory between servers (the
         # monitoring tests do); removed when the server stops.
         self.own_metrics_dir = None
@@ -67,7 +70,7 @@ class Server:
         }
         self.log = open(BASE_DIR / "var" / f"e2e-server-{self.port}.log", "w+b")
         self.proc = subprocess.Popen(
-            asgi_server_command("127.0.0.1", self.port, server),
+            asgi_server_command("127.0.0.1", self.port, server, workers),
             cwd=BASE_DIR,
             env=full_env,
             stdin=subprocess.DEVNULL,

@@ -118,6 +118,12 @@ class Command(BaseCommand):
             help="the ASGI server (docs/adr/0003-asgi-server.md)",
         )
         parser.add_argument(
+            "--workers",
+            type=int,
+            default=settings.SERVER_WORKERS,
+            help="uvicorn processes sharing the port (default: SERVER_WORKERS); docs/operations.md",
+        )
+        parser.add_argument(
             "--demo-file",
             default=str(Path(settings.VAR_DIR) / "demo.json"),
             help="JSON from `seed_demo --json`; its logins are printed when it exists",
@@ -138,7 +144,10 @@ class Command(BaseCommand):
         self._stop = threading.Event()
         self._signals: list[int] = []
 
-        children = self._children(host, port, options)
+        try:
+            children = self._children(host, port, options)
+        except ValueError as exc:  # daphne with several workers, or fewer than one
+            raise CommandError(str(exc)) from None
         self._say(self._mode_text())
         if settings.EMBEDDED:
             self._say(
@@ -171,7 +180,7 @@ class Command(BaseCommand):
         children = [
             Child(
                 "web",
-                asgi_server_command(host, port, options["server"]),
+                asgi_server_command(host, port, options["server"], options["workers"]),
             )
         ]
         if not options["no_worker"]:
