@@ -1,15 +1,18 @@
 """CPU and memory of the server processes, read from /proc (Linux only).
 
 ``ProcSampler`` reads the summed CPU time (user + system) and resident set size of a
-set of PIDs; ``listening_pids`` finds the processes listening on a TCP port, for a
-server the benchmark did not start itself (``--url``). Elsewhere than Linux every read
-returns None and the report says "n/a".
+set of PIDs, fixed or looked up again at each sample (the workers of
+``wedsync.serve --workers N``, one of which may be replaced during a run);
+``server_pids`` finds the processes of a server listening on a TCP port, for a server
+the benchmark did not start itself (``--url``). Elsewhere than Linux every read returns
+None and the report says "n/a".
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,23 +95,66 @@ def listening_pids(port: int) -> list[int]:
     return sorted(pids)
 
 
-class ProcSampler:
-    """Summed CPU time and RSS of some processes, sampled on demand."""
+def _command_line(pid: int) -> bytes:
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = list(pids)
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int((PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def server_pids(port: int) -> list[int]:
+    """Every process of the server listening on ``port``: each listener with what runs
+    below it, and the ``wedsync.serve`` supervisor above its workers (each worker of
+    ``--workers N`` listens on a socket of its own, so every one of them is found)."""
+    found = {p for pid in listening_pids(port) for p in descendants(pid)}
+    for pid in list(found):
+        parent = _parent(pid)
+        if parent and parent not in found and b"wedsync.serve" in _command_line(parent):
+            found.update(descendants(parent))
+    return sorted(found)
+
+
+class ProcSampler:
+    """Summed CPU time and RSS of some processes, sampled on demand.
+
+    ``pids`` is a list, or a function called at each sample for the PIDs of that moment
+    (a started server's process tree: a worker that died and its replacement both count).
+    The CPU seconds add up what each PID used since the previous sample, so a process
+    that ends between two samples does not take its past CPU time out of the sum.
+    """
+
+    def __init__(self, pids: list[int] | Callable[[], list[int]]) -> None:
+        self._find = pids if callable(pids) else None
+        self.pids = [] if callable(pids) else list(pids)
         self.samples: list[Sample] = []
+        self._cpu_total = 0.0
+        self._cpu_last: dict[int, float] = {}
 
     def sample(self) -> Sample | None:
         """Read every PID now and keep the reading; None when none could be read."""
-        cpu, rss, seen = 0.0, 0, False
+        if self._find is not None:
+            self.pids = list(self._find())
+        rss, seen, cpu_now = 0, False, {}
         for pid in self.pids:
             reading = read_cpu_rss(pid)
             if reading is not None:
-                cpu, rss, seen = cpu + reading[0], rss + reading[1], True
+                cpu_now[pid] = reading[0]
+                rss, seen = rss + reading[1], True
         if not seen:
             return None
-        sample = Sample(time.monotonic(), cpu, rss)
+        # A PID first seen counts from its start: its CPU so far was spent serving too.
+        self._cpu_total += sum(
+            max(0.0, cpu - self._cpu_last.get(pid, 0.0)) for pid, cpu in cpu_now.items()
+        )
+        self._cpu_last = cpu_now
+        sample = Sample(time.monotonic(), self._cpu_total, rss)
         self.samples.append(sample)
         return sample
 

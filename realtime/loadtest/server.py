@@ -1,9 +1,10 @@
 """The server under test: started by the benchmark (default) or given with ``--url``.
 
-A started server is one ``wedsync.asgi_server`` process (uvicorn by default) on a free
+A started server is one ``wedsync.asgi_server`` command (uvicorn by default; with
+``--server-workers N`` a supervisor and N uvicorn workers sharing the port) on a free
 loopback port, on this process's database and Redis, with DEBUG off (as in production),
 its own open-file limit raised for 10,000 connections, and its output in
-``var/loadtest-server-<port>.log``. Its PIDs are what ``procstat`` samples.
+``var/loadtest-server-<port>.log``. Its process tree is what ``procstat`` samples.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from django.conf import settings
 
 from wedsync.asgi_server import asgi_server_command
 
+from .procstat import descendants
 from .seeding import database_url
 
 STARTUP_TIMEOUT_S = 60.0
@@ -75,15 +77,18 @@ def _raise_nofile() -> None:
 class StartedServer:
     """An ASGI server process of our own; ``stop()`` ends it and its process group."""
 
-    def __init__(self, kind: str, overrides: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, kind: str, overrides: dict[str, str], log_dir: Path, workers: int = 1
+    ) -> None:
         self.kind = kind
+        self.workers = workers
         self.port = free_port()
         self.env = server_env(overrides)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"loadtest-server-{self.port}.log"
         self._log: IO[bytes] = open(self.log_path, "w+b")  # closed in stop()
         self.proc = subprocess.Popen(
-            asgi_server_command("127.0.0.1", self.port, kind),
+            asgi_server_command("127.0.0.1", self.port, kind, workers),
             cwd=settings.BASE_DIR,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -104,7 +109,9 @@ class StartedServer:
 
     @property
     def pids(self) -> list[int]:
-        return [self.proc.pid]
+        """The server's processes now: the process started and everything below it (a
+        supervisor's workers)."""
+        return descendants(self.proc.pid) if self.proc.poll() is None else []
 
     @property
     def channel_layer(self) -> str:

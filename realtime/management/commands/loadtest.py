@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from realtime.loadtest import report as reporting
-from realtime.loadtest.procstat import ProcSampler, descendants, listening_pids
+from realtime.loadtest.procstat import ProcSampler, server_pids
 from realtime.loadtest.runner import Target, run_scenario, weddings_needed
 from realtime.loadtest.scenarios import SCENARIOS, ScenarioError, scenario_from_options
 from realtime.loadtest.seeding import database_kind, remove_seeded, seed_weddings
@@ -29,7 +29,7 @@ from realtime.loadtest.server import (
     wait_healthy,
 )
 from realtime.loadtest.worker import event_loop_factory, raise_open_file_limit
-from wedsync.asgi_server import SERVERS
+from wedsync.asgi_server import SERVERS, asgi_server_command
 
 # (option, type, help); dest is the scenario field of the same name.
 _OPTIONS: list[tuple[str, Any, str, str]] = [
@@ -74,9 +74,14 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--server-pid", type=int, action="append", default=[], metavar="PID",
-            help="with --url: PIDs to sample (default: whoever listens on the port)",
+            help="with --url: PIDs to sample (default: whoever listens on the port, and a"
+            " wedsync.serve supervisor above them)",
         )  # fmt: skip
         parser.add_argument("--server", choices=SERVERS, default="uvicorn")
+        parser.add_argument(
+            "--server-workers", type=int, default=1, metavar="N",
+            help="uvicorn processes sharing the started server's port (default 1)",
+        )  # fmt: skip
         parser.add_argument(
             "--server-env", action="append", default=[], metavar="KEY=VALUE",
             help="an environment variable for the started server (repeatable)",
@@ -93,8 +98,15 @@ class Command(BaseCommand):
         name = options["scenario"]
         scenario = self._scenario(name, options)
         overrides = self._server_env(options["server_env"])
-        if options["url"] and (overrides or options["server"] != "uvicorn"):
-            raise CommandError("--server and --server-env apply to a started server, not --url")
+        workers = options["server_workers"]
+        if options["url"] and (overrides or options["server"] != "uvicorn" or workers != 1):
+            raise CommandError(
+                "--server, --server-env and --server-workers apply to a started server, not --url"
+            )
+        try:  # daphne takes one process per port; at least one worker
+            asgi_server_command("127.0.0.1", 0, options["server"], workers)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         nofile = raise_open_file_limit()
         weddings, per_wedding = weddings_needed(scenario)
         self._say(f"seeding {weddings} weddings x {per_wedding} suppliers ({database_kind()})")
@@ -106,17 +118,19 @@ class Command(BaseCommand):
             if options["url"]:
                 target = self._external(options["url"], options["server_pid"])
             else:
-                self._say(f"starting {options['server']}")
-                started = StartedServer(
-                    options["server"], overrides, Path(settings.BASE_DIR) / "var"
+                kind = options["server"] + (f", {workers} workers" if workers > 1 else "")
+                self._say(f"starting {kind}")
+                started = server = StartedServer(
+                    options["server"], overrides, Path(settings.BASE_DIR) / "var", workers
                 )
                 target = Target(
                     started.ws_url, "127.0.0.1", started.port,
-                    {"kind": started.kind, "url": started.ws_url, "started": True,
-                     "channel_layer": started.channel_layer, "database": database_kind(),
-                     "env": overrides, "pids": started.pids,
+                    {"kind": kind, "url": started.ws_url, "started": True,
+                     "workers": workers, "channel_layer": started.channel_layer,
+                     "database": database_kind(), "env": overrides, "pids": started.pids,
                      "log": str(started.log_path)},
-                    ProcSampler(started.pids),
+                    # Looked up at each sample: a worker replaced mid-run still counts.
+                    ProcSampler(lambda: server.pids),
                 )  # fmt: skip
             target.server["generator_open_file_limit"] = nofile
             head = reporting.header(scenario, target.server)
@@ -168,7 +182,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         wait_healthy(host, port, 10)
         if not pids:
-            pids = [p for pid in listening_pids(port) for p in descendants(pid)]
+            pids = server_pids(port)
         env = {"REDIS_URL": settings.REDIS_URL, "CHANNEL_LAYER": settings.CHANNEL_LAYER}
         server = {
             "kind": "external", "url": url, "started": False, "pids": sorted(set(pids)),
