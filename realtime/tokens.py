@@ -20,8 +20,7 @@ from django.conf import settings
 from django.core import signing
 from django.utils.crypto import constant_time_compare
 
-from realtime.db import in_db_thread
-from wedsync.caching import user_cached
+from wedsync.caching import auser_cached, user_cached
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser as User
@@ -154,16 +153,21 @@ def token_authenticate(token: str) -> User:
     user_id, expires, fingerprint = _payload(token)
     if _now() >= expires:
         raise TokenExpired()
-    user = user_cached(user_id)  # a connect-path read: through the cache
-    if user is None:
-        raise TokenInvalid()
-    if not _fingerprint_matches(user, fingerprint):
+    return _token_user(user_cached(user_id), fingerprint)  # a connect-path read: cached
+
+
+async def atoken_authenticate(token: str) -> User:
+    """``token_authenticate`` for consumers and async views: a cached user costs no
+    thread; a miss reads the database in a realtime database thread."""
+    user_id, expires, fingerprint = _payload(token)
+    if _now() >= expires:
+        raise TokenExpired()
+    return _token_user(await auser_cached(user_id), fingerprint)
+
+
+def _token_user(user: User | None, fingerprint: str) -> User:
+    if user is None or not _fingerprint_matches(user, fingerprint):
         raise TokenInvalid()
     if not user.is_active:
         raise TokenUserInactive()
     return user
-
-
-async def atoken_authenticate(token: str) -> User:
-    """``token_authenticate`` for consumers and async views (the ORM runs in a thread)."""
-    return await in_db_thread(token_authenticate)(token)

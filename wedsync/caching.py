@@ -5,7 +5,10 @@
   and the re-check of live subscriptions read the database (writes must be exact).
 * ``supplier_profile(supplier_id)`` (key ``supplier:<id>``): a supplier's public card.
 * ``user_cached(user_id)`` (key ``user:<id>``): the user row behind a session or token,
-  read on every WebSocket connect and request (``wedsync.auth_backends``).
+  read on every WebSocket connect and request (``wedsync.auth_backends``, tokens).
+
+``auser_access`` and ``auser_cached`` are the async forms: a cache hit runs on the event
+loop, a miss loads in a realtime database thread (``realtime.db.in_db_thread``).
 
 Every write that can change a value drops it twice: at once (later reads in the same
 transaction see the change) and after commit (a reader that loaded the old rows in
@@ -26,6 +29,7 @@ from django.db.models import Q
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
+from realtime.db import in_db_thread
 from wedsync.cache import get_cache
 from wedsync.models import Booking, Supplier, SupplierMembership, Wedding
 
@@ -78,6 +82,14 @@ def user_access(user_id: int) -> dict[str, Any]:
     return get_cache().get_or_load(access_key(user_id), lambda: user_access_load(user_id))
 
 
+async def auser_access(user_id: int) -> dict[str, Any]:
+    """``user_access`` for async code: a hit costs no thread, a miss loads in a realtime
+    database thread (``DatabaseError`` while the database is unreachable)."""
+    return await get_cache().aget_or_load(
+        access_key(user_id), lambda: in_db_thread(user_access_load)(user_id)
+    )
+
+
 def user_key(user_id: int) -> str:
     """The cache key of a user row."""
     return f"user:{user_id}"
@@ -100,6 +112,23 @@ def user_cached(user_id: Any) -> Any:
     except (TypeError, ValueError):
         return None
     row = get_cache().get_or_load(user_key(user_id), lambda: user_row_load(user_id))
+    return _user_from_row(row)
+
+
+async def auser_cached(user_id: Any) -> Any:
+    """``user_cached`` for async code: a hit costs no thread, a miss loads in a realtime
+    database thread."""
+    try:
+        user_id = int(user_id)
+    except (TypeError, ValueError):
+        return None
+    row = await get_cache().aget_or_load(
+        user_key(user_id), lambda: in_db_thread(user_row_load)(user_id)
+    )
+    return _user_from_row(row)
+
+
+def _user_from_row(row: str | None) -> Any:
     if row is None:
         return None
     return next(serializers.deserialize("json", row)).object
