@@ -8,19 +8,30 @@
 * A valid ``?token=`` authenticates in either case.
 
 The consumer closes with 4001 when ``scope["user"]`` is not authenticated.
+
+One middleware does all of it, rather than channels' cookie, session and auth
+middleware stacked around a token middleware and a router: each of those stays on the
+stack for the connection's whole life with its own copy of the scope, and channels'
+``AuthMiddleware`` resolves the session user in the process's one thread-sensitive
+thread even for a token client. Here a token client costs no thread when its user is
+cached (``tokens.atoken_authenticate``), and a browser's session is read in the
+realtime database threads.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from channels.auth import AuthMiddlewareStack
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.http.cookie import parse_cookie
 from django.http.request import is_same_domain
 
+from .db import in_db_thread
 from .tokens import TokenError, atoken_authenticate
 
 
@@ -43,42 +54,53 @@ def origin_allowed(origin: str) -> bool:
     return any(pattern == "*" or is_same_domain(host, pattern) for pattern in allowed)
 
 
-class OriginCheckMiddleware:
-    """Refuse a WebSocket handshake from a foreign Origin before anything else runs."""
+def _session_key(scope: dict[str, Any]) -> str | None:
+    raw = _header(scope, b"cookie")
+    return parse_cookie(raw).get(settings.SESSION_COOKIE_NAME) or None if raw else None
 
-    def __init__(self, app: Any) -> None:
+
+def _session_user(session_key: str) -> Any:
+    """The user of a Django session, as a request would see it (runs in a database thread).
+
+    Django's own ``get_user``: the session's backend and user, and the session hash
+    checked against the user's password.
+    """
+    from django.contrib.auth import get_user
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    return get_user(SimpleNamespace(session=store))  # the one attribute it reads
+
+
+session_user = in_db_thread(_session_user)
+
+
+class RealtimeAuthMiddleware:
+    """The origin check, the path, and ``scope["user"]`` from ``?token=`` or, for a
+    browser, the session cookie; then the consumer."""
+
+    def __init__(self, app: Any, *, path: str) -> None:
         self.app = app
+        self.path = path
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
         origin = _header(scope, b"origin")
-        if origin is not None and not origin_allowed(origin):
+        path = scope["path"][len(scope.get("root_path", "")) :]
+        if path != self.path or (origin is not None and not origin_allowed(origin)):
             return await WebsocketDenier()(scope, receive, send)
-        scope["has_origin"] = origin is not None
-        return await self.app(scope, receive, send)
-
-
-class TokenAuthMiddleware:
-    """Resolve ``scope["user"]`` from ``?token=``, or keep the session user for browsers."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
+        # The scope is changed in place, not copied: this layer and the consumer are all
+        # there is below the server, and a copy per connection is memory held for its life.
+        scope["user"] = AnonymousUser()
         query = parse_qs(scope.get("query_string", b"").decode("latin1"))
         token = (query.get("token") or [None])[0]
-        scope = dict(scope)
         if token:
             try:
                 scope["user"] = await atoken_authenticate(token)
             except TokenError as exc:
-                scope["user"] = AnonymousUser()
                 scope["auth_error"] = exc.code
-        elif not scope.get("has_origin"):
-            # Not a browser: a session cookie alone does not authenticate.
-            scope["user"] = AnonymousUser()
+        elif origin is not None:
+            # A browser: its session. Without an Origin a session cookie alone does not
+            # authenticate (a client that is not a browser uses a token).
+            session_key = _session_key(scope)
+            if session_key:
+                scope["user"] = await session_user(session_key)
         return await self.app(scope, receive, send)
-
-
-def realtime_auth_stack(app: Any) -> Any:
-    """Origin check, then session auth, then token auth, around the WebSocket routes."""
-    return OriginCheckMiddleware(AuthMiddlewareStack(TokenAuthMiddleware(app)))

@@ -1,13 +1,8 @@
-"""WebSocket routes, wrapped in the origin check, session and token authentication."""
+"""The WebSocket route: /ws/realtime/ behind the origin check and authentication."""
 
-from channels.routing import URLRouter
-from django.urls import path
-
-from .auth import realtime_auth_stack
+from .auth import RealtimeAuthMiddleware
 from .consumers import RealtimeConsumer
 
-websocket_urlpatterns = [
-    path("ws/realtime/", RealtimeConsumer.as_asgi()),
-]
+REALTIME_PATH = "/ws/realtime/"
 
-websocket_application = realtime_auth_stack(URLRouter(websocket_urlpatterns))
+websocket_application = RealtimeAuthMiddleware(RealtimeConsumer.as_asgi(), path=REALTIME_PATH)

@@ -66,9 +66,7 @@ class Conn:
         self.refs += 1
         ref = str(self.refs)
         await self.send({**frame, "ref": ref})
-        return await self._take(
-            lambda f: f.get("ref") == ref and f["type"] in {"reply", "pong"}, 5
-        )
+        return await self._take(lambda f: f.get("ref") == ref and f["type"] in {"reply", "pong"}, 5)
 
     async def events(self, count: int) -> list[dict[str, Any]]:
         return [await self.recv_type("event") for _ in range(count)]
@@ -165,6 +163,35 @@ async def test_connect__session_cookie_with_allowed_origin_authenticates(opened)
     assert (await conn.request({"type": "ping"}))["type"] == "pong"
 
 
+async def test_connect__session_of_a_changed_password_closes_4001(opened):
+    # given a browser session, then the user's password changes (Django's session hash)
+    w = await world()
+    client = Client()
+    await database_sync_to_async(client.force_login)(w["planner"])
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+
+    @database_sync_to_async
+    def change_password() -> None:
+        w["planner"].set_password("a new one")
+        w["planner"].save()
+
+    await change_password()
+    # when it connects with that session
+    conn, connected, _ = await opened(headers=[(b"cookie", cookie), ORIGIN])
+    # then it is not authenticated
+    assert connected
+    assert (await conn.comm.receive_output(5))["code"] == 4001
+
+
+async def test_connect__other_path_is_refused_at_handshake():
+    w = await world()
+    token = await database_sync_to_async(token_issue)(user=w["planner"])
+    comm = WebsocketCommunicator(application, f"/ws/other/?token={token}")
+    connected, _ = await comm.connect(timeout=5)
+    assert not connected
+    await comm.disconnect()
+
+
 async def test_ping__answers_pong_with_ref(opened):
     w = await world()
     conn, _, _ = await opened(user=w["photographer"])
@@ -198,9 +225,9 @@ async def test_subscribe__allowed_forbidden_unknown_and_nonexistent(opened):
         **topics[w["b"].topic],
         "message": topics["wedding:99999999"]["message"],
     }
-    assert topics["wedding:99999999"]["message"].replace("99999999", "X") == topics[
-        w["b"].topic
-    ]["message"].replace(str(w["b"].pk), "X")
+    assert topics["wedding:99999999"]["message"].replace("99999999", "X") == topics[w["b"].topic][
+        "message"
+    ].replace(str(w["b"].pk), "X")
 
 
 async def test_publish__stores_then_broadcasts_to_every_subscriber_in_order(opened):
@@ -298,8 +325,12 @@ async def test_subscribe_since__replays_missed_events_then_continues_live(opened
     writer, _, _ = await opened(user=w["planner"])
     for i in range(3):
         await writer.request(
-            {"type": "publish", "topic": topic, "event": "message.posted",
-             "payload": {"text": str(i)}}
+            {
+                "type": "publish",
+                "topic": topic,
+                "event": "message.posted",
+                "payload": {"text": str(i)},
+            }
         )
     # when a client that saw seq 1 subscribes with since=1
     reader, _, _ = await opened(user=w["photographer"])
@@ -356,14 +387,22 @@ async def test_rate_limit__normal_events_limited_critical_never(opened, settings
     codes = []
     for i in range(4):
         reply = await conn.request(
-            {"type": "publish", "topic": topic, "event": "message.posted",
-             "payload": {"text": str(i)}}
+            {
+                "type": "publish",
+                "topic": topic,
+                "event": "message.posted",
+                "payload": {"text": str(i)},
+            }
         )
         codes.append(reply.get("code", "ok"))
     assert codes[:2] == ["ok", "ok"] and "rate_limited" in codes[2:]
     reply = await conn.request(
-        {"type": "publish", "topic": topic, "event": "emergency.raised",
-         "payload": {"kind": "medical", "text": "Guest fainted"}}
+        {
+            "type": "publish",
+            "topic": topic,
+            "event": "emergency.raised",
+            "payload": {"kind": "medical", "text": "Guest fainted"},
+        }
     )
     assert reply["status"] == "ok"
 
@@ -398,8 +437,12 @@ async def test_ack__recorded_and_ack_updated_event_sent(opened):
     planner, _, _ = await opened(user=w["planner"])
     await planner.request({"type": "subscribe", "topics": {topic: {}}})
     raised = await planner.request(
-        {"type": "publish", "topic": topic, "event": "emergency.raised",
-         "payload": {"kind": "weather", "text": "Storm: move inside"}}
+        {
+            "type": "publish",
+            "topic": topic,
+            "event": "emergency.raised",
+            "payload": {"kind": "weather", "text": "Storm: move inside"},
+        }
     )
     event = await planner.recv_type("event")
     assert event["ack_required"] is True and event["priority"] == "critical"
@@ -533,8 +576,12 @@ async def test_outbox_full__slow_client_closed_1013_others_unaffected(
     # when more events are published than its outbox holds
     for i in range(8):
         await healthy.request(
-            {"type": "publish", "topic": topic, "event": "message.posted",
-             "payload": {"text": str(i)}}
+            {
+                "type": "publish",
+                "topic": topic,
+                "event": "message.posted",
+                "payload": {"text": str(i)},
+            }
         )
     # then the stuck one is closed with 1013, and the healthy one got everything
     out = await stuck.comm.receive_output(5)
@@ -583,8 +630,12 @@ async def test_rate_limit__repeated_abuse_closes_4008(opened, settings):
     settings.REALTIME_RATE_LIMIT_STRIKES = 3
     w = await world()
     conn, _, _ = await opened(user=w["photographer"])
-    frame = {"type": "publish", "topic": w["a"].topic, "event": "message.posted",
-             "payload": {"text": "spam"}}
+    frame = {
+        "type": "publish",
+        "topic": w["a"].topic,
+        "event": "message.posted",
+        "payload": {"text": "spam"},
+    }
     for ref in range(6):
         await conn.send({**frame, "ref": str(ref)})
     out = await conn.comm.receive_output(5)
