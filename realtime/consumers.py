@@ -569,6 +569,7 @@ class Registry:
                 await consumer.close(CLOSE_STALE, "no frame for too long")
                 continue
             topics.update(consumer.streams)
+            consumer.outbox.release()  # an idle connection holds no writer task
             if consumer.members:
                 await consumer.refresh_presence()
         await get_connection_registry().heartbeat(
