@@ -16,6 +16,10 @@ from django.urls import get_resolver  # noqa: E402
 from monitoring.metrics import start_sampler  # noqa: E402
 from realtime.routing import websocket_application  # noqa: E402
 from wedsync.gctune import tune_after_startup  # noqa: E402
+from wedsync.token_api import TokenApiHandler, token_api_router  # noqa: E402
+
+# Bearer requests under /api/ skip the browser's middleware (docs/adr/0012-lean-api-path.md).
+http_application = token_api_router(django_asgi_app, TokenApiHandler())
 
 # Every server process samples its connections into the shared metric files.
 start_sampler()
@@ -27,7 +31,7 @@ tune_after_startup()
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_application,
         "websocket": websocket_application,
     }
 )
