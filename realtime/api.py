@@ -23,16 +23,24 @@ from django.views.decorators.csrf import csrf_exempt
 
 from scaling.selectors import wedding_day_mode
 from wedsync import selectors as domain
-from wedsync.caching import user_access
+from wedsync.cache import get_cache
+from wedsync.caching import auser_access
 from wedsync.models import Supplier, Wedding
 
 from . import selectors, services
 from .broadcast import event_frame
 from .connections import get_connection_registry, supplier_limit
+from .db import database_reachable, in_db_thread
 from .errors import RealtimeError, topic_forbidden
 from .protocol import MAX_FRAME_BYTES
-from .snapshots import snapshot_get, wedding_summary
-from .tokens import TokenError, token_authenticate, token_expires_at, token_issue
+from .snapshots import snapshot_key, snapshot_load, wedding_summary
+from .tokens import (
+    TokenError,
+    atoken_authenticate,
+    token_authenticate,
+    token_expires_at,
+    token_issue,
+)
 
 # Longest history page a client may ask for.
 MAX_PAGE = 1000
@@ -74,6 +82,19 @@ def api_authenticate(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+async def aapi_authenticate(request: HttpRequest) -> HttpResponse | None:
+    """``api_authenticate`` for async views: a bearer token on the event loop (its user
+    comes from the cache), a session in a realtime database thread."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return await in_db_thread(api_authenticate)(request)
+    try:
+        request.user = await atoken_authenticate(header[7:].strip())
+    except TokenError as exc:
+        return json_error("unauthenticated", str(exc), 401)
+    return None
+
+
 def api_view(*methods: str) -> Callable:
     """Authenticate (session or bearer token), check the method, turn errors into JSON."""
 
@@ -82,14 +103,39 @@ def api_view(*methods: str) -> Callable:
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.method not in methods:
-                return json_error(
-                    "method_not_allowed", f"use {' or '.join(methods)}", 405
-                )
+                return json_error("method_not_allowed", f"use {' or '.join(methods)}", 405)
             refused = api_authenticate(request)
             if refused is not None:
                 return refused
             try:
                 return view(request, *args, **kwargs)
+            except ApiError as exc:
+                return json_error(exc.code, exc.message, exc.status)
+            except RealtimeError as exc:
+                return json_response({"error": exc.as_dict()}, exc.http_status)
+            except DatabaseError:
+                return json_error("unavailable", "the database is not available", 503)
+
+        return wrapper
+
+    return decorate
+
+
+def async_api_view(*methods: str) -> Callable:
+    """``api_view`` for an ``async def`` view: authentication runs in a database thread
+    (it may read the session and the user), the view on the event loop."""
+
+    def decorate(view: Callable) -> Callable:
+        @csrf_exempt
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                return json_error("method_not_allowed", f"use {' or '.join(methods)}", 405)
+            try:
+                refused = await aapi_authenticate(request)
+                if refused is not None:
+                    return refused
+                return await view(request, *args, **kwargs)
             except ApiError as exc:
                 return json_error(exc.code, exc.message, exc.status)
             except RealtimeError as exc:
@@ -146,35 +192,50 @@ def weddings_view(request: HttpRequest) -> HttpResponse:
     return json_response({"weddings": [wedding_summary(w) for w in weddings]})
 
 
-@api_view("GET")
-def wedding_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
+@async_api_view("GET")
+async def wedding_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     """The wedding snapshot with the topic seq it includes (PROTOCOL §9).
 
-    Visibility is checked on every request, against the database; only the snapshot,
-    the same for everyone who may see the wedding, comes from the cache.
+    Visibility is checked on every request with the rule of a subscribe to the
+    wedding's topic, from the user's cached access (``realtime.topics``, ``cached=True``;
+    docs/adr/0012-lean-api-path.md): the snapshot shows no more than that subscription's
+    replay would. The access, the user of a token and the snapshot come from the cache
+    on the event loop: a warm read needs no thread and no query. Anything not cached
+    loads in a database thread; while the database is unreachable that is a 503, and a
+    read served wholly from the cache is marked read-only.
     """
-    try:
-        wedding_id = _visible_wedding(request, wedding_id).pk
-    except DatabaseError:
-        return _snapshot_while_database_down(request, wedding_id)
-    state = snapshot_get(wedding_id)
-    if state is None:  # deleted since the check
+    if not await _may_read_wedding(request.user, wedding_id):
         raise ApiError("not_found", topic_forbidden(f"wedding:{wedding_id}").message, 404)
-    return json_response(state)
-
-
-def _snapshot_while_database_down(request: HttpRequest, wedding_id: int) -> HttpResponse:
-    """The database is unreachable: answer from the cache (the user's cached access and
-    the cached snapshot), marked read-only; 503 when either is not cached."""
-    access = user_access(request.user.pk)  # DatabaseError (503) if not cached
-    if not access["active"] or (not access["staff"] and wedding_id not in access["weddings"]):
-        raise ApiError("not_found", topic_forbidden(f"wedding:{wedding_id}").message, 404)
-    state = snapshot_get(wedding_id)
-    if state is None:
+    state = await _snapshot_aget(wedding_id)
+    if state is None:  # no such wedding (staff), or deleted since the access was cached
         raise ApiError("not_found", topic_forbidden(f"wedding:{wedding_id}").message, 404)
     response = json_response(state)
-    response["X-WedSync-Read-Only"] = "database unreachable; served from the cache"
+    if not await database_reachable():
+        response["X-WedSync-Read-Only"] = "database unreachable; served from the cache"
     return response
+
+
+async def _may_read_wedding(user: Any, wedding_id: int) -> bool:
+    """The cached subscribe check of a wedding topic (``realtime.topics``
+    ``_may_subscribe_cached``) on the event loop. Both the user and the cached row must say
+    active (and staff). Staff may read any wedding: one that does not exist has no
+    snapshot (404), so unlike the subscribe check this needs no query."""
+    access = await auser_access(user.pk)  # DatabaseError (503) when not cached and down
+    if not (user.is_active and access["active"]):
+        return False
+    if user.is_staff and access["staff"]:
+        return True
+    return wedding_id in access["weddings"]
+
+
+async def _snapshot_aget(wedding_id: int) -> dict[str, Any] | None:
+    """``snapshots.snapshot_get`` on the event loop: a cache hit needs no thread; a miss
+    loads in a database thread (DatabaseError, 503, while the database is unreachable)."""
+    return await get_cache().aget_or_load(
+        snapshot_key(wedding_id),
+        lambda: in_db_thread(snapshot_load)(wedding_id),
+        lock=True,
+    )
 
 
 def _int_param(request: HttpRequest, name: str, default: int, low: int, high: int) -> int:

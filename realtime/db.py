@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
@@ -72,3 +73,56 @@ def in_db_thread(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     run.__name__ = getattr(func, "__name__", "in_db_thread")
     run.__doc__ = func.__doc__
     return run
+
+
+# How old an answer of ``database_reachable`` may be: the read-only mark of the snapshot
+# read follows an outage (and its end) within this, plus the probe's own time. Past half
+# of it, a read starts the next probe without waiting for it, so under steady traffic no
+# read waits.
+REACHABLE_MAX_AGE_S = 1.0
+
+_reachable: dict[str, Any] = {"at": float("-inf"), "ok": True}
+_probes: dict[asyncio.AbstractEventLoop, asyncio.Future[bool]] = {}
+
+
+def _probe() -> bool:
+    from django.db import DatabaseError, connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except DatabaseError:
+        return False
+
+
+async def database_reachable() -> bool:
+    """Whether the database answered a ``SELECT 1`` at most ``REACHABLE_MAX_AGE_S`` ago.
+
+    For reads served from the cache without a query, which still say when the database
+    is down. One probe at a time per event loop, in the database threads; a caller waits
+    for it only when the last answer is too old. Never raises a database error.
+    """
+    age = time.monotonic() - _reachable["at"]
+    if age < REACHABLE_MAX_AGE_S:
+        if age >= REACHABLE_MAX_AGE_S / 2:
+            _start_probe()
+        return _reachable["ok"]
+    return await asyncio.shield(_start_probe())
+
+
+def _start_probe() -> asyncio.Future[bool]:
+    loop = asyncio.get_running_loop()
+    probe = _probes.get(loop)
+    if probe is None:
+        probe = _probes[loop] = asyncio.ensure_future(_run_probe(loop))
+    return probe
+
+
+async def _run_probe(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        ok = await in_db_thread(_probe)()
+        _reachable.update(at=time.monotonic(), ok=ok)
+        return ok
+    finally:
+        _probes.pop(loop, None)

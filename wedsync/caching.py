@@ -1,8 +1,9 @@
 """Cached reads of the wedding domain, and the receivers that keep them current.
 
 * ``user_access(user_id)`` (key ``access:<id>``): what the subscribe check needs of a
-  user — read on every subscribe, so cached. Only the subscribe check uses it: publish
-  and the re-check of live subscriptions read the database (writes must be exact).
+  user — read on every subscribe, so cached. The subscribe check and the snapshot read
+  (``GET /api/weddings/<id>/``) use it: publish and the re-check of live subscriptions
+  read the database (writes must be exact).
 * ``supplier_profile(supplier_id)`` (key ``supplier:<id>``): a supplier's public card.
 * ``user_cached(user_id)`` (key ``user:<id>``): the user row behind a session or token,
   read on every WebSocket connect and request (``wedsync.auth_backends``, tokens).

@@ -1,13 +1,15 @@
 """The HTTP API of PROTOCOL §9, through Django's test ``Client`` and the real database.
 
-Tests that read a snapshot run with ``transaction=True`` (``SNAPSHOT_DB``): the snapshot
-opens its own REPEATABLE READ transaction on PostgreSQL, which must be the first
-statement of a real transaction, so it cannot run inside the per-test transaction of a
-plain ``django_db`` test. The others use that faster per-test transaction.
+Tests of the snapshot endpoint run with ``transaction=True`` (``SNAPSHOT_DB``): the
+snapshot opens its own REPEATABLE READ transaction on PostgreSQL, which must be the first
+statement of a real transaction, and the endpoint reads what is not cached (the token's
+user, the access, the snapshot) in the realtime database threads, whose connections see
+committed rows only. The others use the faster per-test transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime as dt
 import time
@@ -16,15 +18,20 @@ from typing import Any
 
 import orjson
 import pytest
+from channels.db import database_sync_to_async
+from channels.testing import HttpCommunicator
 from django.conf import settings
+from django.db.backends.utils import CursorWrapper
 from django.test import Client
 from django.utils.crypto import get_random_string
 
+from realtime import db as realtime_db
 from realtime import selectors
 from realtime.models import Event, TopicCursor
 from realtime.services import event_publish
 from realtime.tokens import token_authenticate, token_expires_at, token_issue
 from tests.factories import make_booking, make_item, make_supplier, make_user, make_wedding
+from wedsync.asgi import application
 from wedsync.models import Supplier, TimelineItem, Wedding
 
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(30)]
@@ -421,6 +428,7 @@ def test_snapshot_state__snapshot_plus_events_since_its_seq_is_a_fresh_snapshot(
     assert fresh["wedding"]["venue"] == "New Barn"
 
 
+@SNAPSHOT_DB
 @pytest.mark.parametrize("suffix", ["", "events"])
 def test_snapshot__hidden_wedding_is_404_identical_to_missing_one(w, suffix):
     client, auth = Client(), bearer(w.photographer)
@@ -440,6 +448,160 @@ def test_snapshot__anonymous_is_401(w):
 
 def test_snapshot__post_is_405(w):
     error_of(post(Client(), w.path(w.a), {}, **bearer(w.planner)), 405, "method_not_allowed")
+
+
+# --- GET /api/weddings/<id>/ through the ASGI application (the server's path) -------------
+# A bearer read takes the lean path (wedsync/token_api.py) and is checked against the
+# user's cached access; a browser's session read takes the full middleware chain.
+
+
+class Asgi:
+    """GET requests to ``wedsync.asgi.application``, as the server runs it."""
+
+    @staticmethod
+    async def get(path: str, *, token: str | None = None, session: str | None = None):
+        headers = [(b"host", b"testserver")]
+        if token is not None:
+            headers.append((b"authorization", f"Bearer {token}".encode()))
+        if session is not None:
+            headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode()))
+        comm = HttpCommunicator(application, "GET", path, headers=headers)
+        response = await comm.get_response(timeout=10)
+        await comm.wait(timeout=10)  # the handler's end of request (signals) ran
+        status, body = response["status"], orjson.loads(response["body"])
+        headers = {k.decode().lower(): v.decode() for k, v in response["headers"]}
+        assert headers["content-type"] == JSON
+        return status, headers, body
+
+
+def session_of(user: Any) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+@SNAPSHOT_DB
+async def test_snapshot_asgi__bearer_and_session_reads_return_the_same_snapshot(w):
+    path = w.path(w.a)
+    token = token_issue(user=w.photographer)
+    session = await database_sync_to_async(session_of)(w.photographer)
+
+    by_token = await Asgi.get(path, token=token)
+    by_session = await Asgi.get(path, session=session)
+
+    assert by_token[0] == by_session[0] == 200
+    assert by_token[2] == by_session[2]
+    assert by_token[2]["wedding"]["id"] == w.a.pk
+    assert "x-wedsync-read-only" not in by_token[1]
+
+
+@SNAPSHOT_DB
+@pytest.mark.parametrize("reader", ["florist", "lapsed"])
+async def test_snapshot_asgi__no_access_is_404_identical_to_a_missing_wedding(w, reader):
+    token = token_issue(user=getattr(w, reader))
+
+    hidden = await Asgi.get(w.path(w.a), token=token)
+    missing = await Asgi.get(w.path(MISSING_ID), token=token)
+
+    assert hidden[0] == missing[0] == 404
+    assert hidden[2]["error"]["code"] == "not_found"
+    assert str(hidden[2]).replace(str(w.a.pk), "<id>") == str(missing[2]).replace(
+        str(MISSING_ID), "<id>"
+    )
+
+
+@SNAPSHOT_DB
+async def test_snapshot_asgi__staff_read_any_wedding_and_a_missing_one_is_404(w):
+    token = token_issue(user=w.staff)
+
+    assert (await Asgi.get(w.path(w.b), token=token))[0] == 200
+    assert (await Asgi.get(w.path(MISSING_ID), token=token))[0] == 404
+
+
+@SNAPSHOT_DB
+async def test_snapshot_asgi__bad_or_expired_token_is_401_json(w, monkeypatch):
+    token = token_issue(user=w.planner, ttl=60)
+
+    bad = await Asgi.get(w.path(w.a), token=token + "x")
+    monkeypatch.setattr("realtime.tokens._now", lambda: time.time() + 120)
+    expired = await Asgi.get(w.path(w.a), token=token)
+
+    assert (bad[0], bad[2]["error"]["code"]) == (401, "unauthenticated")
+    assert (expired[0], expired[2]["error"]["code"]) == (401, "unauthenticated")
+    assert "expired" in expired[2]["error"]["message"]
+
+
+def _revoke_booking(w: World) -> None:
+    booking = w.photo_co.bookings.get(wedding=w.a)
+    booking.active = False
+    booking.save()
+
+
+def _revoke_membership(w: World) -> None:
+    w.photo_co.memberships.filter(user=w.photographer).delete()
+
+
+def _revoke_couple(w: World) -> None:
+    w.a.couple.remove(w.couple)
+
+
+@SNAPSHOT_DB
+@pytest.mark.parametrize(
+    ("reader", "revoke"),
+    [
+        ("photographer", _revoke_booking),
+        ("photographer", _revoke_membership),
+        ("couple", _revoke_couple),
+    ],
+)
+async def test_snapshot_asgi__revoked_access_stops_the_next_read(w, reader, revoke):
+    # given a reader whose access is cached by a first read
+    token = token_issue(user=getattr(w, reader))
+    assert (await Asgi.get(w.path(w.a), token=token))[0] == 200
+
+    # when the access is revoked
+    await database_sync_to_async(revoke)(w)
+
+    # then the very next read is refused
+    status, _, body = await Asgi.get(w.path(w.a), token=token)
+    assert (status, body["error"]["code"]) == (404, "not_found")
+
+
+@SNAPSHOT_DB
+async def test_snapshot_asgi__deactivated_user_is_refused_by_token_and_session(w):
+    token = token_issue(user=w.planner)
+    session = await database_sync_to_async(session_of)(w.planner)
+    assert (await Asgi.get(w.path(w.a), token=token))[0] == 200
+
+    w.planner.is_active = False
+    await database_sync_to_async(w.planner.save)()
+
+    assert (await Asgi.get(w.path(w.a), token=token))[0] == 401
+    assert (await Asgi.get(w.path(w.a), session=session))[0] == 401
+
+
+@SNAPSHOT_DB
+async def test_snapshot_asgi__warm_bearer_read_makes_no_query(w, monkeypatch):
+    # given a warm cache (user, access, snapshot) and a fresh database probe
+    token = token_issue(user=w.photographer)
+    assert (await Asgi.get(w.path(w.a), token=token))[0] == 200
+    monkeypatch.setattr(realtime_db, "REACHABLE_MAX_AGE_S", 3600.0)
+    await asyncio.gather(*realtime_db._probes.values())  # one started by that read
+    statements: list[str] = []
+    execute = CursorWrapper.execute
+
+    def counted(cursor: Any, sql: str, params: Any = None) -> Any:
+        statements.append(sql)
+        return execute(cursor, sql, params)
+
+    monkeypatch.setattr(CursorWrapper, "execute", counted)
+
+    # when
+    for _ in range(3):
+        assert (await Asgi.get(w.path(w.a), token=token))[0] == 200
+
+    # then: the visibility check, the token's user and the snapshot came from the cache
+    assert statements == []
 
 
 # --- GET /api/weddings/<id>/events ------------------------------------------------------

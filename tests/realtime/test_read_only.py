@@ -88,6 +88,7 @@ def test_read_only_mode_set__reason_required_and_bounded(reason) -> None:
     assert ReadOnlyModeChange.objects.count() == 0
 
 
+@pytest.mark.django_db(transaction=True)  # the snapshot read loads in database threads
 def test_http_publish__read_only__503_with_the_reason(world) -> None:
     services.read_only_mode_set(enabled=True, reason="failover drill", user=None)
     client = Client()
