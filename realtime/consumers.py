@@ -21,17 +21,15 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from monitoring import metrics
-from wedsync.breaker import CircuitOpen
 
 from . import protocol, services
-from .broadcast import group_name, group_send_bounded
 from .connections import Connection, get_connection_registry, supplier_limit
 from .db import in_db_thread
 from .delivery import Outbox, OutboxFull, TopicStream, fill, finish_sync
 from .errors import RealtimeError
 from .hub import get_hub
 from .limits import PublishLimiter
-from .presence import get_presence_store
+from .presence import get_diff_batcher, get_presence_store
 from .protocol import (
     CLOSE_CONNECTION_LIMIT,
     CLOSE_OVERLOADED,
@@ -41,13 +39,8 @@ from .protocol import (
     CLOSE_TOO_LARGE,
     CLOSE_UNAUTHENTICATED,
 )
-from .session import (
-    authorize_topics,
-    connect_facts,
-    member_infos,
-    still_allowed,
-    sync_positions,
-)
+from .replay import sync_topics
+from .session import authorize_and_describe, authorize_topics, connect_facts, still_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +156,7 @@ class RealtimeConsumer:
     async def _register(self) -> bool:
         """Count this connection against its user's and suppliers' limits (4029 if over)."""
         try:
-            suppliers, wedding_day = await in_db_thread(connect_facts)(self.user.pk)
+            suppliers, wedding_day = await connect_facts(self.user.pk)
         except DatabaseError:
             suppliers, wedding_day = (), False  # counted per user only until the next connect
         connection = Connection(self.conn_id, self.user.pk, suppliers)
@@ -186,7 +179,10 @@ class RealtimeConsumer:
         if outbox is not None:
             outbox.stop()
         if self.connection is not None:
-            await get_connection_registry().unregister(self.connection)
+            # Every count of the connection, its weddings included: the topics dropped
+            # below need no untracking of their own.
+            connection, self.connection = self.connection, None
+            await get_connection_registry().unregister(connection)
         for topic in list(self.streams):
             await self._drop_topic(topic)
         raise StopConsumer
@@ -315,7 +311,9 @@ class RealtimeConsumer:
                     "message": "at most "
                     f"{settings.REALTIME_MAX_TOPICS_PER_CONNECTION} topics per connection",
                 }
-        allowed, refused = await in_db_thread(authorize_topics)(self.user, fresh)
+        # One database-thread call for the check and the presence cards, one for the
+        # positions and the first page of the replay: a reconnect storm multiplies them.
+        allowed, refused, infos = await in_db_thread(authorize_and_describe)(self.user, fresh)
         for topic, err in refused.items():
             statuses[topic] = {"status": "error", **err.as_dict()}
         # Join the groups first, then read the log: an event stored in between arrives
@@ -327,14 +325,14 @@ class RealtimeConsumer:
         if self.connection is not None:
             await get_connection_registry().track_weddings(self.connection, _wedding_ids(allowed))
         since = {t: requested[t].since for t in allowed}
-        positions = await sync_positions(since)
+        syncs = await sync_topics(since)
         for topic in allowed:
-            seq, recovered, start = positions[topic]
-            self.streams[topic].last_seq = start
-            status: dict[str, Any] = {"status": "ok", "seq": seq}
+            sync = syncs[topic]
+            self.streams[topic].last_seq = sync.start
+            status: dict[str, Any] = {"status": "ok", "seq": sync.seq}
             if since[topic] is not None:
-                status["recovered"] = recovered
-                metrics.replayed(recovered=recovered, events=max(0, seq - start))
+                status["recovered"] = sync.recovered
+                metrics.replayed(recovered=sync.recovered, events=max(0, sync.seq - sync.start))
             statuses[topic] = status
         ok = any(s["status"] == "ok" for s in statuses.values()) or not statuses
         reply = protocol.reply_ok(frame.ref, topics=statuses)
@@ -345,13 +343,15 @@ class RealtimeConsumer:
             )
         await self._reply(reply)
         for topic in allowed:
-            stream = self.streams[topic]
-            await fill(stream, self.outbox, positions[topic][0], live=False)
+            stream, sync = self.streams[topic], syncs[topic]
+            for seq, text in sync.events:
+                await self.outbox.put(text)
+                stream.last_seq = seq
+            if stream.last_seq < sync.seq:  # more than a page: the rest page by page
+                await fill(stream, self.outbox, sync.seq, live=False)
             await finish_sync(stream, self.outbox)
-        if allowed:
-            infos = await in_db_thread(member_infos)(self.user, allowed)
-            for topic in allowed:
-                await self._join_presence(topic, infos[topic])
+        for topic in allowed:
+            await self._join_presence(topic, infos[topic])
 
     async def _drop_topic(self, topic: str) -> None:
         if self.streams.pop(topic, None) is None:
@@ -367,7 +367,7 @@ class RealtimeConsumer:
         except RealtimeError:
             return
         if left:
-            await self._presence_diff(topic, [], [left])
+            self._presence_diff(topic, [], [left])
 
     # --- presence -----------------------------------------------------------------------
 
@@ -379,7 +379,7 @@ class RealtimeConsumer:
             logger.warning("presence unavailable; %s not announced on %s", self.conn_id, topic)
             return
         if joined:
-            await self._presence_diff(topic, [member], [])
+            self._presence_diff(topic, [member], [])
 
     async def refresh_presence(self) -> None:
         """Heartbeat this connection's presence; re-join where its entry was lost."""
@@ -389,19 +389,12 @@ class RealtimeConsumer:
                 if topic in self.members and await self.presence.join(
                     topic, self.conn_id, self.members[topic]
                 ):
-                    await self._presence_diff(topic, [self.members[topic]], [])
+                    self._presence_diff(topic, [self.members[topic]], [])
         except RealtimeError:
             logger.warning("presence unavailable; not refreshed for %s", self.conn_id)
 
-    async def _presence_diff(self, topic: str, joins: list, leaves: list) -> None:
-        text = protocol.presence_diff(topic, joins, leaves)
-        message = {"type": "rt.presence", "topic": topic, "text": text}
-        try:
-            await group_send_bounded(group_name(topic), message)
-        except CircuitOpen:  # Redis is down (the breaker logged it); presence is best effort
-            pass
-        except Exception:  # presence is best effort; events never depend on it
-            logger.warning("presence diff on %s not sent", topic, exc_info=True)
+    def _presence_diff(self, topic: str, joins: list, leaves: list) -> None:
+        get_diff_batcher().add(topic, joins, leaves)  # sent merged, within PRESENCE_BATCH_S
 
     # --- events from this process's hub (realtime.hub) ----------------------------------
 
@@ -547,6 +540,7 @@ class Registry:
             return_exceptions=True,
         )
         await _poll_until(lambda: not self._consumers, deadline)
+        await get_diff_batcher().drain()  # the leaves of the closed connections
 
     async def _sweep_forever(self) -> None:
         from .session import topic_positions

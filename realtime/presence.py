@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -34,11 +35,20 @@ from redis.retry import Retry
 from realtime.errors import RealtimeError
 from wedsync.breaker import CircuitOpen, redis_breaker
 
+logger = logging.getLogger(__name__)
+
 # An entry lives this long after its last join/refresh; the consumer refreshes every
 # PRESENCE_REFRESH_S, so two refreshes can be missed (a GC pause, a slow Redis) before a
 # live user flickers out, and a crashed process's users are gone within a minute.
 PRESENCE_TTL_S = 60
 PRESENCE_REFRESH_S = 20
+# A process sends the presence diffs of a topic at most once per PRESENCE_BATCH_S, the
+# joins and leaves of that time in one presence_diff (the last change of each user
+# wins). A reconnect storm of N clients on a topic then costs a few sends and a few
+# frames per member instead of 2N of each: the channel layer sends one message at a
+# time per process, and 2,000 diffs in a burst held it for seconds (docs/benchmarks.md).
+# A fifth of a second is not a delay anyone sees in a list of who is here.
+PRESENCE_BATCH_S = 0.2
 
 
 @runtime_checkable
@@ -400,3 +410,78 @@ def get_presence_store() -> PresenceStore:
     if _local_store is None:
         _local_store = LocalPresence()
     return _local_store
+
+
+# --- diffs --------------------------------------------------------------------------------
+
+
+class DiffBatcher:
+    """The presence diffs this process sends, merged per topic over PRESENCE_BATCH_S.
+
+    ``add`` records joins and leaves; a timer sends each topic's merged diff to the
+    topic's group (every process's hub hands it to the local subscribers). Per user the
+    last change wins: left and back within the batch is a join, which a client that
+    still lists the user ignores. Best effort, like presence itself (PROTOCOL §7).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, dict[int, tuple[bool, dict]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task] = set()
+
+    def add(self, topic: str, joins: Iterable[dict], leaves: Iterable[dict]) -> None:
+        """Announce users who arrived on (``joins``) or fully left (``leaves``) a topic."""
+        changes = self._pending.setdefault(topic, {})
+        for joined, members in ((True, joins), (False, leaves)):
+            for member in members:
+                changes.pop(member["user_id"], None)  # re-inserted last: the latest change
+                changes[member["user_id"]] = (joined, member)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(PRESENCE_BATCH_S, self.flush)
+
+    def flush(self) -> None:
+        """Send what is pending now (the timer; the shutdown drain)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, {}
+        for topic, changes in pending.items():
+            joins = [member for joined, member in changes.values() if joined]
+            leaves = [member for joined, member in changes.values() if not joined]
+            task = asyncio.ensure_future(_send_diff(topic, joins, leaves))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def drain(self) -> None:
+        """Send what is pending and wait for the sends (a graceful shutdown)."""
+        self.flush()
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+
+
+async def _send_diff(topic: str, joins: list[dict], leaves: list[dict]) -> None:
+    from . import protocol
+    from .broadcast import group_name, group_send_bounded
+
+    text = protocol.presence_diff(topic, joins, leaves)
+    try:
+        await group_send_bounded(group_name(topic), {"type": "rt.presence", "topic": topic,
+                                                     "text": text})  # fmt: skip
+    except CircuitOpen:  # Redis is down (the breaker logged it); presence is best effort
+        pass
+    except Exception as exc:  # best effort: events never depend on it
+        logger.warning("presence diff on %s not sent (%s)", topic, type(exc).__name__)
+
+
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DiffBatcher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_diff_batcher() -> DiffBatcher:
+    """The diff batcher of the running event loop (made on first use)."""
+    loop = asyncio.get_running_loop()
+    batcher = _batchers.get(loop)
+    if batcher is None:
+        batcher = _batchers[loop] = DiffBatcher()
+    return batcher

@@ -354,3 +354,59 @@ async def test_fallback_presence__redis_up__shared_view(redis_url: str) -> None:
 
     assert await two.members(TOPIC) == [ANN]
     assert await two.join(TOPIC, "c2", ANN) is False  # the same user, seen through Redis
+
+
+# --- the diffs a process sends ------------------------------------------------------------
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list, list]]:
+    """The diffs the batcher sends, instead of sending them."""
+    from realtime import presence
+
+    diffs: list[tuple[str, list, list]] = []
+
+    async def record(topic: str, joins: list, leaves: list) -> None:
+        diffs.append((topic, joins, leaves))
+
+    monkeypatch.setattr(presence, "_send_diff", record)
+    monkeypatch.setattr(presence, "PRESENCE_BATCH_S", 0.05)
+    return diffs
+
+
+async def test_diff_batcher__changes_of_a_topic_within_the_window__one_diff(sent) -> None:
+    from realtime.presence import DiffBatcher
+
+    # given joins and leaves on two topics within one batch
+    batcher = DiffBatcher()
+    batcher.add(TOPIC, [ANN], [])
+    batcher.add(TOPIC, [BEN], [])
+    batcher.add("wedding:43", [], [ANN])
+    assert sent == []
+    # when the batch time has passed
+    await asyncio.sleep(0.2)
+    # then one diff per topic went out, with every change
+    assert sorted(sent) == [("wedding:42", [ANN, BEN], []), ("wedding:43", [], [ANN])]
+
+
+async def test_diff_batcher__left_and_back_within_the_window__the_last_change_wins(sent) -> None:
+    from realtime.presence import DiffBatcher
+
+    batcher = DiffBatcher()
+    batcher.add(TOPIC, [], [ANN])  # a reconnect: the old connection leaves ...
+    batcher.add(TOPIC, [ANN], [])  # ... and the new one joins
+    batcher.add(TOPIC, [BEN], [])
+    batcher.add(TOPIC, [], [BEN])
+    await asyncio.sleep(0.2)
+    assert sent == [(TOPIC, [ANN], [BEN])]
+
+
+async def test_diff_batcher__drain_sends_at_once(sent) -> None:
+    from realtime.presence import DiffBatcher
+
+    batcher = DiffBatcher()
+    batcher.add(TOPIC, [], [ANN])
+    await batcher.drain()
+    assert sent == [(TOPIC, [], [ANN])]
+    await asyncio.sleep(0.1)
+    assert len(sent) == 1  # the timer was cancelled
