@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 KINDS = ("user", "supplier", "wedding")
 
 
-@dataclass
+@dataclass(slots=True)
 class Connection:
     """What the registry knows of one connection."""
 
@@ -318,11 +318,18 @@ class ConnectionRegistry:
         await self._both("unregister", conn)
 
     async def track_weddings(self, conn: Connection, weddings: Iterable[int]) -> None:
-        """Count ``conn`` on these weddings too (it subscribed to their topics)."""
+        """Count ``conn`` on these weddings too (it subscribed to their topics).
+
+        Here at once; in Redis from the next sweep's ``heartbeat``, which writes every
+        count of every connection of the process in a few script runs. A subscribe then
+        costs Redis nothing for it (a reconnect storm multiplies every round trip), and
+        the per-wedding counts staff read lag by at most ``REALTIME_SWEEP_INTERVAL``; no
+        limit depends on them.
+        """
         new = set(weddings) - conn.weddings
         if new:
             conn.weddings |= new
-            await self._both("track", conn, "wedding", sorted(new), self.ttl)
+            await self.local.track(conn, "wedding", sorted(new), self.ttl)
 
     async def untrack_weddings(self, conn: Connection, weddings: Iterable[int]) -> None:
         gone = set(weddings) & conn.weddings

@@ -1,8 +1,10 @@
-"""Database reads a connection needs: authorising topics, sync positions, presence info.
+"""What a connection reads on connect and subscribe: the limits' facts, the topic check,
+presence cards, and the topics' positions for the sweep.
 
-Each function is sync (it runs in a database thread through realtime.db.in_db_thread)
-and batches its work, so a subscribe frame costs a few queries however many topics it
-names.
+The sync functions run in a database thread (realtime.db.in_db_thread) and batch their
+work, so a subscribe frame costs a few queries however many topics it names; the
+connect facts come from the cache without a thread. Positions and replay of a
+subscribe are in ``realtime.replay``.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
-from wedsync import selectors as domain
+from wedsync.caching import user_access
 from wedsync.models import Booking
 
-from . import selectors, topics
+from . import topics
 from .db import in_db_thread
 from .errors import RealtimeError
 from .models import TopicCursor
@@ -49,13 +51,22 @@ def still_allowed(user_id: int, topic: str) -> bool:
     return True
 
 
+def authorize_and_describe(
+    user: Any, names: list[str]
+) -> tuple[list[str], dict[str, RealtimeError], dict[str, dict[str, Any]]]:
+    """``authorize_topics``, and the ``member_infos`` of the allowed topics: what a
+    subscribe needs before it reads the log, in one database-thread call."""
+    allowed, refused = authorize_topics(user, names)
+    return allowed, refused, member_infos(user, allowed) if allowed else {}
+
+
 def member_infos(user: Any, names: list[str]) -> dict[str, dict[str, Any]]:
     """What presence shows of a user on each topic: id, name, and their booked supplier.
 
-    Two queries whatever the number of topics: the user's suppliers, then the active
-    bookings of those suppliers on the weddings named.
+    One query whatever the number of topics (the active bookings of the user's
+    suppliers on the weddings named); the user's suppliers come from the cached access.
     """
-    mine = domain.user_supplier_ids(user)
+    mine = set(user_access(user.pk)["suppliers"])  # the cached list: no query
     parsed = {name: topics.parse_topic(name) for name in names}
     wedding_ids = [t.id for t in parsed.values() if t.kind == "wedding"]
     booked: dict[int, set[int]] = {}
@@ -77,28 +88,6 @@ def member_infos(user: Any, names: list[str]) -> dict[str, dict[str, Any]]:
     return infos
 
 
-def _sync_positions(since: dict[str, int | None]) -> dict[str, tuple[int, bool, int]]:
-    """Per topic: (current seq, recovered, seq to resume delivery after).
-
-    With ``since`` inside the retained history the connection resumes after ``since``
-    and the events ``since+1 … seq`` are replayed. Outside it (pruned, or a ``since``
-    beyond the topic's seq) ``recovered`` is False and delivery resumes after ``seq``:
-    the client reloads the snapshot (PROTOCOL §4).
-    """
-    out: dict[str, tuple[int, bool, int]] = {}
-    for topic, after in since.items():
-        seq = selectors.topic_seq(topic)
-        if after is None:
-            out[topic] = (seq, True, seq)
-            continue
-        recovered = after <= seq and selectors.replay_covers(topic, after)
-        out[topic] = (seq, recovered, after if recovered else seq)
-    return out
-
-
-sync_positions = in_db_thread(_sync_positions)
-
-
 def _topic_positions(names: list[str]) -> dict[str, int]:
     return dict(TopicCursor.objects.filter(topic__in=names).values_list("topic", "last_seq"))
 
@@ -106,11 +95,14 @@ def _topic_positions(names: list[str]) -> dict[str, int]:
 topic_positions = in_db_thread(_topic_positions)
 
 
-def connect_facts(user_id: int) -> tuple[tuple[int, ...], bool]:
+async def connect_facts(user_id: int) -> tuple[tuple[int, ...], bool]:
     """What the connection limits need on connect, from the cache: the user's suppliers
-    and whether wedding-day mode is on."""
-    from scaling.selectors import wedding_day_mode
-    from wedsync.caching import user_access
+    and whether wedding-day mode is on. Cached values cost no thread; a miss loads in a
+    database thread (``DatabaseError`` while the database is unreachable)."""
+    from scaling.selectors import CACHE_KEY, wedding_day_mode_load
+    from wedsync.cache import get_cache
+    from wedsync.caching import auser_access
 
-    suppliers = tuple(user_access(user_id)["suppliers"])
-    return suppliers, bool(wedding_day_mode()["enabled"])
+    access = await auser_access(user_id)
+    mode = await get_cache().aget_or_load(CACHE_KEY, in_db_thread(wedding_day_mode_load))
+    return tuple(access["suppliers"]), bool(mode["enabled"])

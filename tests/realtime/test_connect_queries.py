@@ -40,6 +40,38 @@ class QueryCounter:
         return count
 
 
+class ThreadHops:
+    """Counts the calls handed to the realtime database threads (``realtime.db``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from realtime import db
+
+        self.count = 0
+        executor = db._get_executor()
+        original = executor.submit
+
+        def submit(*args: object, **kwargs: object) -> object:
+            self.count += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(executor, "submit", submit)
+
+    def take(self) -> int:
+        count, self.count = self.count, 0
+        return count
+
+
+async def publish_one(token: str, topic: str) -> None:
+    comm = WebsocketCommunicator(application, f"/ws/realtime/?token={token}")
+    await comm.connect(timeout=10)
+    frame = {"type": "publish", "ref": "p", "topic": topic, "event": "message.posted",
+             "payload": {"text": "missed"}}  # fmt: skip
+    await comm.send_to(text_data=orjson.dumps(frame).decode())
+    while orjson.loads(await comm.receive_from(10)).get("ref") != "p":
+        pass
+    await comm.disconnect()
+
+
 async def reconnect(token: str, topic: str, since: int) -> dict:
     comm = WebsocketCommunicator(application, f"/ws/realtime/?token={token}")
     connected, _ = await comm.connect(timeout=10)
@@ -67,18 +99,28 @@ async def test_reconnect_with_since__warm_cache__few_queries(monkeypatch) -> Non
 
     token, topic = await seed()
     counter = QueryCounter(monkeypatch)
+    hops = ThreadHops(monkeypatch)
 
     cold = await reconnect(token, topic, 0)
-    cold_queries = counter.take()
+    cold_queries, cold_hops = counter.take(), hops.take()
+    await publish_one(token, topic)
+    counter.take(), hops.take()
     warm = await reconnect(token, topic, 0)
-    warm_queries = counter.take()
+    warm_queries, warm_hops = counter.take(), hops.take()
 
-    print(f"\nreconnect with since: cold {cold_queries}, warm {warm_queries} queries")
+    print(
+        f"\nreconnect with since: cold {cold_queries} queries in {cold_hops} database-thread "
+        f"calls, warm {warm_queries} in {warm_hops}"
+    )
     assert cold["topics"][topic]["status"] == warm["topics"][topic]["status"] == "ok"
+    assert warm["topics"][topic]["seq"] == 1  # one event replayed
     assert warm_queries < cold_queries
-    # Warm: the topic's seq, the replay page and the presence card; auth, access, the
-    # supplier list and wedding-day mode come from the cache.
-    assert warm_queries <= 5
+    # Warm: the topic's seq, the replay page and the presence card's bookings; auth,
+    # access, the supplier list and wedding-day mode come from the cache (no thread).
+    assert warm_queries <= 3
+    # One call for the topic check with the presence cards, one for the position with
+    # the first page of the replay (before: six).
+    assert warm_hops <= 2
 
 
 @pytest.mark.django_db
