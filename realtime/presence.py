@@ -74,6 +74,11 @@ class PresenceStore(Protocol):
         """
         ...
 
+    async def refresh_many(self, entries: dict[str, list[str]]) -> dict[str, list[str]]:
+        """``refresh`` of many connections (``{conn_id: topics}``) at once: the sweep's
+        heartbeat of the whole process. Returns ``{conn_id: lost topics}`` of those with any."""
+        ...
+
 
 def _user_id(member: dict) -> int:
     user_id = member.get("user_id")
@@ -148,6 +153,10 @@ class LocalPresence:
             else:
                 conns[conn_id] = (entry[0], expires)
         return lost
+
+    async def refresh_many(self, entries: dict[str, list[str]]) -> dict[str, list[str]]:
+        lost = {conn_id: await self.refresh(conn_id, topics) for conn_id, topics in entries.items()}
+        return {conn_id: topics for conn_id, topics in lost.items() if topics}
 
 
 # --- Redis ------------------------------------------------------------------------------
@@ -242,6 +251,31 @@ return lost
 )
 
 
+# KEYS: hash1, zset1, hash2, zset2, ... ARGV: ttl ms, then the conn_id of each pair. Like
+# _REFRESH for many connections; returns the 1-based indexes of the pairs whose entry is gone.
+_REFRESH_MANY = (
+    _LUA_COMMON
+    + """
+local ttl = tonumber(ARGV[1])
+local lost = {}
+for i = 1, #KEYS, 2 do
+  local conn = ARGV[(i + 1) / 2 + 1]
+  if redis.call('ZSCORE', KEYS[i + 1], conn) then
+    redis.call('ZADD', KEYS[i + 1], 'XX', now + ttl, conn)
+    redis.call('PEXPIRE', KEYS[i], ttl)
+    redis.call('PEXPIRE', KEYS[i + 1], ttl)
+  else
+    table.insert(lost, (i + 1) / 2)
+  end
+end
+return lost
+"""
+)
+# Connection-topic pairs per _REFRESH_MANY run: bounded script runs (Redis runs a script
+# alone) for a process of 10,000 connections, a few a sweep.
+REFRESH_CHUNK = 500
+
+
 class _Script:
     """A Lua script run by SHA (EVALSHA), loaded on first use on each Redis server."""
 
@@ -256,7 +290,9 @@ class _Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
-_join, _leave, _members, _refresh = map(_Script, (_JOIN, _LEAVE, _MEMBERS, _REFRESH))
+_join, _leave, _members, _refresh, _refresh_many = map(
+    _Script, (_JOIN, _LEAVE, _MEMBERS, _REFRESH, _REFRESH_MANY)
+)
 
 # One client per event loop and URL: a redis.asyncio connection belongs to the loop that
 # opened it, and tests (and async_to_sync) run several loops in one process.
@@ -342,6 +378,20 @@ class RedisPresence:
         lost = await self._run(_refresh, keys, [conn_id, self.ttl_ms])
         return [topics[index - 1] for index in lost]
 
+    async def refresh_many(self, entries: dict[str, list[str]]) -> dict[str, list[str]]:
+        pairs = [(conn_id, topic) for conn_id, topics in entries.items() for topic in topics]
+        lost: dict[str, list[str]] = {}
+        for start in range(0, len(pairs), REFRESH_CHUNK):
+            chunk = pairs[start : start + REFRESH_CHUNK]
+            keys = [key for _, topic in chunk for key in self.keys(topic)]
+            gone = await self._run(
+                _refresh_many, keys, [self.ttl_ms, *(conn_id for conn_id, _ in chunk)]
+            )
+            for index in gone:
+                conn_id, topic = chunk[index - 1]
+                lost.setdefault(conn_id, []).append(topic)
+        return lost
+
 
 # --- degraded mode ----------------------------------------------------------------------
 
@@ -385,6 +435,13 @@ class FallbackPresence:
             return await self.shared.refresh(conn_id, topics)
         except RealtimeError:
             return []
+
+    async def refresh_many(self, entries: dict[str, list[str]]) -> dict[str, list[str]]:
+        await self.local.refresh_many(entries)
+        try:
+            return await self.shared.refresh_many(entries)
+        except RealtimeError:
+            return {}
 
 
 # --- choice -----------------------------------------------------------------------------

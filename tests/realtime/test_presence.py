@@ -158,6 +158,25 @@ class PresenceContract:
         assert await store.members(TOPIC) == []
         assert await store.refresh("c1", [TOPIC]) == [TOPIC]
 
+    async def test_refresh_many__keeps_every_connection_and_reports_the_lost(self) -> None:
+        # given two connections, one on two topics, and a third that expired
+        store = self.make_store(ttl=0.6)
+        await store.join(TOPIC, "c1", ANN)
+        await store.join("wedding:43", "c1", ANN)
+        await store.join(TOPIC, "c2", BEN)
+        await store.join("wedding:43", "c3", BEN)
+        await asyncio.sleep(0.4)
+        # when the process refreshes them all at once (c3 is not refreshed)
+        lost = await store.refresh_many(
+            {"c1": [TOPIC, "wedding:43"], "c2": [TOPIC, "wedding:44"], "c4": [TOPIC]}
+        )
+        # then only what was never there is lost, and the refreshed entries outlive c3's
+        assert lost == {"c2": ["wedding:44"], "c4": [TOPIC]}
+        assert await store.refresh_many({}) == {}
+        await asyncio.sleep(0.3)
+        assert await store.members(TOPIC) == [ANN, BEN]
+        assert await store.members("wedding:43") == [ANN]
+
     async def test_join__refuses_a_member_without_an_integer_user_id(self) -> None:
         store = self.make_store()
 
