@@ -39,7 +39,7 @@ from .protocol import (
     CLOSE_TOO_LARGE,
     CLOSE_UNAUTHENTICATED,
 )
-from .replay import sync_topics
+from .replay import Sync, sync_from_memory, sync_topics
 from .session import authorize_and_describe, authorize_topics, connect_facts, still_allowed
 
 logger = logging.getLogger(__name__)
@@ -325,7 +325,13 @@ class RealtimeConsumer:
         if self.connection is not None:
             await get_connection_registry().track_weddings(self.connection, _wedding_ids(allowed))
         since = {t: requested[t].since for t in allowed}
-        syncs = await sync_topics(since)
+        syncs: dict[str, Sync] = {}
+        for topic in allowed:  # from the hub's recent events where it has them
+            sync = sync_from_memory(hub.recent_of(topic), since[topic])
+            if sync is not None:
+                syncs[topic] = sync
+        if len(syncs) < len(allowed):
+            syncs.update(await sync_topics({t: since[t] for t in allowed if t not in syncs}))
         for topic in allowed:
             sync = syncs[topic]
             self.streams[topic].last_seq = sync.start
@@ -381,17 +387,16 @@ class RealtimeConsumer:
         if joined:
             self._presence_diff(topic, [member], [])
 
-    async def refresh_presence(self) -> None:
-        """Heartbeat this connection's presence; re-join where its entry was lost."""
+    async def rejoin_presence(self, lost: list[str]) -> None:
+        """Join again the topics whose presence entry was lost (the sweep found them)."""
         try:
-            lost = await self.presence.refresh(self.conn_id, list(self.members))
             for topic in lost:
                 if topic in self.members and await self.presence.join(
                     topic, self.conn_id, self.members[topic]
                 ):
                     self._presence_diff(topic, [self.members[topic]], [])
         except RealtimeError:
-            logger.warning("presence unavailable; not refreshed for %s", self.conn_id)
+            logger.warning("presence unavailable; %s not re-joined", self.conn_id)
 
     def _presence_diff(self, topic: str, joins: list, leaves: list) -> None:
         get_diff_batcher().add(topic, joins, leaves)  # sent merged, within PRESENCE_BATCH_S
@@ -553,6 +558,23 @@ class Registry:
             except Exception:
                 logger.exception("sweep failed")
 
+    async def _refresh_presence(self, consumers: list[RealtimeConsumer]) -> None:
+        """Heartbeat the presence of every connection of the process, in a few script
+        runs; re-join where an entry was lost (expired during a stall, Redis lost it)."""
+        live = [c for c in consumers if c.members and not c.closing]
+        if not live:
+            return
+        try:
+            lost = await get_presence_store().refresh_many(
+                {c.conn_id: list(c.members) for c in live}
+            )
+        except RealtimeError:
+            logger.warning("presence unavailable; not refreshed")
+            return
+        for consumer in live:
+            if consumer.conn_id in lost:
+                await consumer.rejoin_presence(lost[consumer.conn_id])
+
     async def sweep(self, topic_positions: Any) -> None:
         """Close stale connections, refresh presence, and repair silent gaps."""
         now = time.monotonic()
@@ -564,8 +586,7 @@ class Registry:
                 continue
             topics.update(consumer.streams)
             consumer.outbox.release()  # an idle connection holds no writer task
-            if consumer.members:
-                await consumer.refresh_presence()
+        await self._refresh_presence(consumers)
         await get_connection_registry().heartbeat(
             c.connection for c in consumers if c.connection is not None and not c.closing
         )

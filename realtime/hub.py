@@ -9,11 +9,15 @@ frame straight into each local connection's outbox in seq order
 sees a gap fills it from the event log before it takes later events (``delivery``).
 
 Presence diffs and access re-checks sent to a topic's group arrive here too and are
-handed to the local connections of that topic. So do the notices about users (a user
-deactivated: close their connections), through one group every hub joins
+handed to the local connections of that topic. The notices about users (a user
+deactivated: close their connections) come through one group every hub joins
 (``ACCESS_GROUP``): a connection has no channel-layer channel or group of its own, and
-costs the layer nothing (docs/adr/0013-connections-without-a-layer-channel.md). One hub
-per event loop (tests run several loops in one process).
+costs the layer nothing (docs/adr/0013-connections-without-a-layer-channel.md).
+
+The hub keeps each topic's latest events (``realtime.replay.Recent``) and stays in a
+topic's group for RECENT_S after its last local connection left: a client that comes
+back within it resumes from memory, without a query. One hub per event loop (tests run
+several loops in one process).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from channels.layers import get_channel_layer
 from wedsync.breaker import redis_breaker
 
 from .broadcast import group_name
+from .replay import RECENT_S, Recent
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +92,10 @@ class TopicHub:
         self.topics: dict[str, set[Member]] = {}
         self.users: dict[int, set[Member]] = {}  # the local connections of each user
         self.unjoined: set[str] = set()  # topics whose group join failed; retried
+        self.recent: dict[str, Recent] = {}  # each joined topic's latest events
+        # Topics without local connections whose group the hub stays in for RECENT_S,
+        # keeping their recent events for the clients that come back (a storm).
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._access: asyncio.Future[bool] | None = None  # the ACCESS_GROUP join
         self.channel: str | None = None
         self._reader: asyncio.Task | None = None
@@ -94,23 +103,43 @@ class TopicHub:
 
     async def join(self, topic: str, member: Member) -> None:
         """Deliver ``topic``'s events to ``member`` from now on."""
-        members = self.topics.setdefault(topic, set())
-        first = not members
-        members.add(member)
-        if first:
-            await self._group_add(topic)
+        members = self.topics.get(topic)
+        if members is not None:  # in the group already (or lingering there)
+            members.add(member)
+            timer = self._lingering.pop(topic, None)
+            if timer is not None:
+                timer.cancel()
+            return
+        self.topics[topic] = {member}
+        self.recent[topic] = Recent()
+        await self._group_add(topic)
 
     async def leave(self, topic: str, member: Member) -> None:
+        """Stop delivering to ``member``. The last local connection of a topic leaves its
+        group RECENT_S later, unless one comes back: clients that lost their connection
+        resume from the recent events meanwhile."""
         members = self.topics.get(topic)
         if members is None:
             return
         members.discard(member)
-        if members:
+        if members or topic in self._lingering:
             return
-        del self.topics[topic]
+        loop = asyncio.get_running_loop()
+        self._lingering[topic] = loop.call_later(RECENT_S, self._end_linger, topic)
+
+    def _end_linger(self, topic: str) -> None:
+        self._lingering.pop(topic, None)
+        if self.topics.get(topic):
+            return
+        self.topics.pop(topic, None)
+        self.recent.pop(topic, None)
         self.unjoined.discard(topic)
         if self.channel is not None:
-            await group_leave(self.layer, group_name(topic), self.channel)
+            self.spawn(group_leave(self.layer, group_name(topic), self.channel))
+
+    def recent_of(self, topic: str) -> Recent | None:
+        """``topic``'s recent events when the hub is in its group, else None."""
+        return None if topic in self.unjoined else self.recent.get(topic)
 
     async def watch_user(self, user_id: int, member: Member) -> None:
         """Hand notices about ``user_id`` to ``member`` from now on (its connect)."""
@@ -162,6 +191,9 @@ class TopicHub:
             self.unjoined.discard(topic)
         else:
             self.unjoined.add(topic)
+            recent = self.recent.get(topic)
+            if recent is not None:  # events may have been missed: start afresh
+                recent.frames.clear()
 
     async def _read(self, channel: str) -> None:
         while True:
@@ -190,10 +222,13 @@ class TopicHub:
             return
         topic = message.get("topic")
         members = self.topics.get(topic) if isinstance(topic, str) else None
-        if not members:
+        if members is None:
             return
         if kind == "rt.event":
             seq, text, stored_at = message["seq"], message["text"], message.get("stored_at")
+            recent = self.recent.get(topic)  # type: ignore[arg-type]
+            if recent is not None:
+                recent.add(seq, text)
             for member in list(members):
                 member.hub_event(topic, seq, text, stored_at)
         elif kind == "rt.presence":

@@ -1,13 +1,22 @@
 """Where a subscribing connection starts each topic, and the events it missed (PROTOCOL §4).
 
-One call in a database thread per subscribe frame, whatever the number of topics: for
-each topic its current seq and, with ``since``, the first page of missed events, already
-encoded. Reconnect storms multiply whatever a subscribe costs, so the page comes with
-the position (two statements a topic) instead of in a second thread hop.
+From memory when this process's hub has them: the hub keeps each topic's latest events
+as it received them (``Recent``), and a client that dropped a few seconds ago resumes
+from there without a database query (``sync_from_memory``). Otherwise one call in a
+database thread per subscribe frame, whatever the number of topics: for each topic its
+current seq and, with ``since``, the first page of missed events, already encoded
+(``sync_topics``). Reconnect storms multiply whatever a subscribe costs.
+
+The hub's view may trail the database by the events in flight to it, or by one the
+channel layer lost: such an event reaches the connection like any live event, through
+the hub or the gap fill before the next one or the sweep's catch-up (``delivery``), so
+a subscriber still gets every event once and in order.
 """
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from . import selectors
@@ -53,3 +62,56 @@ def _sync_topics(since: dict[str, int | None]) -> dict[str, Sync]:
 
 
 sync_topics = in_db_thread(_sync_topics)
+
+
+# The latest events a hub keeps per topic: at most RECENT_MAX, received within RECENT_S.
+# A client back within a minute of a drop (a phone's signal, a restarted server, a
+# reconnect storm) resumes from memory. A minute of a busy wedding (a few events a
+# second, ~0.4 KB each) is tens of KB per topic.
+RECENT_S = 60.0
+RECENT_MAX = 256
+
+
+class Recent:
+    """The latest events of one topic as the hub received them, with no seq missing.
+
+    A gap (a message the layer lost, reordered, or sent while the hub was not in the
+    group) starts it afresh after the gap; a repeat is ignored.
+    """
+
+    __slots__ = ("frames",)
+
+    def __init__(self) -> None:
+        self.frames: deque[tuple[int, str, float]] = deque()  # (seq, frame text, received)
+
+    @property
+    def last(self) -> int:
+        """The latest seq received (0 when empty)."""
+        return self.frames[-1][0] if self.frames else 0
+
+    def add(self, seq: int, text: str, now: float | None = None) -> None:
+        """Record the event ``seq`` received from the layer."""
+        now = time.monotonic() if now is None else now
+        frames = self.frames
+        if frames:
+            last = frames[-1][0]
+            if seq <= last:
+                return
+            if seq != last + 1:
+                frames.clear()
+        frames.append((seq, text, now))
+        while len(frames) > RECENT_MAX or frames[0][2] < now - RECENT_S:
+            frames.popleft()
+
+
+def sync_from_memory(recent: Recent | None, since: int | None) -> Sync | None:
+    """Where to start a topic from the hub's recent events; None when the database must
+    say (the hub knows nothing of the topic, or ``since`` is outside what it holds)."""
+    if recent is None or not recent.frames:
+        return None
+    last, first = recent.last, recent.frames[0][0]
+    if since is None:
+        return Sync(last, True, last)
+    if since > last or since < first - 1:
+        return None
+    return Sync(last, True, since, [(seq, text) for seq, text, _ in recent.frames if seq > since])
