@@ -13,8 +13,9 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
+from wedsync import selectors as domain
+from wedsync.cache import get_cache
 from wedsync.caching import user_access
-from wedsync.models import Booking
 
 from . import topics
 from .db import in_db_thread
@@ -60,30 +61,43 @@ def authorize_and_describe(
     return allowed, refused, member_infos(user, allowed) if allowed else {}
 
 
-def member_infos(user: Any, names: list[str]) -> dict[str, dict[str, Any]]:
-    """What presence shows of a user on each topic: id, name, and their booked supplier.
+def booked_suppliers_key(wedding_id: int) -> str:
+    """The cache key of a wedding's booked suppliers (``realtime.signals`` drops it)."""
+    return f"booked_suppliers:{wedding_id}"
 
-    One query whatever the number of topics (the active bookings of the user's
-    suppliers on the weddings named); the user's suppliers come from the cached access.
+
+# Presence cards are cosmetic: what a bulk update that sends no signal left in the cache
+# is gone after this long. Saves and deletes of a booking drop the key at once.
+BOOKED_SUPPLIERS_TTL_S = 3600
+
+
+def booked_supplier_ids(wedding_id: int) -> list[int]:
+    """The suppliers with an active booking on a wedding, through the cache."""
+    return get_cache().get_or_load(
+        booked_suppliers_key(wedding_id),
+        lambda: sorted(domain.active_supplier_ids(wedding_id)),
+        ttl=BOOKED_SUPPLIERS_TTL_S,
+    )
+
+
+def member_infos(user: Any, names: list[str]) -> dict[str, dict[str, Any]]:
+    """What presence shows of a user on each topic: id, name, and their booked supplier
+    (the lowest id of their suppliers booked on the wedding).
+
+    From the cache (the user's suppliers, each wedding's booked suppliers): a subscribe
+    of a reconnect storm costs no query for it.
     """
-    mine = set(user_access(user.pk)["suppliers"])  # the cached list: no query
-    parsed = {name: topics.parse_topic(name) for name in names}
-    wedding_ids = [t.id for t in parsed.values() if t.kind == "wedding"]
-    booked: dict[int, set[int]] = {}
-    if mine and wedding_ids:
-        rows = Booking.objects.filter(
-            active=True, supplier_id__in=mine, wedding_id__in=wedding_ids
-        ).values_list("wedding_id", "supplier_id")
-        for wedding_id, supplier_id in rows:
-            booked.setdefault(wedding_id, set()).add(supplier_id)
+    mine = set(user_access(user.pk)["suppliers"])
     name = user.get_full_name() or user.get_username()
     infos = {}
-    for topic, parsed_topic in parsed.items():
+    for topic in names:
+        parsed = topics.parse_topic(topic)
         supplier_id = None
-        if parsed_topic.kind == "wedding" and booked.get(parsed_topic.id):
-            supplier_id = min(booked[parsed_topic.id])
-        elif parsed_topic.kind == "supplier":
-            supplier_id = parsed_topic.id
+        if parsed.kind == "wedding" and mine:
+            booked = mine.intersection(booked_supplier_ids(parsed.id))  # type: ignore[arg-type]
+            supplier_id = min(booked) if booked else None
+        elif parsed.kind == "supplier":
+            supplier_id = parsed.id
         infos[topic] = {"user_id": user.pk, "name": name, "supplier_id": supplier_id}
     return infos
 

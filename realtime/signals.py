@@ -4,7 +4,8 @@ A booking deactivated or deleted, a membership removed: every connection on the
 wedding's topic re-checks its user (``rt.recheck``, to the topic's group). A user
 deactivated: every connection of that user closes with 4001 (``rt.user.revoked``, to
 the one group of user notices that every server process's hub joins). Sent after
-commit.
+commit. A booking saved or deleted also drops its wedding's cached booked suppliers
+(the presence cards, ``session.booked_supplier_ids``).
 
 The cached access (``wedsync.caching``) and snapshots (``realtime.snapshots``) are
 invalidated by their own receivers, imported below BEFORE these are connected: Django
@@ -25,11 +26,13 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 import wedsync.caching  # noqa: F401  (first: connects the access-cache receivers)
+from wedsync.cache import get_cache
 from wedsync.models import Booking, SupplierMembership
 
 from . import snapshots  # noqa: F401  (connects its receivers)
 from .broadcast import group_name, group_send_bounded
 from .hub import ACCESS_GROUP
+from .session import booked_suppliers_key
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,16 @@ def _recheck_weddings(wedding_ids: list[int]) -> None:
     for wedding_id in wedding_ids:
         topic = f"wedding:{wedding_id}"
         _send_after_commit(group_name(topic), {"type": "rt.recheck", "topic": topic})
+
+
+@receiver(post_save, sender=Booking, dispatch_uid="booked_suppliers_saved")
+@receiver(post_delete, sender=Booking, dispatch_uid="booked_suppliers_deleted")
+def booked_suppliers_changed(sender: type, instance: Booking, **kwargs: Any) -> None:
+    """Drop the wedding's cached booked suppliers (presence cards), now and after commit."""
+    key = booked_suppliers_key(instance.wedding_id)
+    cache = get_cache()
+    cache.delete(key)
+    transaction.on_commit(lambda: cache.delete(key))
 
 
 @receiver(post_save, sender=Booking)

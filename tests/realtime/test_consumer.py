@@ -407,6 +407,22 @@ async def test_rate_limit__normal_events_limited_critical_never(opened, settings
     assert reply["status"] == "ok"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_member_infos__card_follows_a_new_booking_of_the_users_supplier():
+    # given a couple member who also works for a supplier not booked on their wedding
+    from realtime.session import member_infos
+    from wedsync.services import booking_create
+
+    user = make_user()
+    wedding = make_wedding(couple=(user,))
+    supplier = make_supplier(users=(user,))
+    assert member_infos(user, [wedding.topic])[wedding.topic]["supplier_id"] is None
+    # when the supplier is booked (the cached booked suppliers of the wedding are dropped)
+    booking_create(supplier_id=supplier.pk, wedding_id=wedding.pk)
+    # then the card names it
+    assert member_infos(user, [wedding.topic])[wedding.topic]["supplier_id"] == supplier.pk
+
+
 async def test_presence__join_diff_and_members(opened):
     w = await world()
     topic = w["a"].topic
