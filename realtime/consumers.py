@@ -331,7 +331,13 @@ class RealtimeConsumer:
             if sync is not None:
                 syncs[topic] = sync
         if len(syncs) < len(allowed):
-            syncs.update(await sync_topics({t: since[t] for t in allowed if t not in syncs}))
+            rest = {t: since[t] for t in allowed if t not in syncs}
+            seeding = [t for t in rest if hub.in_group(t)]  # in the group before the read
+            syncs.update(await sync_topics(rest))
+            for topic in seeding:  # later subscribers of the topic start from memory
+                recent = hub.recent_of(topic)
+                if recent is not None:
+                    recent.seed(syncs[topic].seq)
         for topic in allowed:
             sync = syncs[topic]
             self.streams[topic].last_seq = sync.start

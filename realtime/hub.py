@@ -96,6 +96,7 @@ class TopicHub:
         # Topics without local connections whose group the hub stays in for RECENT_S,
         # keeping their recent events for the clients that come back (a storm).
         self._lingering: dict[str, asyncio.TimerHandle] = {}
+        self._joining: set[str] = set()  # topics whose group join is under way
         self._access: asyncio.Future[bool] | None = None  # the ACCESS_GROUP join
         self.channel: str | None = None
         self._reader: asyncio.Task | None = None
@@ -141,6 +142,10 @@ class TopicHub:
         """``topic``'s recent events when the hub is in its group, else None."""
         return None if topic in self.unjoined else self.recent.get(topic)
 
+    def in_group(self, topic: str) -> bool:
+        """Whether the hub is in ``topic``'s group now (joined, not joining or failed)."""
+        return topic in self.recent and topic not in self._joining and topic not in self.unjoined
+
     async def watch_user(self, user_id: int, member: Member) -> None:
         """Hand notices about ``user_id`` to ``member`` from now on (its connect)."""
         self.users.setdefault(user_id, set()).add(member)
@@ -181,19 +186,26 @@ class TopicHub:
         return self.channel
 
     async def _group_add(self, topic: str) -> None:
+        self._joining.add(topic)
         try:
-            channel = await self._ensure_channel()
-        except Exception:  # the layer cannot reach Redis to make the channel
-            logger.warning("hub: no channel for %s; the sweep retries it", topic)
-            self.unjoined.add(topic)
-            return
-        if await group_join(self.layer, group_name(topic), channel):
+            joined = await self._join_group(topic)
+        finally:
+            self._joining.discard(topic)
+        if joined:
             self.unjoined.discard(topic)
         else:
             self.unjoined.add(topic)
             recent = self.recent.get(topic)
             if recent is not None:  # events may have been missed: start afresh
-                recent.frames.clear()
+                recent.reset()
+
+    async def _join_group(self, topic: str) -> bool:
+        try:
+            channel = await self._ensure_channel()
+        except Exception:  # the layer cannot reach Redis to make the channel
+            logger.warning("hub: no channel for %s; the sweep retries it", topic)
+            return False
+        return await group_join(self.layer, group_name(topic), channel)
 
     async def _read(self, channel: str) -> None:
         while True:

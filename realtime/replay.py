@@ -75,31 +75,45 @@ RECENT_MAX = 256
 class Recent:
     """The latest events of one topic as the hub received them, with no seq missing.
 
-    A gap (a message the layer lost, reordered, or sent while the hub was not in the
-    group) starts it afresh after the gap; a repeat is ignored.
+    ``last`` is the latest seq the hub knows: of the latest event it received, or read
+    from the log right after it joined the topic's group (``seed``). A gap (a message
+    the layer lost, or sent while the hub was not in the group) starts it afresh after
+    the gap; a repeat is ignored.
     """
 
-    __slots__ = ("frames",)
+    __slots__ = ("frames", "last")
 
     def __init__(self) -> None:
         self.frames: deque[tuple[int, str, float]] = deque()  # (seq, frame text, received)
+        self.last: int | None = None
 
     @property
-    def last(self) -> int:
-        """The latest seq received (0 when empty)."""
-        return self.frames[-1][0] if self.frames else 0
+    def first(self) -> int:
+        """The first seq held (``last + 1`` when none is)."""
+        return self.frames[0][0] if self.frames else (self.last or 0) + 1
+
+    def seed(self, seq: int) -> None:
+        """The topic's seq read from the log after the hub joined its group: known from
+        here on, if the hub knew nothing yet."""
+        if self.last is None:
+            self.last = seq
+
+    def reset(self) -> None:
+        """Forget everything (the hub may have missed events)."""
+        self.frames.clear()
+        self.last = None
 
     def add(self, seq: int, text: str, now: float | None = None) -> None:
         """Record the event ``seq`` received from the layer."""
         now = time.monotonic() if now is None else now
         frames = self.frames
-        if frames:
-            last = frames[-1][0]
-            if seq <= last:
+        if self.last is not None:
+            if seq <= self.last:
                 return
-            if seq != last + 1:
+            if seq != self.last + 1:
                 frames.clear()
         frames.append((seq, text, now))
+        self.last = seq
         while len(frames) > RECENT_MAX or frames[0][2] < now - RECENT_S:
             frames.popleft()
 
@@ -107,11 +121,11 @@ class Recent:
 def sync_from_memory(recent: Recent | None, since: int | None) -> Sync | None:
     """Where to start a topic from the hub's recent events; None when the database must
     say (the hub knows nothing of the topic, or ``since`` is outside what it holds)."""
-    if recent is None or not recent.frames:
+    if recent is None or recent.last is None:
         return None
-    last, first = recent.last, recent.frames[0][0]
+    last = recent.last
     if since is None:
         return Sync(last, True, last)
-    if since > last or since < first - 1:
+    if since > last or since < recent.first - 1:
         return None
     return Sync(last, True, since, [(seq, text) for seq, text, _ in recent.frames if seq > since])

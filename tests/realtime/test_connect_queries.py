@@ -128,13 +128,13 @@ async def test_reconnect_with_since__warm_cache__few_queries(monkeypatch) -> Non
         "status": "ok", "seq": 1, "recovered": True,
     }  # fmt: skip
     assert warm_queries < cold_queries
-    # Warm: the presence card's bookings, in the one call that also checks the topic;
-    # auth, access, the supplier list and wedding-day mode come from the cache (no
-    # thread), the seq and the missed event from the hub.
-    assert (warm_queries, warm_hops) <= (1, 1)
-    # From the log: the topic's seq and the replay page in a second call (before: five
+    # Warm: no query. Auth, access, the supplier list and wedding-day mode come from the
+    # cache without a thread; the topic check and the presence card (the wedding's booked
+    # suppliers, cached) in one call; the seq and the missed event from the hub.
+    assert (warm_queries, warm_hops) == (0, 1)
+    # From the log: the topic's seq and the replay page, in a second call (before: five
     # queries in six calls).
-    assert log_queries <= 3 and log_hops <= 2
+    assert log_queries <= 2 and log_hops <= 2
 
 
 async def hub_holds(topic: str, seq: int) -> None:

@@ -41,6 +41,22 @@ def test_recent__a_gap_starts_afresh_after_it():
     assert [seq for seq, _, _ in frames(4, 5, 7, 8).frames] == [7, 8]
 
 
+def test_recent__seeded_from_the_log__knows_the_seq_until_events_come():
+    recent = Recent()
+    recent.seed(6)
+    assert sync_from_memory(recent, 6) == Sync(6, True, 6, [])
+    assert sync_from_memory(recent, 5) is None  # 6 itself is not held
+    recent.add(7, "e7")
+    recent.seed(3)  # known already: a later read changes nothing
+    assert sync_from_memory(recent, 6) == Sync(7, True, 6, [(7, "e7")])
+
+
+def test_recent__reset_forgets_everything():
+    recent = frames(4, 5)
+    recent.reset()
+    assert recent.last is None and sync_from_memory(recent, None) is None
+
+
 def test_recent__bounded_in_count_and_age(monkeypatch):
     monkeypatch.setattr(replay, "RECENT_MAX", 3)
     assert [seq for seq, _, _ in frames(1, 2, 3, 4, 5).frames] == [3, 4, 5]
@@ -73,7 +89,7 @@ def test_sync_from_memory__since_outside_what_it_holds__the_log_decides(since):
     assert sync_from_memory(frames(4, 5, 6), since) is None
 
 
-def test_sync_from_memory__nothing_held__the_log_decides():
+def test_sync_from_memory__nothing_known__the_log_decides():
     assert sync_from_memory(None, 3) is None
     assert sync_from_memory(Recent(), None) is None
 
