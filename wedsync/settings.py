@@ -363,7 +363,7 @@ REALTIME_DB_THREADS = env.int("REALTIME_DB_THREADS", default=6)
 # and collect young objects less often. "700,10,10" and false give CPython's defaults.
 SERVER_GC_FREEZE = env.bool("SERVER_GC_FREEZE", default=True)
 SERVER_GC_THRESHOLDS = [
-    int(v) for v in env.list("SERVER_GC_THRESHOLDS", default=["7000", "20", "100"])
+    int(v) for v in env.list("SERVER_GC_THRESHOLDS", default=["1500", "10", "100"])
 ]
 # Server processes per `python -m wedsync.serve` (its --workers default): above 1 they
 # share one port through SO_REUSEPORT under a supervisor (docs/adr/0011-workers-on-one-port.md).
