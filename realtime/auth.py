@@ -83,12 +83,21 @@ class RealtimeAuthMiddleware:
         self.path = path
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
+        if not await self._admit(scope):
+            return await WebsocketDenier()(scope, receive, send)
+        # This frame stays suspended for the connection's life: it holds nothing more.
+        return await self.app(scope, receive, send)
+
+    async def _admit(self, scope: dict) -> bool:
+        """False for a foreign Origin or another path; else sets ``scope["user"]``.
+
+        The scope is changed in place, not copied: this layer and the consumer are all
+        there is below the server, and a copy per connection is memory held for its life.
+        """
         origin = _header(scope, b"origin")
         path = scope["path"][len(scope.get("root_path", "")) :]
         if path != self.path or (origin is not None and not origin_allowed(origin)):
-            return await WebsocketDenier()(scope, receive, send)
-        # The scope is changed in place, not copied: this layer and the consumer are all
-        # there is below the server, and a copy per connection is memory held for its life.
+            return False
         scope["user"] = AnonymousUser()
         query = parse_qs(scope.get("query_string", b"").decode("latin1"))
         token = (query.get("token") or [None])[0]
@@ -103,4 +112,4 @@ class RealtimeAuthMiddleware:
             session_key = _session_key(scope)
             if session_key:
                 scope["user"] = await session_user(session_key)
-        return await self.app(scope, receive, send)
+        return True
