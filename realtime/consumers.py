@@ -196,8 +196,10 @@ class RealtimeConsumer:
             await self.outbox.drain()
         await self.send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
-    async def _send_text(self, text: str) -> None:
-        await self.send({"type": "websocket.send", "text": text})
+    def _send_text(self, text: str) -> Awaitable[None]:
+        # The server's own send, without a coroutine of ours around it: the outbox awaits
+        # this once per frame delivered.
+        return self._base_send({"type": "websocket.send", "text": text})
 
     # --- frames from the client ---------------------------------------------------------
 
