@@ -32,7 +32,7 @@ from channels.layers import get_channel_layer
 from wedsync.breaker import redis_breaker
 
 from .broadcast import group_name
-from .replay import RECENT_S, Recent
+from .replay import RECENT_S, Recent, recent_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class TopicHub:
         # keeping their recent events for the clients that come back (a storm).
         self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._joining: set[str] = set()  # topics whose group join is under way
+        self._recent_bounds = recent_bounds()
         self._access: asyncio.Future[bool] | None = None  # the ACCESS_GROUP join
         self.channel: str | None = None
         self._reader: asyncio.Task | None = None
@@ -112,7 +113,7 @@ class TopicHub:
                 timer.cancel()
             return
         self.topics[topic] = {member}
-        self.recent[topic] = Recent()
+        self.recent[topic] = Recent(*self._recent_bounds)
         await self._group_add(topic)
 
     async def leave(self, topic: str, member: Member) -> None:

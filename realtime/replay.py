@@ -67,9 +67,20 @@ sync_topics = in_db_thread(_sync_topics)
 # The latest events a hub keeps per topic: at most RECENT_MAX, received within RECENT_S.
 # A client back within a minute of a drop (a phone's signal, a restarted server, a
 # reconnect storm) resumes from memory. A minute of a busy wedding (a few events a
-# second, ~0.4 KB each) is tens of KB per topic.
+# second, ~0.4 KB each) is tens of KB per topic. Never more than retention keeps
+# (REALTIME_RETENTION_EVENTS, _DAYS): memory replays nothing the log no longer holds.
 RECENT_S = 60.0
 RECENT_MAX = 256
+
+
+def recent_bounds() -> tuple[int, float]:
+    """(events, seconds) a hub keeps of each topic: RECENT_MAX and RECENT_S within retention."""
+    from django.conf import settings
+
+    return (
+        max(0, min(RECENT_MAX, settings.REALTIME_RETENTION_EVENTS)),
+        min(RECENT_S, settings.REALTIME_RETENTION_DAYS * 86400.0),
+    )
 
 
 class Recent:
@@ -81,11 +92,12 @@ class Recent:
     the gap; a repeat is ignored.
     """
 
-    __slots__ = ("frames", "last")
+    __slots__ = ("frames", "last", "max_age", "max_events")
 
-    def __init__(self) -> None:
+    def __init__(self, max_events: int = RECENT_MAX, max_age: float = RECENT_S) -> None:
         self.frames: deque[tuple[int, str, float]] = deque()  # (seq, frame text, received)
         self.last: int | None = None
+        self.max_events, self.max_age = max_events, max_age
 
     @property
     def first(self) -> int:
@@ -114,7 +126,7 @@ class Recent:
                 frames.clear()
         frames.append((seq, text, now))
         self.last = seq
-        while len(frames) > RECENT_MAX or frames[0][2] < now - RECENT_S:
+        while frames and (len(frames) > self.max_events or frames[0][2] < now - self.max_age):
             frames.popleft()
 
 

@@ -57,13 +57,23 @@ def test_recent__reset_forgets_everything():
     assert recent.last is None and sync_from_memory(recent, None) is None
 
 
-def test_recent__bounded_in_count_and_age(monkeypatch):
-    monkeypatch.setattr(replay, "RECENT_MAX", 3)
-    assert [seq for seq, _, _ in frames(1, 2, 3, 4, 5).frames] == [3, 4, 5]
-    recent = Recent()
+def test_recent__bounded_in_count_and_age():
+    recent = Recent(max_events=3)
+    for seq in range(1, 6):
+        recent.add(seq, f"e{seq}")
+    assert [seq for seq, _, _ in recent.frames] == [3, 4, 5]
+    recent = Recent(max_age=60)
     recent.add(1, "e1", now=0.0)
-    recent.add(2, "e2", now=replay.RECENT_S + 1)
+    recent.add(2, "e2", now=61.0)
     assert [seq for seq, _, _ in recent.frames] == [2]
+
+
+def test_recent_bounds__never_more_than_retention(settings):
+    settings.REALTIME_RETENTION_EVENTS = 10_000
+    settings.REALTIME_RETENTION_DAYS = 7
+    assert replay.recent_bounds() == (replay.RECENT_MAX, replay.RECENT_S)
+    settings.REALTIME_RETENTION_EVENTS = 5
+    assert replay.recent_bounds()[0] == 5
 
 
 # --- sync_from_memory ---------------------------------------------------------------------

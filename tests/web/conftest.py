@@ -228,8 +228,15 @@ def server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Server]:
 
     Its cache namespace is its own: it starts before any test picks one, and the test
     database's ids start again on every run while Redis keeps the last run's entries.
+    Its retention is one event per topic: the tests that delete events as pruning would
+    then find the server unable to replay them, also from the recent events its hub
+    keeps (never more than retention); nothing prunes the test database meanwhile.
     """
-    running = Server("uvicorn", CACHE_NAMESPACE=f"test-web-{uuid.uuid4().hex[:12]}")
+    running = Server(
+        "uvicorn",
+        CACHE_NAMESPACE=f"test-web-{uuid.uuid4().hex[:12]}",
+        REALTIME_RETENTION_EVENTS="1",
+    )
     yield running
     running.stop()
 
@@ -298,9 +305,11 @@ class Browse:
         page.on("pageerror", lambda exc: self.errors.append(f"{page.url}: {exc}"))
         page.on(
             "console",
-            lambda msg: msg.type == "error"
-            and "Failed to load resource" not in msg.text
-            and self.errors.append(f"{page.url}: {msg.text}"),
+            lambda msg: (
+                msg.type == "error"
+                and "Failed to load resource" not in msg.text
+                and self.errors.append(f"{page.url}: {msg.text}")
+            ),
         )
         if path is not None:
             page.goto(path)
