@@ -513,8 +513,8 @@ async def snapshot_read(scenario: SnapshotRead, world: list[WeddingLogins], run:
             "mean_body_bytes": round(body_bytes / max(1, sum(statuses.values()))),
             "latency": latency.summary(),
             "cache_hit_ratio": None,
-            "cache_hit_ratio_note": "not obtainable: the server exposes no cache counters "
-            "over HTTP yet (the metrics endpoint of PROTOCOL §9 is not built)",
+            "cache_hit_ratio_note": "not measured: the benchmark does not scrape the "
+            "server's /metrics (its cache counters, docs/monitoring.md)",
         },
         "measured_s": round(end - start, 3),
         "server_usage": run.usage(start, end),
