@@ -95,6 +95,18 @@ async def aapi_authenticate(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+_API_ERRORS = (ApiError, RealtimeError, DatabaseError)
+
+
+def _error_response(exc: Exception) -> HttpResponse:
+    """The JSON error answer of an API view's ApiError, RealtimeError or DatabaseError."""
+    if isinstance(exc, ApiError):
+        return json_error(exc.code, exc.message, exc.status)
+    if isinstance(exc, RealtimeError):
+        return json_response({"error": exc.as_dict()}, exc.http_status)
+    return json_error("unavailable", "the database is not available", 503)
+
+
 def api_view(*methods: str) -> Callable:
     """Authenticate (session or bearer token), check the method, turn errors into JSON."""
 
@@ -109,12 +121,8 @@ def api_view(*methods: str) -> Callable:
                 return refused
             try:
                 return view(request, *args, **kwargs)
-            except ApiError as exc:
-                return json_error(exc.code, exc.message, exc.status)
-            except RealtimeError as exc:
-                return json_response({"error": exc.as_dict()}, exc.http_status)
-            except DatabaseError:
-                return json_error("unavailable", "the database is not available", 503)
+            except _API_ERRORS as exc:
+                return _error_response(exc)
 
         return wrapper
 
@@ -136,12 +144,8 @@ def async_api_view(*methods: str) -> Callable:
                 if refused is not None:
                     return refused
                 return await view(request, *args, **kwargs)
-            except ApiError as exc:
-                return json_error(exc.code, exc.message, exc.status)
-            except RealtimeError as exc:
-                return json_response({"error": exc.as_dict()}, exc.http_status)
-            except DatabaseError:
-                return json_error("unavailable", "the database is not available", 503)
+            except _API_ERRORS as exc:
+                return _error_response(exc)
 
         return wrapper
 

@@ -230,29 +230,8 @@ return redis.call('HVALS', KEYS[1])
 """
 )
 
-# KEYS: hash1, zset1, hash2, zset2, ... ARGV: conn_id, ttl ms. Returns the 1-based indexes
-# of the topics the connection is no longer on.
-_REFRESH = (
-    _LUA_COMMON
-    + """
-local ttl = tonumber(ARGV[2])
-local lost = {}
-for i = 1, #KEYS, 2 do
-  if redis.call('ZSCORE', KEYS[i + 1], ARGV[1]) then
-    redis.call('ZADD', KEYS[i + 1], 'XX', now + ttl, ARGV[1])
-    redis.call('PEXPIRE', KEYS[i], ttl)
-    redis.call('PEXPIRE', KEYS[i + 1], ttl)
-  else
-    table.insert(lost, (i + 1) / 2)
-  end
-end
-return lost
-"""
-)
-
-
-# KEYS: hash1, zset1, hash2, zset2, ... ARGV: ttl ms, then the conn_id of each pair. Like
-# _REFRESH for many connections; returns the 1-based indexes of the pairs whose entry is gone.
+# KEYS: hash1, zset1, hash2, zset2, ... ARGV: ttl ms, then the conn_id of each pair.
+# Renews each pair's entry; returns the 1-based indexes of the pairs whose entry is gone.
 _REFRESH_MANY = (
     _LUA_COMMON
     + """
@@ -290,9 +269,7 @@ class _Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
-_join, _leave, _members, _refresh, _refresh_many = map(
-    _Script, (_JOIN, _LEAVE, _MEMBERS, _REFRESH, _REFRESH_MANY)
-)
+_join, _leave, _members, _refresh_many = map(_Script, (_JOIN, _LEAVE, _MEMBERS, _REFRESH_MANY))
 
 # One client per event loop and URL: a redis.asyncio connection belongs to the loop that
 # opened it, and tests (and async_to_sync) run several loops in one process.
@@ -374,9 +351,7 @@ class RedisPresence:
         topics = list(topics)
         if not topics:
             return []
-        keys = [key for topic in topics for key in self.keys(topic)]
-        lost = await self._run(_refresh, keys, [conn_id, self.ttl_ms])
-        return [topics[index - 1] for index in lost]
+        return (await self.refresh_many({conn_id: topics})).get(conn_id, [])
 
     async def refresh_many(self, entries: dict[str, list[str]]) -> dict[str, list[str]]:
         pairs = [(conn_id, topic) for conn_id, topics in entries.items() for topic in topics]

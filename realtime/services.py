@@ -281,6 +281,25 @@ def _actor_supplier_id(ctx: catalogue.PublishContext, event: str, payload: dict)
     return min(acting) if acting else None
 
 
+def _columns(
+    spec: catalogue.EventSpec,
+    ctx: catalogue.PublishContext,
+    payload: dict[str, Any],
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    """What a client's publish stores besides its topic and seq: the applied payload and
+    the catalogue row's priority and acknowledgement, the publisher and its supplier."""
+    return {
+        "event": spec.name,
+        "payload": payload,
+        "user_id": ctx.user.pk,
+        "supplier_id": _actor_supplier_id(ctx, spec.name, payload),
+        "priority": spec.priority,
+        "ack_required": spec.ack_required,
+        "idempotency_key": idempotency_key,
+    }
+
+
 def event_publish(
     *,
     topic: str,
@@ -310,17 +329,8 @@ def event_publish(
     data = spec.validate(payload)
     ctx = catalogue.PublishContext.known(user, parsed.id, access.acting_supplier_ids)
     if spec.stores_only and connection.vendor == "postgresql":
-        stored_payload = spec.apply(ctx, data)
-        stored = _append_one_statement(
-            topic_name,
-            event=event,
-            payload=stored_payload,
-            user_id=user.pk,
-            supplier_id=_actor_supplier_id(ctx, event, stored_payload),
-            priority=spec.priority,
-            ack_required=spec.ack_required,
-            idempotency_key=idempotency_key,
-        )
+        row = _columns(spec, ctx, spec.apply(ctx, data), idempotency_key)
+        stored = _append_one_statement(topic_name, **row)
         if stored is not None:
             return PublishResult(stored, created=True)
     try:
@@ -330,17 +340,7 @@ def event_publish(
                 # A repeat, or a twin that committed while we waited for the lock.
                 if (first := replay(drop_expired=True)) is not None:
                     return PublishResult(first, created=False)
-            stored_payload = spec.apply(ctx, data)
-            stored = _append(
-                cursor,
-                event=event,
-                payload=stored_payload,
-                user_id=user.pk,
-                supplier_id=_actor_supplier_id(ctx, event, stored_payload),
-                priority=spec.priority,
-                ack_required=spec.ack_required,
-                idempotency_key=idempotency_key,
-            )
+            stored = _append(cursor, **_columns(spec, ctx, spec.apply(ctx, data), idempotency_key))
             if idempotency_key is not None:
                 IdempotencyKey.objects.create(
                     user=user, key=idempotency_key, topic=topic_name, seq=stored.seq

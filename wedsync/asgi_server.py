@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
+import signal
 import sys
+from collections.abc import Callable
 
 SERVERS = ("uvicorn", "daphne")
 
@@ -38,3 +43,26 @@ def asgi_server_command(
         return [sys.executable, "-m", "daphne", "-b", host, "-p", str(port),
                 "wedsync.asgi:application"]  # fmt: skip
     raise ValueError(f"unknown ASGI server {server!r}; choose one of {', '.join(SERVERS)}")
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when the process starting it
+    dies (even by SIGKILL), so that no server or worker is left behind as an orphan (it
+    drains and exits); None where prctl is not available."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook

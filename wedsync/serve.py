@@ -19,8 +19,6 @@ supervisor exits once all of them have.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -28,10 +26,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
+
+from wedsync.asgi_server import die_with_parent_hook
 
 logger = logging.getLogger("wedsync.serve")
 
@@ -42,8 +41,6 @@ STABLE_S = 10.0
 BACKOFF_MAX_S = 30.0
 # Between two looks at the workers and at the signals received.
 POLL_S = 0.1
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class GracefulServer(uvicorn.Server):
@@ -154,23 +151,6 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the worker when its supervisor dies (even by
-    SIGKILL): the worker then drains and exits instead of serving on as an orphan."""
-    try:
-        prctl = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the supervisor died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return hook
-
-
 def _exit_text(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -196,7 +176,7 @@ class Supervisor:
         self.stopping = False
         self.exit_code = 0
         # Only safe while this process has a single thread, which the supervisor keeps.
-        self._preexec = _die_with_parent_hook()
+        self._preexec = die_with_parent_hook()
 
     def run(self) -> int:
         handled = (signal.SIGTERM, signal.SIGINT)

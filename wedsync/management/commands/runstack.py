@@ -9,8 +9,6 @@ product out: production runs each part under its own supervisor.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import http.client
 import json
 import os
@@ -27,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from wedsync.asgi_server import SERVERS, asgi_server_command
+from wedsync.asgi_server import SERVERS, asgi_server_command, die_with_parent_hook
 
 # How long a stopped child may take to exit after SIGTERM before it gets SIGKILL: a
 # Celery worker finishes the task at hand (warm shutdown), the server closes its sockets.
@@ -37,8 +35,6 @@ GRACE_S = 10.0
 STARTUP_TIMEOUT_S = 60.0
 # Between two looks at the children (and, until it answers, at /healthz).
 POLL_S = 0.25
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass
@@ -53,26 +49,6 @@ class Child:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-
-def _die_with_parent_hook() -> Any:
-    """A preexec_fn asking Linux to SIGTERM the child when runstack itself dies (even by
-    SIGKILL), so that no server or worker is left behind as an orphan; None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return hook
 
 
 def _signal_group(child: Child, sig: signal.Signals) -> None:
@@ -244,7 +220,7 @@ class Command(BaseCommand):
         # and the shared directory does not grow with every restart (docs/monitoring.md).
         prune_dead_processes(counters=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        hook = _die_with_parent_hook()
+        hook = die_with_parent_hook()
         # Every child is started before any reader thread: preexec_fn is only safe while
         # this process has a single thread.
         for child in children:
