@@ -66,3 +66,14 @@ def die_with_parent_hook() -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     return hook
+
+
+def exit_text(returncode: int) -> str:
+    """How a child process ended, for a log line: ``was killed by SIGKILL``, ``exited with
+    code 3``."""
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"

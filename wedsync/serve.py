@@ -30,7 +30,7 @@ import time
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from wedsync.asgi_server import die_with_parent_hook
+from wedsync.asgi_server import die_with_parent_hook, exit_text
 
 logger = logging.getLogger("wedsync.serve")
 
@@ -151,15 +151,6 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _exit_text(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"was killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"was killed by signal {-returncode}"
-    return f"exited with code {returncode}"
-
-
 class Supervisor:
     """N worker processes (``argv``) on one port: a worker that dies unexpectedly is
     started again; the first SIGTERM or SIGINT is passed on to every worker as SIGTERM
@@ -268,7 +259,7 @@ class Supervisor:
             self.restart_at[slot] = now + pause
             logger.warning(
                 "worker %d (pid %d) %s after %.1f s; starting a new one%s",
-                slot + 1, proc.pid, _exit_text(code), lived, f" in {pause:g} s" if pause else "",
+                slot + 1, proc.pid, exit_text(code), lived, f" in {pause:g} s" if pause else "",
             )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from wedsync.asgi_server import SERVERS, asgi_server_command, die_with_parent_hook
+from wedsync.asgi_server import SERVERS, asgi_server_command, die_with_parent_hook, exit_text
 
 # How long a stopped child may take to exit after SIGTERM before it gets SIGKILL: a
 # Celery worker finishes the task at hand (warm shutdown), the server closes its sockets.
@@ -66,15 +66,6 @@ def _hide_password(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _exit_text(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"was killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"was killed by signal {-returncode}"
-    return f"exited with code {returncode}"
 
 
 class Command(BaseCommand):
@@ -268,7 +259,7 @@ class Command(BaseCommand):
             for child in children:
                 if not child.running:
                     assert child.proc is not None
-                    return f"{child.name} {_exit_text(child.proc.returncode)} on its own"
+                    return f"{child.name} {exit_text(child.proc.returncode)} on its own"
             if not ready:
                 status = self._probe_healthz(host, port)
                 if status is not None:
