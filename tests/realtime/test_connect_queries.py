@@ -9,8 +9,6 @@ path to its budget so a change that adds per-connection queries fails here.
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 import pytest
 from channels.db import database_sync_to_async
@@ -20,6 +18,7 @@ from django.db.backends import utils
 from realtime.hub import get_hub
 from realtime.tokens import token_issue
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
+from tests.realtime.test_replay import hub_holds
 from wedsync.asgi import application
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -135,16 +134,6 @@ async def test_reconnect_with_since__warm_cache__few_queries(monkeypatch) -> Non
     # From the log: the topic's seq and the replay page, in a second call (before: five
     # queries in six calls).
     assert log_queries <= 2 and log_hops <= 2
-
-
-async def hub_holds(topic: str, seq: int) -> None:
-    """Wait until this loop's hub has received ``seq`` of ``topic``."""
-    for _ in range(100):
-        recent = get_hub().recent_of(topic)
-        if recent is not None and recent.last >= seq:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the hub never received {topic}#{seq}")
 
 
 @pytest.mark.django_db
