@@ -12,7 +12,7 @@ class MonitoringConfig(AppConfig):
         # each worker process (prefork children included).
         from celery import signals
 
-        from . import metrics
+        from core import metrics
 
         signals.task_prerun.connect(metrics.task_started, weak=False)
         signals.task_postrun.connect(metrics.task_finished, weak=False)

@@ -20,11 +20,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from core import metrics
 from realtime.api import json_error
 from realtime.tokens import TokenError, token_authenticate
 from scaling.selectors import wedding_day_mode
 
-from . import figures, metrics, selectors
+from . import figures, selectors
 from .models import Alert
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from . import metrics
+from core import metrics
 
 _FILE_PID = re.compile(r"[a-z_]+_(\d+)\.db")
 

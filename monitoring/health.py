@@ -66,8 +66,8 @@ def _process_state() -> dict[str, Any]:
     """This process's own state: draining after SIGTERM, and its Redis breakers (an open
     one means the process is serving in degraded mode: events from the log, presence
     and connection counts local)."""
+    from core.breaker import breaker_states
     from realtime.consumers import registry
-    from wedsync.breaker import breaker_states
 
     states = breaker_states()
     open_ = sorted(name for name, state in states.items() if state == "open")

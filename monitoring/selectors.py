@@ -20,15 +20,16 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from core import metrics
+from core.cache import get_cache
 from realtime.connections import get_connection_registry, supplier_limit
 from realtime.models import Ack, Event
 from scaling.selectors import recent_decisions, wedding_day_mode
 from scaling.services import decision_payload
-from wedsync.cache import get_cache
-from wedsync.models import Booking, Supplier, SupplierMembership, Wedding
-from wedsync.selectors import wire_time
+from weddings.models import Booking, Supplier, SupplierMembership, Wedding
+from weddings.selectors import wire_time
 
-from . import figures, metrics
+from . import figures
 from .models import Alert, AlertRule, MetricSnapshot
 from .rules import RULES
 

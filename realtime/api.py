@@ -21,16 +21,16 @@ from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
+from core.cache import get_cache
+from core.db import database_reachable, in_db_thread
 from scaling.selectors import wedding_day_mode
-from wedsync import selectors as domain
-from wedsync.cache import get_cache
-from wedsync.caching import auser_access
-from wedsync.models import Supplier, Wedding
+from weddings import selectors as domain
+from weddings.caching import auser_access
+from weddings.models import Supplier, Wedding
 
 from . import selectors, services
 from .broadcast import event_frame
 from .connections import get_connection_registry, supplier_limit
-from .db import database_reachable, in_db_thread
 from .errors import RealtimeError, topic_forbidden
 from .protocol import MAX_FRAME_BYTES
 from .snapshots import snapshot_key, snapshot_load, wedding_summary

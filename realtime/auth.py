@@ -31,7 +31,8 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 from django.http.request import is_same_domain
 
-from .db import in_db_thread
+from core.db import in_db_thread
+
 from .tokens import TokenError, atoken_authenticate
 
 

@@ -18,10 +18,10 @@ import orjson
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from realtime.db import calling_loop
+from core.breaker import CircuitOpen, redis_breaker
+from core.db import calling_loop
 from realtime.models import Event
-from wedsync.breaker import CircuitOpen, redis_breaker
-from wedsync.selectors import wire_time
+from weddings.selectors import wire_time
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A row says what the payload may contain (a msgspec Struct that rejects unknown fields
 and wrong types), which role may publish it, what publishing does to the wedding's
-rows (the ``wedsync.services`` calls, made inside the publish transaction) and what is
+rows (the ``weddings.services`` calls, made inside the publish transaction) and what is
 stored and broadcast as the event's payload. ``realtime.services.event_publish`` is
 the only caller of ``apply``.
 
@@ -25,9 +25,9 @@ from django.core.exceptions import ValidationError
 from msgspec import UNSET, Meta, UnsetType
 
 from realtime.errors import RealtimeError
-from wedsync import selectors as wedsync_selectors
-from wedsync import services as wedsync_services
-from wedsync.models import TimelineItem, Wedding
+from weddings import selectors as wedsync_selectors
+from weddings import services as wedsync_services
+from weddings.models import TimelineItem, Wedding
 
 # Bigger payloads belong in an upload, not in a live event every subscriber receives.
 MAX_PAYLOAD_BYTES = 16 * 1024

@@ -25,8 +25,8 @@ from typing import Any
 
 from django.conf import settings
 
+from core.breaker import CircuitOpen, redis_breaker
 from realtime.presence import _Script, get_redis
-from wedsync.breaker import CircuitOpen, redis_breaker
 
 logger = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from channels.exceptions import StopConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from monitoring import metrics
+from core import metrics
+from core.db import in_db_thread
 
 from . import protocol, services
 from .connections import Connection, get_connection_registry, supplier_limit
-from .db import in_db_thread
 from .delivery import Outbox, OutboxFull, TopicStream, fill, finish_sync
 from .errors import RealtimeError
 from .hub import get_hub
@@ -117,7 +117,7 @@ class RealtimeConsumer:
 
     async def dispatch(self, message: dict) -> None:
         # Channels' consumers run close_old_connections() in a thread before every
-        # handler; ours reach the database only through in_db_thread (realtime.db), which
+        # handler; ours reach the database only through in_db_thread (core.db), which
         # does it itself, so no frame pays for that thread round trip (FINDINGS.md #4).
         handler = _HANDLERS.get(message["type"])
         if handler is None:

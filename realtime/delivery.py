@@ -15,11 +15,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from monitoring import metrics
+from core import metrics
+from core.db import in_db_thread
 
 from . import selectors
 from .broadcast import event_frame_text
-from .db import in_db_thread
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 
-from wedsync.breaker import redis_breaker
+from core.breaker import redis_breaker
 
 from .broadcast import group_name
 from .replay import RECENT_S, Recent, recent_bounds

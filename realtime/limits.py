@@ -20,7 +20,7 @@ from collections import deque
 
 from django.conf import settings
 
-from monitoring import metrics
+from core import metrics
 from realtime.errors import RealtimeError
 
 # PROTOCOL §7: critical events are never rate-limited. The catalogue marks emergency.* as

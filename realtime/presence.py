@@ -32,8 +32,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
+from core.breaker import CircuitOpen, redis_breaker
 from realtime.errors import RealtimeError
-from wedsync.breaker import CircuitOpen, redis_breaker
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from core.db import in_db_thread
+
 from . import selectors
 from .broadcast import event_frame_text
-from .db import in_db_thread
 from .delivery import PAGE
 
 

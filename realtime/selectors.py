@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.cache import get_cache
 from realtime.broadcast import utc_ms
 from realtime.models import Ack, Event, ReadOnlyModeChange, TopicCursor
-from wedsync import selectors as wedsync_selectors
-from wedsync.cache import get_cache
+from weddings import selectors as wedsync_selectors
 
 
 def topic_seq(topic: str) -> int:

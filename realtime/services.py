@@ -29,15 +29,15 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from monitoring import metrics
+from core import metrics
+from core.cache import get_cache
 from realtime import catalogue, selectors, snapshots
 from realtime.broadcast import broadcast_event
 from realtime.catalogue import invalid
 from realtime.errors import RealtimeError
 from realtime.models import Ack, Event, IdempotencyKey, ReadOnlyModeChange, TopicCursor
 from realtime.topics import authorize_subscribe, parse_topic, publish_access
-from wedsync.cache import get_cache
-from wedsync.services import switch_reason_clean
+from weddings.services import switch_reason_clean
 
 logger = logging.getLogger(__name__)
 

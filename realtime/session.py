@@ -1,7 +1,7 @@
 """What a connection reads on connect and subscribe: the limits' facts, the topic check,
 presence cards, and the topics' positions for the sweep.
 
-The sync functions run in a database thread (realtime.db.in_db_thread) and batch their
+The sync functions run in a database thread (core.db.in_db_thread) and batch their
 work, so a subscribe frame costs a few queries however many topics it names; the
 connect facts come from the cache without a thread. Positions and replay of a
 subscribe are in ``realtime.replay``.
@@ -13,12 +13,12 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
-from wedsync import selectors as domain
-from wedsync.cache import get_cache
-from wedsync.caching import user_access
+from core.cache import get_cache
+from core.db import in_db_thread
+from weddings import selectors as domain
+from weddings.caching import user_access
 
 from . import topics
-from .db import in_db_thread
 from .errors import RealtimeError
 from .models import TopicCursor
 
@@ -113,9 +113,9 @@ async def connect_facts(user_id: int) -> tuple[tuple[int, ...], bool]:
     """What the connection limits need on connect, from the cache: the user's suppliers
     and whether wedding-day mode is on. Cached values cost no thread; a miss loads in a
     database thread (``DatabaseError`` while the database is unreachable)."""
+    from core.cache import get_cache
     from scaling.selectors import CACHE_KEY, wedding_day_mode_load
-    from wedsync.cache import get_cache
-    from wedsync.caching import auser_access
+    from weddings.caching import auser_access
 
     access = await auser_access(user_id)
     mode = await get_cache().aget_or_load(CACHE_KEY, in_db_thread(wedding_day_mode_load))

@@ -7,7 +7,7 @@ the one group of user notices that every server process's hub joins). Sent after
 commit. A booking saved or deleted also drops its wedding's cached booked suppliers
 (the presence cards, ``session.booked_supplier_ids``).
 
-The cached access (``wedsync.caching``) and snapshots (``realtime.snapshots``) are
+The cached access (``weddings.caching``) and snapshots (``realtime.snapshots``) are
 invalidated by their own receivers, imported below BEFORE these are connected: Django
 calls receivers, and runs on-commit callbacks, in the order they were registered, so
 the cache is dropped before any ``rt.recheck`` is sent. (The re-check itself reads the
@@ -25,9 +25,8 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-import wedsync.caching  # noqa: F401  (first: connects the access-cache receivers)
-from wedsync.cache import get_cache
-from wedsync.models import Booking, SupplierMembership
+from core.cache import get_cache
+from weddings.models import Booking, SupplierMembership
 
 from . import snapshots  # noqa: F401  (connects its receivers)
 from .broadcast import group_name, group_send_bounded

@@ -22,11 +22,11 @@ from django.db import connection, transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
+from core.cache import get_cache
 from realtime import selectors
 from realtime.models import Event
-from wedsync import selectors as domain
-from wedsync.cache import get_cache
-from wedsync.models import Booking, Supplier, TimelineItem, Wedding
+from weddings import selectors as domain
+from weddings.models import Booking, Supplier, TimelineItem, Wedding
 
 
 def snapshot_key(wedding_id: int) -> str:

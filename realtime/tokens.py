@@ -20,7 +20,7 @@ from django.conf import settings
 from django.core import signing
 from django.utils.crypto import constant_time_compare
 
-from wedsync.caching import auser_cached, user_cached
+from weddings.caching import auser_cached, user_cached
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser as User

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from realtime import catalogue
 from realtime.errors import RealtimeError, topic_forbidden
-from wedsync import selectors as wedsync_selectors
-from wedsync.caching import user_access
-from wedsync.models import Supplier, Wedding
+from weddings import selectors as wedsync_selectors
+from weddings.caching import user_access
+from weddings.models import Supplier, Wedding
 
 TopicKind = Literal["wedding", "supplier", "ops"]
 
@@ -76,7 +76,7 @@ def _may_subscribe(user: Any, topic: Topic) -> bool:
 
 
 def _may_subscribe_cached(user: Any, topic: Topic) -> bool:
-    """``_may_subscribe`` from the user's cached access (``wedsync.caching.user_access``).
+    """``_may_subscribe`` from the user's cached access (``weddings.caching.user_access``).
 
     Both the user object and the cached row must say active (and staff): the object may
     be one the caller just changed, the cache follows the database.

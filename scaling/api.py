@@ -16,7 +16,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from realtime.api import ApiError, api_view, json_error, json_response
 from scaling.selectors import latest_decision, scaling_policy
-from wedsync.selectors import wire_time
+from weddings.selectors import wire_time
 
 
 def desired_capacity() -> dict[str, object]:

@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from core.cache import get_cache
 from monitoring.models import MetricSnapshot
 from scaling.decisions import Capacity, CurrentMetrics, ScalingPolicy
 from scaling.demand import (
@@ -24,9 +25,8 @@ from scaling.demand import (
     relevant,
 )
 from scaling.models import ScalingDecision, WeddingDayModeChange
-from wedsync.cache import get_cache
-from wedsync.models import Booking, TimelineItem, Wedding
-from wedsync.selectors import switch_state
+from weddings.models import Booking, TimelineItem, Wedding
+from weddings.selectors import switch_state
 
 CACHE_KEY = "wedding_day_mode"
 

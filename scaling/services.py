@@ -19,8 +19,8 @@ from scaling.decisions import Decision, ScalingPolicy, decide, weddings_in_windo
 from scaling.demand import WeddingPlan, forecast, learn_correction
 from scaling.models import REASON_MAX_LENGTH, ScalingDecision, WeddingDayModeChange
 from scaling.selectors import wedding_day_mode_invalidate
-from wedsync.models import Wedding
-from wedsync.services import switch_reason_clean
+from weddings.models import Wedding
+from weddings.services import switch_reason_clean
 
 logger = logging.getLogger(__name__)
 

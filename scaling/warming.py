@@ -19,8 +19,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from realtime.snapshots import snapshot_get, snapshot_key
-from wedsync.caching import access_key, supplier_key, supplier_profile, user_access
-from wedsync.models import Booking, SupplierMembership, Wedding
+from weddings.caching import access_key, supplier_key, supplier_profile, user_access
+from weddings.models import Booking, SupplierMembership, Wedding
 
 logger = logging.getLogger(__name__)
 

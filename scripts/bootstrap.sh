@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv with Python 3.11+, installs requirements.txt into it (again only when the
-# file changed) and writes a development .env on first use. Safe to run any number of times.
+# Creates .venv with Python 3.11+, installs requirements-dev.txt into it (production's
+# requirements.txt plus the test tools; again only when either file changed) and writes a
+# development .env on first use. Safe to run any number of times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,11 +24,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-dev.txt clients/python/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "bootstrap: installing requirements.txt into .venv"
+  echo "bootstrap: installing requirements-dev.txt into .venv"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
   echo "$want" > "$stamp"
 fi
 

@@ -53,8 +53,8 @@ def _fast_password_hashing(settings: Any) -> None:
 def _isolated_cache(settings: Any) -> Any:
     """Each test gets an empty process cache under its own Redis namespace, and closed
     Redis breakers."""
-    from wedsync.breaker import breakers_reset
-    from wedsync.cache import reset_cache
+    from core.breaker import breakers_reset
+    from core.cache import reset_cache
 
     settings.CACHE_NAMESPACE = f"test-{uuid.uuid4().hex[:12]}"
     reset_cache()
@@ -69,7 +69,7 @@ def _own_metric_files_removed() -> Any:
     """The test process's metric files leave the shared directory with it, so that a
     developer's running stack does not count the tests' publishes."""
     yield
-    from monitoring.metrics import metrics_dir
+    from core.metrics import metrics_dir
 
     for path in metrics_dir().glob(f"*_{os.getpid()}.db"):
         path.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ import zoneinfo
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser
 
-from wedsync.models import Booking, Supplier, SupplierMembership, TimelineItem, Wedding
+from weddings.models import Booking, Supplier, SupplierMembership, TimelineItem, Wedding
 
 _counter = itertools.count(1)
 

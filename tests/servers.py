@@ -15,7 +15,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
-from wedsync.asgi_server import asgi_server_command
+from wedsync.server.asgi_server import asgi_server_command
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

@@ -19,8 +19,8 @@ from django.utils import timezone
 from realtime.broadcast import event_frame
 from realtime.models import Ack, Event, TopicCursor
 from realtime.snapshots import snapshot_get
-from wedsync import selectors as domain
-from wedsync.models import Booking, SupplierMembership, Wedding
+from weddings import selectors as domain
+from weddings.models import Booking, SupplierMembership, Wedding
 
 # The feed of a wedding page starts with this many of its latest messages and
 # emergencies; older ones stay in the event log (GET /api/weddings/<id>/events).

@@ -13,10 +13,10 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
-from monitoring.metrics import start_sampler  # noqa: E402
+from core.metrics import start_sampler  # noqa: E402
 from realtime.routing import websocket_application  # noqa: E402
-from wedsync.gctune import tune_after_startup  # noqa: E402
-from wedsync.token_api import TokenApiHandler, token_api_router  # noqa: E402
+from wedsync.server.gctune import tune_after_startup  # noqa: E402
+from wedsync.server.token_api import TokenApiHandler, token_api_router  # noqa: E402
 
 # Bearer requests under /api/ skip the browser's middleware (docs/adr/0012-lean-api-path.md).
 http_application = token_api_router(django_asgi_app, TokenApiHandler())

@@ -13,11 +13,11 @@ from typing import Any
 
 from django.contrib.auth.backends import ModelBackend
 
-from wedsync.caching import user_cached
+from weddings.caching import user_cached
 
 
 class CachedModelBackend(ModelBackend):
-    """``ModelBackend`` whose ``get_user`` reads ``wedsync.caching.user_cached``."""
+    """``ModelBackend`` whose ``get_user`` reads ``weddings.caching.user_cached``."""
 
     def get_user(self, user_id: Any) -> Any:
         user = user_cached(user_id)

@@ -15,6 +15,7 @@ writes one for local development); real environment variables win over it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -58,12 +59,21 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_celery_beat",
-    "wedsync",
+    # The project's apps, lowest layer first (imports point down this list; `make lint`
+    # holds it with import-linter): core <- weddings <- realtime <- scaling <- monitoring
+    # <- web <- wedsync (the composition root). README "Where things are" and ADR 0014.
+    "core",
+    "weddings",  # label "wedsync": the tables and migrations keep their names
     "realtime",
-    "monitoring",
     "scaling",
+    "monitoring",
     "web",
+    "wedsync",
 ]
+# Development-only benchmarks (loadtest, cachebench, scaling_backtest): installed where the
+# bench package is present; a production image leaves it out.
+if importlib.util.find_spec("bench") is not None:
+    INSTALLED_APPS.append("bench")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

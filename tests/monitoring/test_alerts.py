@@ -19,7 +19,7 @@ from monitoring.tasks import record_snapshot
 from realtime.models import Event, TopicCursor
 from realtime.services import ack_record, event_publish
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
-from wedsync.models import Supplier
+from weddings.models import Supplier
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,7 +13,7 @@ from monitoring.models import BenchmarkRun
 from realtime.tokens import token_issue
 from tests.factories import make_user
 from tests.servers import Server
-from wedsync.models import Supplier, Wedding
+from weddings.models import Supplier, Wedding
 
 URL = "/api/performance/realtime/benchmark"
 

@@ -37,7 +37,7 @@ from tests.web.conftest import (
     sign_in_with_password,
     wait_until,
 )
-from wedsync.models import Supplier, Wedding
+from weddings.models import Supplier, Wedding
 
 pytestmark = [
     pytest.mark.browser,

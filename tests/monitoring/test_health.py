@@ -114,7 +114,7 @@ def test_readyz__real_redis_reports_redis_and_the_redis_layer_ok(
 @pytest.mark.django_db(transaction=True)
 @override_settings(REDIS_URL="", CHANNEL_LAYERS=IN_MEMORY)
 def test_readyz__open_breaker__503_naming_it(client: Client) -> None:
-    from wedsync.breaker import redis_breaker
+    from core.breaker import redis_breaker
 
     breaker = redis_breaker("channel-layer")
     for _ in range(breaker.failure_threshold):

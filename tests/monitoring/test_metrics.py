@@ -18,14 +18,14 @@ from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 
+from core.breaker import CircuitBreaker, redis_breaker
+from core.cache import get_cache
 from monitoring import figures, metrics
 from monitoring.tasks import publish_live
 from realtime.errors import RealtimeError
 from realtime.limits import PublishLimiter
 from realtime.services import event_publish, event_publish_system
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
-from wedsync.breaker import CircuitBreaker, redis_breaker
-from wedsync.cache import get_cache
 
 PUBLISHED = "wedsync_events_published_total"
 

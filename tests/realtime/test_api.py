@@ -25,14 +25,14 @@ from django.db.backends.utils import CursorWrapper
 from django.test import Client
 from django.utils.crypto import get_random_string
 
-from realtime import db as realtime_db
+from core import db as realtime_db
 from realtime import selectors
 from realtime.models import Event, TopicCursor
 from realtime.services import event_publish
 from realtime.tokens import token_authenticate, token_expires_at, token_issue
 from tests.factories import make_booking, make_item, make_supplier, make_user, make_wedding
+from weddings.models import Supplier, TimelineItem, Wedding
 from wedsync.asgi import application
-from wedsync.models import Supplier, TimelineItem, Wedding
 
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(30)]
 SNAPSHOT_DB = pytest.mark.django_db(transaction=True)

@@ -30,8 +30,8 @@ from realtime import tokens
 from realtime.models import Event
 from realtime.tokens import token_issue
 from tests.factories import make_booking, make_item, make_supplier, make_user, make_wedding
+from weddings.models import Supplier, TimelineItem, Wedding
 from wedsync.asgi import application
-from wedsync.models import Supplier, TimelineItem, Wedding
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 

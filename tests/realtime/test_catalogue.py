@@ -12,7 +12,7 @@ from realtime.models import Event, TopicCursor
 from realtime.services import event_publish
 from tests.factories import make_item, make_supplier
 from tests.realtime.test_topics import make_world
-from wedsync.models import TimelineItem
+from weddings.models import TimelineItem
 
 
 def _invalid(event: str, payload) -> RealtimeError:

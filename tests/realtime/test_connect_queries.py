@@ -43,10 +43,10 @@ class QueryCounter:
 
 
 class ThreadHops:
-    """Counts the calls handed to the realtime database threads (``realtime.db``)."""
+    """Counts the calls handed to the realtime database threads (``core.db``)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from realtime import db
+        from core import db
 
         self.count = 0
         executor = db._get_executor()

@@ -411,7 +411,7 @@ async def test_rate_limit__normal_events_limited_critical_never(opened, settings
 def test_member_infos__card_follows_a_new_booking_of_the_users_supplier():
     # given a couple member who also works for a supplier not booked on their wedding
     from realtime.session import member_infos
-    from wedsync.services import booking_create
+    from weddings.services import booking_create
 
     user = make_user()
     wedding = make_wedding(couple=(user,))
@@ -492,7 +492,7 @@ async def test_booking_deactivated__subscription_removed_and_publish_refused(ope
 
     @database_sync_to_async
     def unbook() -> None:
-        from wedsync.services import booking_deactivate
+        from weddings.services import booking_deactivate
 
         booking_deactivate(supplier_id=w["photo_co"].pk, wedding_id=w["a"].pk)
 

@@ -221,8 +221,8 @@ async def test_access_withdrawn__connections_on_both_processes_dropped(servers):
         from django.contrib.auth import get_user_model
 
         from realtime.tokens import token_authenticate
-        from wedsync.models import SupplierMembership
-        from wedsync.services import booking_deactivate
+        from weddings.models import SupplierMembership
+        from weddings.services import booking_deactivate
 
         first = token_authenticate(world["tokens"][0])
         supplier_id = SupplierMembership.objects.get(user=first).supplier_id
@@ -312,7 +312,7 @@ async def test_stuck_client__closed_1013_while_others_get_everything(redis_url):
 
 async def test_python_client__survives_a_server_crash_exactly_once_in_order(servers):
     # given the project's client on server A, subscribed, having seen 3 events
-    from realtime.client import RealtimeClient
+    from wedsync_client.client import RealtimeClient
 
     world = await seed()
     topic = world["topic"]

@@ -26,7 +26,7 @@ from realtime.models import Ack, Event, IdempotencyKey, TopicCursor
 from realtime.services import ack_record, event_publish, event_publish_system
 from tests.factories import make_item, make_user
 from tests.realtime.test_topics import World, make_world
-from wedsync.models import TimelineItem
+from weddings.models import TimelineItem
 
 MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
@@ -793,7 +793,7 @@ def test_admin__staff_may_look_but_nobody_may_write(world, model):
 async def test_broadcast__concurrent_publishes_of_one_topic_reach_the_group_in_seq_order():
     # given: the configured channel layer (Redis in CI), a member of the topic's group,
     # and publishes running side by side in the realtime database threads
-    from realtime.db import in_db_thread
+    from core.db import in_db_thread
 
     world = await database_sync_to_async(make_world)()
     await database_sync_to_async(_post)(world, "first")  # the topic's cursor exists

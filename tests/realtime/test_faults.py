@@ -22,8 +22,8 @@ import pytest
 from channels.db import database_sync_to_async
 from django.db import connection
 from websockets.asyncio.client import connect
+from wedsync_client.client import ClientError, RealtimeClient
 
-from realtime.client import ClientError, RealtimeClient
 from realtime.models import Event
 from realtime.protocol import CLOSE_CONNECTION_LIMIT, CLOSE_RESTARTING
 from realtime.tokens import token_issue

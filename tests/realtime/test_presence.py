@@ -9,6 +9,7 @@ import pytest
 import redis
 from django.test import override_settings
 
+from core.breaker import redis_breaker
 from realtime.errors import RealtimeError
 from realtime.presence import (
     FallbackPresence,
@@ -18,7 +19,6 @@ from realtime.presence import (
     get_presence_store,
     get_redis,
 )
-from wedsync.breaker import redis_breaker
 
 TOPIC = "wedding:42"
 ANN = {"user_id": 7, "name": "Ann", "supplier_id": 3}

@@ -12,11 +12,11 @@ import pytest
 from django.db import transaction
 from django.test import Client
 
+from core.cache import get_cache
 from realtime.services import event_publish
 from realtime.snapshots import snapshot_get, snapshot_key, snapshot_load
 from tests.factories import make_booking, make_item, make_supplier, make_user, make_wedding
-from wedsync.cache import get_cache
-from wedsync.models import Supplier
+from weddings.models import Supplier
 
 pytestmark = [pytest.mark.timeout(30)]
 COMMITS = pytest.mark.django_db(transaction=True)

@@ -12,7 +12,7 @@ from realtime.models import Event, TopicCursor
 from realtime.services import event_publish
 from realtime.topics import Topic, authorize_publish, authorize_subscribe, parse_topic
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
-from wedsync.models import Supplier, SupplierMembership, Wedding
+from weddings.models import Supplier, SupplierMembership, Wedding
 
 
 @dataclass

@@ -24,7 +24,7 @@ from scaling.demand import (
 )
 from scaling.selectors import demand_inputs
 from tests.factories import make_booking, make_item, make_supplier, make_wedding
-from wedsync.models import Wedding
+from weddings.models import Wedding
 
 UTC = dt.UTC
 NO_BASELINE = DemandParams(baseline_connections=0.0)

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from realtime.models import Event
 from tests.factories import make_wedding
-from wedsync.models import TimelineItem, Wedding
+from weddings.models import TimelineItem, Wedding
 
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(20)]
 

@@ -17,11 +17,11 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
+from core.cache import L2Cache, get_cache, reset_cache
 from scaling.warming import cache_warm, warm_plan
 from tests import servers
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
-from wedsync.cache import L2Cache, get_cache, reset_cache
-from wedsync.models import Wedding
+from weddings.models import Wedding
 
 pytestmark = [pytest.mark.timeout(30)]
 
@@ -212,7 +212,7 @@ def test_cache_warm__fills_exactly_the_expected_keys_and_is_idempotent(settings:
 
 
 def _missing() -> object:
-    from wedsync import cache as cache_module
+    from core import cache as cache_module
 
     return cache_module._MISSING
 

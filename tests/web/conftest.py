@@ -33,7 +33,7 @@ from realtime.tokens import token_issue
 from tests.conftest import IN_CI
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
 from tests.servers import Server
-from wedsync.models import Supplier, SupplierMembership, TimelineItem, Wedding
+from weddings.models import Supplier, SupplierMembership, TimelineItem, Wedding
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

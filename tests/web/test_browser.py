@@ -30,7 +30,7 @@ from tests.web.conftest import (
     sign_in_with_password,
     wait_until,
 )
-from wedsync.models import TimelineItem
+from weddings.models import TimelineItem
 
 pytestmark = [
     pytest.mark.browser,
@@ -412,7 +412,7 @@ def test_screenshots__each_page_at_phone_and_desktop_sizes(browse, day) -> None:
 def test_ack_overdue__the_planner_is_told_who_has_not_acknowledged(browse, day) -> None:
     # given the planner on the wedding page
     from realtime.services import event_publish_system
-    from wedsync.models import SupplierMembership
+    from weddings.models import SupplierMembership
 
     planner = browse.open(day.planner, f"/weddings/{day.wedding.pk}/")
     suppliers = list(

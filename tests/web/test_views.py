@@ -19,7 +19,7 @@ from django.urls import reverse
 from realtime.services import ack_record, event_publish
 from tests.factories import make_booking, make_user, make_wedding
 from tests.web.conftest import Day, without_csrf
-from wedsync.models import Booking
+from weddings.models import Booking
 
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(30)]
 

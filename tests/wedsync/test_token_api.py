@@ -19,7 +19,7 @@ from django.core.asgi import get_asgi_application
 from realtime.tokens import token_issue
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
 from wedsync.asgi import application
-from wedsync.token_api import TOKEN_API_MIDDLEWARE, TokenApiHandler, is_token_api_request
+from wedsync.server.token_api import TOKEN_API_MIDDLEWARE, TokenApiHandler, is_token_api_request
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 

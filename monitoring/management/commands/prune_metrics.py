@@ -14,8 +14,8 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        from core.metrics import metrics_dir
         from monitoring.figures import prune_dead_processes
-        from monitoring.metrics import metrics_dir
 
         dead = prune_dead_processes(counters=True)
         self.stdout.write(f"{metrics_dir()}: removed the files of {len(dead)} dead process(es)")

@@ -22,7 +22,7 @@ from realtime.services import event_publish_system
 from scaling.decisions import ScalingPolicy
 from scaling.demand import UTC
 from scaling.selectors import weddings_in_window
-from wedsync.models import Wedding
+from weddings.models import Wedding
 
 logger = logging.getLogger("scaling.deploy_guard")
 # A wedding's window opens this long before its ceremony (the Saturday protocol's).

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from wedsync.asgi_server import SERVERS, asgi_server_command, die_with_parent_hook, exit_text
+from wedsync.server.asgi_server import SERVERS, asgi_server_command, die_with_parent_hook, exit_text
 
 # How long a stopped child may take to exit after SIGTERM before it gets SIGKILL: a
 # Celery worker finishes the task at hand (warm shutdown), the server closes its sockets.

@@ -13,7 +13,7 @@ import orjson
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from wedsync.demo import MAX_VENDORS_PER_WEDDING, MAX_WEDDINGS, DemoSeedError, seed_demo
+from weddings.demo import MAX_VENDORS_PER_WEDDING, MAX_WEDDINGS, DemoSeedError, seed_demo
 
 # Below this many vendor slots a run takes well under a second: no progress lines.
 _PROGRESS_FROM = 200

@@ -1,0 +1,43 @@
+"""The garbage-collector settings of server processes (wedsync/gctune.py)."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from wedsync.server.gctune import tune_after_startup
+
+
+@pytest.fixture
+def restore_gc():
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+def test_tune__freezes_the_start_up_heap_and_sets_the_thresholds(settings, restore_gc):
+    settings.SERVER_GC_FREEZE = True
+    settings.SERVER_GC_THRESHOLDS = [5000, 15, 50]
+    gc.unfreeze()
+
+    done = tune_after_startup()
+
+    assert gc.get_threshold() == (5000, 15, 50)
+    assert gc.get_freeze_count() > 10_000  # the modules, Django, the test run
+    assert done == {"thresholds": (5000, 15, 50), "frozen_objects": gc.get_freeze_count()}
+    # What was frozen is no longer tracked by any generation's collections.
+    assert len(gc.get_objects()) < done["frozen_objects"]
+
+
+def test_tune__with_freeze_off_and_default_thresholds_changes_nothing(settings, restore_gc):
+    settings.SERVER_GC_FREEZE = False
+    settings.SERVER_GC_THRESHOLDS = [700, 10, 10]
+    gc.unfreeze()
+
+    done = tune_after_startup()
+
+    assert gc.get_threshold() == (700, 10, 10)
+    assert gc.get_freeze_count() == 0
+    assert done["frozen_objects"] == 0

@@ -1,0 +1,231 @@
+"""The wedding domain: suppliers and their users, weddings, bookings, the timeline.
+
+A vendor's right to a wedding comes only from an active ``Booking`` of one of its
+suppliers; the couple's from ``Wedding.couple``; staff (``is_staff``) see everything.
+Writes go through ``weddings.services``; reads through ``weddings.selectors``.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinLengthValidator, MinValueValidator
+from django.db import models
+
+
+def validate_time_zone(value: str) -> None:
+    """Reject names that are not IANA time zones (Europe/London, America/New_York ...)."""
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(f"{value!r} is not a known time zone (for example Europe/London).")
+
+
+class TimestampedModel(models.Model):
+    created_at = models.DateTimeField(auto_now_add=True, editable=False)
+    updated_at = models.DateTimeField(auto_now=True, editable=False)
+
+    class Meta:
+        abstract = True
+
+
+SWITCH_REASON_MAX_LENGTH = 500
+
+
+class SwitchChange(models.Model):
+    """One change of an audited on/off switch (wedding-day mode, read-only mode): rows are
+    appended, never edited nor deleted; the switch's state is its latest row (off when
+    there is none), so the log says who switched it, when and why."""
+
+    # What the switch is called in ``str()``, e.g. "wedding-day mode".
+    switch_name = "switch"
+
+    enabled = models.BooleanField()
+    reason = models.CharField(
+        max_length=SWITCH_REASON_MAX_LENGTH, validators=[MinLengthValidator(1)]
+    )
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,  # the log outlives the account
+        related_name="+",
+    )
+    changed_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        abstract = True
+        ordering = ("-changed_at", "-id")
+        get_latest_by = ("changed_at", "id")
+
+    def __str__(self) -> str:
+        state = "on" if self.enabled else "off"
+        return f"{self.switch_name} {state} at {self.changed_at:%Y-%m-%d %H:%M}"
+
+
+class Supplier(TimestampedModel):
+    """A vendor business that works weddings: a photographer, a caterer, a planner ..."""
+
+    class Category(models.TextChoices):
+        PLANNER = "planner", "Planner"
+        PHOTOGRAPHER = "photographer", "Photographer"
+        VIDEOGRAPHER = "videographer", "Videographer"
+        VENUE = "venue", "Venue"
+        CATERER = "caterer", "Caterer"
+        FLORIST = "florist", "Florist"
+        MUSIC = "music", "Music"
+        HAIR_MAKEUP = "hair_makeup", "Hair & make-up"
+        OFFICIANT = "officiant", "Officiant"
+        TRANSPORT = "transport", "Transport"
+        OTHER = "other", "Other"
+
+    name = models.CharField(max_length=200)
+    category = models.CharField(max_length=20, choices=Category.choices, db_index=True)
+    email = models.EmailField(blank=True)
+    phone = models.CharField(max_length=40, blank=True)
+    users = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        through="SupplierMembership",
+        related_name="suppliers",
+        blank=True,
+    )
+
+    class Meta:
+        ordering = ("name", "id")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_category_display()})"
+
+
+class SupplierMembership(TimestampedModel):
+    """A user working for a supplier, with their role in it."""
+
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        COORDINATOR = "coordinator", "Coordinator"
+        MEMBER = "member", "Member"
+
+    supplier = models.ForeignKey(Supplier, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="supplier_memberships"
+    )
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=("supplier", "user"), name="unique_supplier_member"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} at {self.supplier.name} ({self.role})"
+
+
+class Wedding(TimestampedModel):
+    """One wedding day: the couple, when and where, and how many guests."""
+
+    class Status(models.TextChoices):
+        PLANNING = "planning", "Planning"
+        CONFIRMED = "confirmed", "Confirmed"
+        IN_PROGRESS = "in_progress", "In progress"
+        COMPLETED = "completed", "Completed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    partner_one = models.CharField("first partner's name", max_length=120)
+    partner_two = models.CharField("second partner's name", max_length=120)
+    date = models.DateField(db_index=True)
+    ceremony_time = models.TimeField(help_text="Local time at the venue.")
+    time_zone = models.CharField(
+        max_length=64, default="Europe/London", validators=[validate_time_zone]
+    )
+    venue_name = models.CharField(max_length=200, blank=True)
+    venue_address = models.CharField(max_length=400, blank=True)
+    guest_count = models.PositiveIntegerField(
+        default=0, validators=[MinValueValidator(0), MaxValueValidator(100_000)]
+    )
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.PLANNING, db_index=True
+    )
+    notes = models.TextField(blank=True)
+    couple = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, related_name="couple_weddings", blank=True
+    )
+    suppliers = models.ManyToManyField(
+        Supplier, through="Booking", related_name="weddings", blank=True
+    )
+
+    class Meta:
+        ordering = ("date", "ceremony_time", "id")
+
+    def __str__(self) -> str:
+        return f"{self.couple_names} — {self.date:%Y-%m-%d}"
+
+    @property
+    def couple_names(self) -> str:
+        return f"{self.partner_one} & {self.partner_two}"
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.time_zone)
+
+    @property
+    def topic(self) -> str:
+        """The realtime topic of this wedding (PROTOCOL §3)."""
+        return f"wedding:{self.pk}"
+
+
+class Booking(TimestampedModel):
+    """A supplier booked for a wedding: the only source of a vendor's right to it."""
+
+    supplier = models.ForeignKey(Supplier, on_delete=models.CASCADE, related_name="bookings")
+    wedding = models.ForeignKey(Wedding, on_delete=models.CASCADE, related_name="bookings")
+    active = models.BooleanField(default=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=("supplier", "wedding"), name="unique_booking"),
+        ]
+        ordering = ("wedding_id", "supplier__name")
+
+    def __str__(self) -> str:
+        state = "" if self.active else " (inactive)"
+        return f"{self.supplier.name} for {self.wedding}{state}"
+
+
+class TimelineItem(TimestampedModel):
+    """One moment of the day's running order. ``version`` guards concurrent edits."""
+
+    class Status(models.TextChoices):
+        PLANNED = "planned", "Planned"
+        IN_PROGRESS = "in_progress", "In progress"
+        DONE = "done", "Done"
+        DELAYED = "delayed", "Delayed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    wedding = models.ForeignKey(Wedding, on_delete=models.CASCADE, related_name="timeline_items")
+    title = models.CharField(max_length=200)
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField(null=True, blank=True)
+    location = models.CharField(max_length=200, blank=True)
+    suppliers = models.ManyToManyField(Supplier, related_name="timeline_items", blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PLANNED)
+    key_moment = models.BooleanField(
+        default=False, help_text="Shown highlighted: vows, first dance ..."
+    )
+    pinned = models.BooleanField(
+        default=False, help_text="A fixed clock time (a sunset slot): shifts leave it in place."
+    )
+    version = models.PositiveIntegerField(default=1, editable=False)
+
+    class Meta:
+        ordering = ("starts_at", "id")
+        indexes = [models.Index(fields=("wedding", "starts_at"))]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(ends_at__isnull=True)
+                | models.Q(ends_at__gte=models.F("starts_at")),
+                name="timeline_item_ends_after_start",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} @ {self.starts_at:%H:%M}"

@@ -1,0 +1,292 @@
+"""Every write of the wedding domain: timeline items and bookings.
+
+Each service runs in ``transaction.atomic`` and may be called inside an outer
+transaction (the realtime event log wraps them in its own): it neither commits nor
+broadcasts, and returns plain model instances, with ``suppliers`` prefetched so that
+``weddings.selectors.timeline_item_as_dict`` needs no further query.
+
+Errors: invalid input raises ``ValidationError`` whose ``message_dict`` names the
+field; a stale ``expected_version`` raises ``Conflict`` carrying the current item; an
+id that names no row raises that model's ``DoesNotExist``. In every case nothing is
+stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import prefetch_related_objects
+from django.utils import timezone
+
+from weddings.models import SWITCH_REASON_MAX_LENGTH, Booking, Supplier, TimelineItem, Wedding
+from weddings.selectors import active_supplier_ids
+
+# A shift is a delay or a gain on the day; more than a day either way is a new plan.
+MAX_SHIFT_MINUTES = 24 * 60
+
+TITLE_MAX_LENGTH = TimelineItem._meta.get_field("title").max_length
+LOCATION_MAX_LENGTH = TimelineItem._meta.get_field("location").max_length
+
+# What `timeline_item_update` may change (PROTOCOL §5 item fields, less id and version).
+UPDATABLE_FIELDS = frozenset(
+    {"title", "starts_at", "ends_at", "location", "supplier_ids", "status", "key_moment", "pinned"}
+)
+
+
+class Conflict(Exception):
+    """A timeline write named a stale version; ``current`` is the item as it is now."""
+
+    def __init__(self, *, current: TimelineItem) -> None:
+        super().__init__(f"timeline item {current.pk} is at version {current.version}")
+        self.current = current
+
+
+def _validated(*, wedding_id: int, values: dict[str, Any], changed: set[str]) -> dict[str, Any]:
+    """Check the ``changed`` item fields of ``values``; return them normalised."""
+    errors: dict[str, list[str]] = {}
+    cleaned = dict(values)
+
+    if "title" in changed:
+        title = values["title"]
+        if not isinstance(title, str) or not title.strip():
+            errors["title"] = ["Enter a title."]
+        elif len(title.strip()) > TITLE_MAX_LENGTH:
+            errors["title"] = [f"At most {TITLE_MAX_LENGTH} characters."]
+        else:
+            cleaned["title"] = title.strip()
+
+    for name in ("starts_at", "ends_at"):
+        value = values[name]
+        if name not in changed or (name == "ends_at" and value is None):
+            continue
+        if not isinstance(value, dt.datetime):
+            errors[name] = ["Enter a date and time."]
+        elif timezone.is_naive(value):
+            errors[name] = ["Give the time zone (an aware datetime)."]
+    if (
+        changed & {"starts_at", "ends_at"}
+        and not errors.keys() & {"starts_at", "ends_at"}
+        and values["ends_at"] is not None
+        and values["ends_at"] < values["starts_at"]
+    ):
+        # Named after the field the caller changed, ends_at when both were.
+        name = "ends_at" if "ends_at" in changed else "starts_at"
+        errors[name] = ["The end must not be before the start."]
+
+    if "location" in changed:
+        location = values["location"]
+        if not isinstance(location, str):
+            errors["location"] = ["Enter text."]
+        elif len(location.strip()) > LOCATION_MAX_LENGTH:
+            errors["location"] = [f"At most {LOCATION_MAX_LENGTH} characters."]
+        else:
+            cleaned["location"] = location.strip()
+
+    if "status" in changed and values["status"] not in TimelineItem.Status.values:
+        errors["status"] = [f"One of: {', '.join(TimelineItem.Status.values)}."]
+
+    for name in ("key_moment", "pinned"):
+        if name in changed and not isinstance(values[name], bool):
+            errors[name] = ["Must be true or false."]
+
+    if "supplier_ids" in changed:
+        ids = values["supplier_ids"]
+        if isinstance(ids, str | bytes | dict) or not isinstance(ids, Iterable):
+            ids = [None]  # reported below, like a list with a bad element
+        ids = list(ids)  # once: it may be a generator
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+            errors["supplier_ids"] = ["Must be a list of supplier ids."]
+        else:
+            ids = set(ids)
+            unbooked = ids - active_supplier_ids(wedding_id)
+            if unbooked:
+                errors["supplier_ids"] = [
+                    "No active booking on this wedding for supplier(s) "
+                    + ", ".join(str(i) for i in sorted(unbooked))
+                    + "."
+                ]
+            cleaned["supplier_ids"] = ids
+
+    if errors:
+        raise ValidationError(errors)
+    return cleaned
+
+
+def _check_version_argument(expected_version: Any) -> None:
+    if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+        raise ValidationError({"expected_version": ["Must be the item's version (an integer)."]})
+
+
+def _locked_item(*, item_id: int, expected_version: int) -> TimelineItem:
+    """Lock the item's row for this transaction; raise Conflict if its version moved on."""
+    _check_version_argument(expected_version)
+    item = TimelineItem.objects.select_for_update().get(pk=item_id)
+    if item.version != expected_version:
+        prefetch_related_objects([item], "suppliers")
+        raise Conflict(current=item)
+    return item
+
+
+@transaction.atomic
+def timeline_item_create(
+    *,
+    wedding_id: int,
+    title: str,
+    starts_at: dt.datetime,
+    ends_at: dt.datetime | None = None,
+    location: str = "",
+    supplier_ids: Iterable[int] = (),
+    status: str = TimelineItem.Status.PLANNED,
+    key_moment: bool = False,
+    pinned: bool = False,
+) -> TimelineItem:
+    """Add an item (version 1) to a wedding's timeline; suppliers must be actively booked."""
+    if not Wedding.objects.filter(pk=wedding_id).exists():
+        raise Wedding.DoesNotExist(f"no wedding {wedding_id}")
+    values = {
+        "title": title,
+        "starts_at": starts_at,
+        "ends_at": ends_at,
+        "location": location,
+        "supplier_ids": supplier_ids,
+        "status": status,
+        "key_moment": key_moment,
+        "pinned": pinned,
+    }
+    cleaned = _validated(wedding_id=wedding_id, values=values, changed=set(values))
+    supplier_set = cleaned.pop("supplier_ids")
+    item = TimelineItem.objects.create(wedding_id=wedding_id, version=1, **cleaned)
+    if supplier_set:
+        item.suppliers.set(supplier_set)
+    prefetch_related_objects([item], "suppliers")
+    return item
+
+
+@transaction.atomic
+def timeline_item_update(*, item_id: int, expected_version: int, **changes: Any) -> TimelineItem:
+    """Change some fields of an item at ``expected_version`` and bump its version by one."""
+    unknown = sorted(set(changes) - UPDATABLE_FIELDS)
+    if unknown:
+        raise ValidationError({name: ["Not a field that can be changed."] for name in unknown})
+    item = _locked_item(item_id=item_id, expected_version=expected_version)
+    current = {name: getattr(item, name) for name in UPDATABLE_FIELDS - {"supplier_ids"}}
+    current["supplier_ids"] = ()
+    cleaned = _validated(wedding_id=item.wedding_id, values=current | changes, changed=set(changes))
+    for name in changes.keys() - {"supplier_ids"}:
+        setattr(item, name, cleaned[name])
+    item.version += 1
+    item.save()
+    if "supplier_ids" in changes:
+        item.suppliers.set(cleaned["supplier_ids"])
+    prefetch_related_objects([item], "suppliers")
+    return item
+
+
+@transaction.atomic
+def timeline_item_delete(*, item_id: int, expected_version: int) -> TimelineItem:
+    """Delete an item at ``expected_version``; return it as it was (id and version kept)."""
+    item = _locked_item(item_id=item_id, expected_version=expected_version)
+    prefetch_related_objects([item], "suppliers")  # read before the links go with the row
+    pk = item.pk
+    item.delete()
+    item.pk = pk  # Model.delete() clears it; callers announce the deleted id
+    return item
+
+
+@transaction.atomic
+def timeline_shift(
+    *, item_id: int, minutes: int, expected_version: int | None = None
+) -> list[TimelineItem]:
+    """Move an item and every later unpinned item of its wedding by ``minutes``.
+
+    "Later" means ``starts_at`` at or after the origin's, so items starting at the same
+    time move too. Pinned items (a fixed clock time such as a sunset slot) never move,
+    and that includes the origin itself: shifting from a pinned item moves only the
+    unpinned items from its start on. Each moved item's ``starts_at``, ``ends_at`` and
+    ``version`` change; nothing else does. ``expected_version``, when given, guards the
+    origin (``Conflict`` if stale). Returns the moved items in timeline order.
+    """
+    if (
+        isinstance(minutes, bool)
+        or not isinstance(minutes, int)
+        or minutes == 0
+        or abs(minutes) > MAX_SHIFT_MINUTES
+    ):
+        limit = MAX_SHIFT_MINUTES
+        raise ValidationError({"minutes": [f"A non-zero whole number from -{limit} to {limit}."]})
+    if expected_version is not None:
+        _check_version_argument(expected_version)
+    wedding_id = TimelineItem.objects.values_list("wedding_id", flat=True).get(pk=item_id)
+    # Always lock in id order, whoever shifts, so that two shifts cannot deadlock.
+    items = list(
+        TimelineItem.objects.select_for_update().filter(wedding_id=wedding_id).order_by("id")
+    )
+    origin = next((item for item in items if item.pk == item_id), None)
+    if origin is None:  # deleted (or moved to another wedding) before we locked
+        raise TimelineItem.DoesNotExist(f"no timeline item {item_id}")
+    if expected_version is not None and origin.version != expected_version:
+        prefetch_related_objects([origin], "suppliers")
+        raise Conflict(current=origin)
+
+    delta = dt.timedelta(minutes=minutes)
+    now = timezone.now()
+    moved = [item for item in items if not item.pinned and item.starts_at >= origin.starts_at]
+    for item in moved:
+        item.starts_at += delta
+        if item.ends_at is not None:
+            item.ends_at += delta
+        item.version += 1
+        item.updated_at = now  # bulk_update does not apply auto_now
+    if moved:
+        TimelineItem.objects.bulk_update(moved, ["starts_at", "ends_at", "version", "updated_at"])
+    moved.sort(key=lambda item: (item.starts_at, item.pk))
+    prefetch_related_objects(moved, "suppliers")
+    return moved
+
+
+@transaction.atomic
+def booking_create(*, supplier_id: int, wedding_id: int) -> Booking:
+    """Book a supplier for a wedding, or re-activate its inactive booking; idempotent."""
+    if not Supplier.objects.filter(pk=supplier_id).exists():
+        raise Supplier.DoesNotExist(f"no supplier {supplier_id}")
+    if not Wedding.objects.filter(pk=wedding_id).exists():
+        raise Wedding.DoesNotExist(f"no wedding {wedding_id}")
+    booking, created = Booking.objects.select_for_update().get_or_create(
+        supplier_id=supplier_id, wedding_id=wedding_id
+    )
+    if not created and not booking.active:
+        booking.active = True
+        booking.save(update_fields=["active", "updated_at"])
+    return booking
+
+
+@transaction.atomic
+def booking_deactivate(*, supplier_id: int, wedding_id: int) -> Booking:
+    """End a supplier's right to a wedding; the booking row and its history stay."""
+    booking = Booking.objects.select_for_update().get(
+        supplier_id=supplier_id, wedding_id=wedding_id
+    )
+    if booking.active:
+        booking.active = False
+        booking.save(update_fields=["active", "updated_at"])
+    return booking
+
+
+def switch_reason_clean(
+    enabled: Any, reason: Any, max_length: int = SWITCH_REASON_MAX_LENGTH
+) -> str:
+    """Validate an audited switch change (wedding-day mode, read-only mode): ``enabled`` a
+    bool, ``reason`` 1 to ``max_length`` characters, not blank. Returns the stripped reason;
+    raises ``ValidationError`` naming the field."""
+    if not isinstance(enabled, bool):
+        raise ValidationError({"enabled": "must be true or false"})
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValidationError({"reason": "a reason is required"})
+    reason = reason.strip()
+    if len(reason) > max_length:
+        raise ValidationError({"reason": f"at most {max_length} characters"})
+    return reason

@@ -1,0 +1,348 @@
+"""The production ASGI server: uvicorn serving ``wedsync.asgi:application``, with a
+graceful shutdown that drains WebSocket connections (docs/operations.md).
+
+``python -m wedsync.serve --host 0.0.0.0 --port 8000``. On SIGTERM (or Ctrl-C) the
+process stops accepting connections, refuses new publishes, lets the frames in flight
+finish (up to ``REALTIME_SHUTDOWN_GRACE`` seconds; an in-flight publish is stored and
+acknowledged), then closes every WebSocket with 1012 after what is queued for it, so
+each client reconnects to another process with ``since`` and misses nothing. Plain
+uvicorn would close them at once, dropping replies already computed.
+
+``--workers N`` (default ``SERVER_WORKERS``, 1) above 1 runs N such processes on the one
+port (docs/adr/0011-workers-on-one-port.md): this process becomes their supervisor, and
+each worker binds its own socket with SO_REUSEPORT, so that Linux spreads new
+connections evenly across them. A worker that dies is started again (with a log line);
+SIGTERM or SIGINT goes on to every worker as SIGTERM, each drains as above, and the
+supervisor exits once all of them have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+
+from wedsync.server.asgi_server import die_with_parent_hook, exit_text
+
+logger = logging.getLogger("wedsync.serve")
+
+# A worker that dies within this many seconds of its start is started again after a
+# growing pause (1, 2, 4 ... BACKOFF_MAX_S), so one that crashes at once does not spin a
+# core; one that ran longer is replaced at once.
+STABLE_S = 10.0
+BACKOFF_MAX_S = 30.0
+# Between two looks at the workers and at the signals received.
+POLL_S = 0.1
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server with the realtime connections drained before its own shutdown."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:  # stop accepting first; uvicorn closes them again
+            server.close()
+        from django.conf import settings
+
+        from realtime.consumers import registry
+
+        await registry.shutdown(settings.REALTIME_SHUTDOWN_GRACE)
+        await super().shutdown(sockets)
+        # uvicorn re-raises SIGTERM once it is done, so atexit handlers never run: the
+        # process's live gauges (connections ...) leave the shared metric files here.
+        from core.metrics import process_exiting
+
+        process_exiting()
+
+
+def config(host: str, port: int, *, log_level: str = "warning") -> uvicorn.Config:
+    """uvicorn's settings for WedSync (docs/adr/0003-asgi-server.md).
+
+    permessage-deflate is off: it costs ~35 KB per connection and gains nothing on
+    ~100-byte frames. Django has no lifespan handler, hence ``lifespan="off"``.
+    """
+    from django.conf import settings
+
+    return uvicorn.Config(
+        "wedsync.asgi:application",
+        host=host,
+        port=port,
+        # Named rather than "auto", which picks the same three when they are installed
+        # (uvicorn 0.54: uvloop, httptools, and websockets-sansio whenever `websockets` is
+        # importable): a missing one is then an error at start, not a slower fallback.
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        lifespan="off",
+        ws_per_message_deflate=False,
+        server_header=False,
+        log_level=log_level,
+        # After the drain, what is left (HTTP requests) gets this long as well.
+        timeout_graceful_shutdown=int(settings.REALTIME_SHUTDOWN_GRACE) or 1,
+    )
+
+
+# --- several workers on one port ---------------------------------------------------------
+
+
+def check_reuse_port() -> None:
+    """Exit with a clear message where the kernel cannot spread one port's connections
+    over several sockets (SO_REUSEPORT balances on Linux only; BSD and macOS accept the
+    option but hand every connection to one socket)."""
+    reason = None
+    if not sys.platform.startswith("linux"):
+        reason = f"{sys.platform} does not balance connections over SO_REUSEPORT sockets"
+    elif not hasattr(socket, "SO_REUSEPORT"):
+        reason = "this Python has no socket.SO_REUSEPORT"
+    else:
+        with socket.socket() as probe:
+            try:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            except OSError as exc:
+                reason = f"SO_REUSEPORT refused: {exc}"
+    if reason:
+        raise SystemExit(
+            f"wedsync.serve: --workers above 1 needs Linux's SO_REUSEPORT ({reason}). Run "
+            "one `python -m wedsync.serve --workers 1` per port instead, behind nginx or "
+            "HAProxy (docs/operations.md, several processes without SO_REUSEPORT)."
+        )
+
+
+def _address(host: str, port: int) -> tuple[socket.AddressFamily, tuple]:
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    return family, address
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Exit unless host:port can be bound: the workers' SO_REUSEPORT sockets would join
+    any other SO_REUSEPORT listener of the same user there (a forgotten server) and share
+    its connections with it, so the supervisor checks with a plain socket first."""
+    family, address = _address(host, port)
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise SystemExit(f"wedsync.serve: cannot bind {host}:{port}: {exc.strerror}") from None
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """One worker's socket, bound to host:port with SO_REUSEPORT. It starts listening
+    only once the application is loaded (uvicorn's ``create_server``), so a worker that
+    is still starting receives no connections."""
+    family, address = _address(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Supervisor:
+    """N worker processes (``argv``) on one port: a worker that dies unexpectedly is
+    started again; the first SIGTERM or SIGINT is passed on to every worker as SIGTERM
+    (each drains its connections), a later SIGINT as SIGINT (uvicorn's "force quit").
+    ``run()`` returns once every worker has exited, with the process's exit code."""
+
+    def __init__(self, argv: list[str], workers: int) -> None:
+        self.argv = argv
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * workers
+        self.started_at = [0.0] * workers
+        self.restart_at = [0.0] * workers
+        self.backoff = [0.0] * workers
+        self.received: list[int] = []
+        self.stopping = False
+        self.exit_code = 0
+        # Only safe while this process has a single thread, which the supervisor keeps.
+        self._preexec = die_with_parent_hook()
+
+    def run(self) -> int:
+        handled = (signal.SIGTERM, signal.SIGINT)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+        try:
+            for slot in range(len(self.procs)):
+                self._start(slot)
+            logger.info(
+                "serving with %d workers: pids %s",
+                len(self.procs),
+                " ".join(str(p.pid) for p in self.procs if p is not None),
+            )
+            while not (self.stopping and not self._alive()):
+                self._handle_signals()
+                self._check_workers()
+                time.sleep(POLL_S)
+        finally:
+            if self._alive():  # an error in this loop: do not leave workers behind
+                self._signal_all(signal.SIGTERM)
+                for proc in self._alive():
+                    proc.wait()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.exit_code
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.received.append(signum)  # acted on in the loop, outside the handler
+
+    def _alive(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self.procs if p is not None and p.poll() is None]
+
+    def _signal_all(self, sig: int) -> None:
+        for proc in self._alive():
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:  # exited since poll()
+                pass
+
+    def _start(self, slot: int) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, preexec_fn=self._preexec)
+        self.procs[slot] = proc
+        self.started_at[slot] = time.monotonic()
+        return proc
+
+    def _stop(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self._signal_all(signal.SIGTERM)
+
+    def _handle_signals(self) -> None:
+        while self.received:
+            sig = self.received.pop(0)
+            if not self.stopping:
+                logger.warning(
+                    "received %s: stopping %d workers (each drains its connections)",
+                    signal.Signals(sig).name,
+                    len(self._alive()),
+                )
+                self._stop()
+            else:  # again: SIGINT forces the workers out, SIGTERM changes nothing
+                self._signal_all(sig)
+
+    def _check_workers(self) -> None:
+        now = time.monotonic()
+        for slot, proc in enumerate(self.procs):
+            if proc is None:
+                if not self.stopping and now >= self.restart_at[slot]:
+                    pid = self._start(slot).pid
+                    logger.warning("worker %d started again: pid %d", slot + 1, pid)
+                continue
+            code = proc.poll()
+            if code is None or self.stopping:
+                continue
+            self.procs[slot] = None
+            if code == STARTUP_FAILURE:
+                # It could not bind or load the application: every restart would fail
+                # the same way (uvicorn's own supervisor stops here too).
+                logger.error(
+                    "worker %d (pid %d) could not start; stopping the others", slot + 1, proc.pid
+                )
+                self.exit_code = STARTUP_FAILURE
+                self._stop()
+                continue
+            lived = now - self.started_at[slot]
+            pause = 0.0
+            if lived < STABLE_S:  # crashing at start: wait 1, 2, 4 ... s between tries
+                pause = min(max(1.0, 2 * self.backoff[slot]), BACKOFF_MAX_S)
+            self.backoff[slot] = pause
+            self.restart_at[slot] = now + pause
+            logger.warning(
+                "worker %d (pid %d) %s after %.1f s; starting a new one%s",
+                slot + 1, proc.pid, exit_text(code), lived, f" in {pause:g} s" if pause else "",
+            )  # fmt: skip
+
+
+# --- the command -------------------------------------------------------------------------
+
+
+def _configure_supervisor_logging(level: str) -> None:
+    """The supervisor does not set Django up: its few lines go to stderr in the format of
+    settings.LOGGING."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if level.lower() == "trace" else level.upper())
+    logger.propagate = False
+
+
+def serve_one(host: str, port: int, log_level: str, reuse_port: bool) -> None:
+    """One server process in this process: on its own socket, or with ``reuse_port`` on
+    an SO_REUSEPORT socket shared with the other workers of a supervisor."""
+    import django
+
+    django.setup()
+    sockets = None
+    if reuse_port:
+        check_reuse_port()
+        try:
+            sockets = [reuse_port_socket(host, port)]
+        except OSError as exc:
+            logger.error("cannot bind %s:%d: %s", host, port, exc.strerror)
+            sys.exit(STARTUP_FAILURE)
+    server = GracefulServer(config(host, port, log_level=log_level))
+    server.run(sockets=sockets)
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server processes on this port (default: SERVER_WORKERS, 1); above 1 they "
+        "share it through SO_REUSEPORT under this process as their supervisor (Linux)",
+    )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT, so that other processes may serve the same port "
+        "(what each worker of --workers does)",
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wedsync.settings")
+    from django.conf import settings
+
+    workers = settings.SERVER_WORKERS if args.workers is None else args.workers
+    if workers < 1:
+        parser.error(f"--workers must be at least 1, not {workers}")
+    if workers == 1:
+        serve_one(args.host, args.port, args.log_level, args.reuse_port)
+        return
+    if args.port == 0:
+        parser.error("--workers above 1 needs a fixed --port (each worker binds it)")
+    _configure_supervisor_logging(args.log_level)
+    check_reuse_port()
+    check_port_free(args.host, args.port)
+    if settings.EMBEDDED:
+        logger.warning(
+            "the embedded default (no REDIS_URL) keeps its channel layer, presence and "
+            "connection limits in each process: with %d workers an event published on one "
+            "reaches the clients of another only at their next sweep "
+            "(REALTIME_SWEEP_INTERVAL). Set REDIS_URL to run several.",
+            workers,
+        )
+    worker_argv = [
+        sys.executable, "-m", "wedsync.serve", "--workers", "1", "--reuse-port",
+        "--host", args.host, "--port", str(args.port), "--log-level", args.log_level,
+    ]  # fmt: skip
+    sys.exit(Supervisor(worker_argv, workers).run())
+
+
+if __name__ == "__main__":
+    main()
