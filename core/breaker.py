@@ -181,11 +181,24 @@ def redis_breaker(name: str) -> CircuitBreaker:
         return breaker
 
 
-def _report_change(name: str, old: str, new: str) -> None:
-    """The Redis breakers' hook: the state gauge and the opens counter (docs/monitoring.md)."""
-    from core.metrics import breaker_changed
+# Who is told when a Redis breaker changes state: ``listener(name, new_state)``. Monitoring
+# adds the state gauge and the opens counter in its ``ready()`` (docs/monitoring.md).
+_change_listeners: list[Callable[[str, str], None]] = []
 
-    breaker_changed(name, new)
+
+def add_change_listener(listener: Callable[[str, str], None]) -> None:
+    """Call ``listener(name, new_state)`` on every state change of a Redis breaker."""
+    if listener not in _change_listeners:
+        _change_listeners.append(listener)
+
+
+def _report_change(name: str, old: str, new: str) -> None:
+    """The Redis breakers' hook: tell the listeners; a failing listener never breaks it."""
+    for listener in list(_change_listeners):
+        try:
+            listener(name, new)
+        except Exception:
+            logger.exception("breaker listener %r failed", listener)
 
 
 def breaker_states() -> dict[str, str]:

@@ -11,7 +11,8 @@ Two kinds of instruments:
   enough for hot paths (one mmap write, ~1 µs) and never raising;
 * a sampler thread per process (``start_sampler``) that, every
   ``METRICS_SAMPLE_INTERVAL`` seconds, sets the gauges of what the process holds (open
-  connections, subscriptions, presence entries, outbox depth, breaker states) and copies
+  connections, subscriptions, presence entries and outbox depth through the samplers apps
+  register with ``register_sampler``; breaker states) and copies
   the two-tier cache's own counters into shared counters, so the cache's hot path pays
   nothing for being measured.
 
@@ -26,12 +27,15 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+from core.breaker import breaker_states
+from core.cache import current_cache
 
 # The directory must exist, and the variable be set, before prometheus_client is imported.
 _DIR = Path(settings.PROMETHEUS_MULTIPROC_DIR)
@@ -277,6 +281,17 @@ atexit.register(process_exiting)
 
 # --- the sampler ---------------------------------------------------------------------------
 
+# What apps add to each sample: callables that set the gauges of what this process holds
+# (realtime registers its connections in ``RealtimeConfig.ready``). Core knows no app.
+_samplers: list[Callable[[], None]] = []
+
+
+def register_sampler(sampler: Callable[[], None]) -> None:
+    """Call ``sampler()`` on every sample of this process (once, however often registered)."""
+    if sampler not in _samplers:
+        _samplers.append(sampler)
+
+
 
 class _Sampler:
     """Copies what this process holds into the shared gauges and counters."""
@@ -287,7 +302,11 @@ class _Sampler:
         self.cpu_seen: tuple[float, float] | None = None  # (wall clock, process CPU)
 
     def sample(self) -> None:
-        self._connections()
+        for sampler in list(_samplers):
+            try:
+                sampler()
+            except Exception:
+                logger.exception("metrics sampler %r failed", sampler)
         self._breakers()
         self._cache()
         self._cpu()
@@ -299,26 +318,11 @@ class _Sampler:
             SERVER_CPU.set((now[1] - self.cpu_seen[1]) / (now[0] - self.cpu_seen[0]))
         self.cpu_seen = now
 
-    def _connections(self) -> None:
-        from realtime.consumers import registry
-
-        open_ = [c for c in registry.consumers() if not getattr(c, "closing", False)]
-        depths = [_depth(c) for c in open_]
-        CONNECTIONS.set(len(open_))
-        SUBSCRIPTIONS.set(sum(len(getattr(c, "streams", ())) for c in open_))
-        PRESENCE.set(sum(len(getattr(c, "members", ())) for c in open_))
-        OUTBOX_DEPTH.set(sum(depths))
-        OUTBOX_DEPTH_MAX.set(max(depths, default=0))
-
     def _breakers(self) -> None:
-        from core.breaker import breaker_states
-
         for name, state in breaker_states().items():
             BREAKER_STATE.labels(name).set(BREAKER_STATES.get(state, 0))
 
     def _cache(self) -> None:
-        from core.cache import current_cache
-
         cache = current_cache()
         if cache is None:
             return
@@ -337,11 +341,6 @@ class _Sampler:
         if delta > 0:
             counter.inc(delta)
         self.cache_seen[key] = value
-
-
-def _depth(consumer: Any) -> int:
-    outbox = getattr(consumer, "outbox", None)
-    return int(getattr(outbox, "depth", 0) or 0) if outbox is not None else 0
 
 
 _sampler = _Sampler()

@@ -16,7 +16,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 
-from realtime.api import ApiError, api_view, json_body, json_response
+from core.http import ApiError, json_body, json_response
+from realtime.api import api_view
 from realtime.errors import RealtimeError
 from scaling.selectors import wedding_day_mode
 from scaling.services import wedding_day_mode_set

@@ -12,8 +12,21 @@ class MonitoringConfig(AppConfig):
         # each worker process (prefork children included).
         from celery import signals
 
-        from core import metrics
+        from core import breaker, metrics
 
         signals.task_prerun.connect(metrics.task_started, weak=False)
         signals.task_postrun.connect(metrics.task_finished, weak=False)
         signals.worker_process_shutdown.connect(metrics.process_exiting, weak=False)
+        # The Redis breakers' state gauge and opens counter.
+        breaker.add_change_listener(metrics.breaker_changed)
+
+        # Scaling reads the measured load from the minute snapshots, and the actuator's
+        # failures open an alert: monitoring plugs into scaling, never the reverse.
+        from scaling import readings
+        from scaling.signals import decision_applied
+
+        from .selectors import SnapshotReader
+        from .services import scaling_decision_applied
+
+        readings.set_reader(SnapshotReader())
+        decision_applied.connect(scaling_decision_applied, dispatch_uid="monitoring")

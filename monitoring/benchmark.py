@@ -28,7 +28,8 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from realtime.api import api_authenticate, json_error, json_response
+from core.http import json_error, json_response
+from realtime.api import api_authenticate
 
 from .models import BenchmarkRun
 

@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from core import metrics
-from realtime.api import json_error
+from core.http import json_error
 from realtime.tokens import TokenError, token_authenticate
 from scaling.selectors import wedding_day_mode
 

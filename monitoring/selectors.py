@@ -22,12 +22,14 @@ from django.utils import timezone
 
 from core import metrics
 from core.cache import get_cache
+from core.wire import wire_time
 from realtime.connections import get_connection_registry, supplier_limit
 from realtime.models import Ack, Event
+from scaling.decisions import CurrentMetrics
+from scaling.demand import Observation
 from scaling.selectors import recent_decisions, wedding_day_mode
 from scaling.services import decision_payload
 from weddings.models import Booking, Supplier, SupplierMembership, Wedding
-from weddings.selectors import wire_time
 
 from . import figures
 from .models import Alert, AlertRule, MetricSnapshot
@@ -410,3 +412,35 @@ def metrics_overview_invalidate() -> None:
     cache = get_cache()
     for minutes in MINUTE_CHOICES:
         cache.delete(f"{OVERVIEW_KEY}:{minutes}")
+
+
+class SnapshotReader:
+    """Scaling's reader of the measured load (scaling.readings), from the minute
+    snapshots; plugged in by ``MonitoringConfig.ready``."""
+
+    def history(self, start: dt.datetime, end: dt.datetime) -> list[Observation]:
+        rows = (
+            MetricSnapshot.objects.filter(taken_at__gte=start, taken_at__lte=end)
+            .order_by("taken_at")
+            .values_list("taken_at", "connections", "deliveries_per_s")
+        )
+        return [Observation(at, connections, deliveries) for at, connections, deliveries in rows]
+
+    def latest(
+        self, *, now: dt.datetime, max_age: dt.timedelta
+    ) -> tuple[CurrentMetrics, dt.datetime] | None:
+        snapshot = (
+            MetricSnapshot.objects.filter(taken_at__lte=now, taken_at__gte=now - max_age)
+            .order_by("-taken_at", "-id")
+            .first()
+        )
+        if snapshot is None:
+            return None
+        current = CurrentMetrics(
+            connections=snapshot.connections,
+            deliveries_per_s=snapshot.deliveries_per_s,
+            latency_p95_s=snapshot.latency_p95,
+            cpu=snapshot.server_cpu,
+            error_rate=snapshot.error_rate,
+        )
+        return current, snapshot.taken_at

@@ -399,3 +399,10 @@ def _fmt(value: float | None, unit: str) -> str:
     if unit == "%":
         return f"{value * 100:.1f} %"
     return f"{value:.2f} {unit}".rstrip()
+
+
+def scaling_decision_applied(
+    sender: Any, *, failures_in_a_row: int, message: str, **kwargs: Any
+) -> None:
+    """Scaling's ``decision_applied``: feed the rule ``scaling_actuator_failed``."""
+    alert_observe("scaling_actuator_failed", failures_in_a_row, message=message)

@@ -12,9 +12,9 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
+from core.admin import SwitchLogAdmin
 from realtime.models import Ack, Event, ReadOnlyModeChange, TopicCursor
 from realtime.services import read_only_mode_set
-from scaling.admin import SwitchLogAdmin
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

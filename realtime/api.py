@@ -8,22 +8,23 @@ a wedding that does not exist and one the user may not see get the same 404.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
-import orjson
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
-from django.middleware.csrf import CsrfViewMiddleware
-from django.views.decorators.csrf import csrf_exempt
 
+from core import switches
 from core.cache import get_cache
 from core.db import database_reachable, in_db_thread
-from scaling.selectors import wedding_day_mode
+from core.http import (
+    ApiError,
+    api_views,
+    csrf_rejection,
+    json_body,
+    json_error,
+    json_response,
+)
 from weddings import selectors as domain
 from weddings.caching import auser_access
 from weddings.models import Supplier, Wedding
@@ -46,26 +47,6 @@ from .tokens import (
 MAX_PAGE = 1000
 
 
-def json_response(data: Any, status: int = 200) -> HttpResponse:
-    return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
-
-
-def json_error(code: str, message: str, status: int, **extra: Any) -> HttpResponse:
-    return json_response({"error": {"code": code, "message": message, **extra}}, status)
-
-
-class ApiError(Exception):
-    def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
-
-
-def _csrf_rejection(request: HttpRequest) -> HttpResponse | None:
-    check = CsrfViewMiddleware(lambda req: HttpResponse())
-    check.process_request(request)
-    return check.process_view(request, None, (), {})
-
-
 def api_authenticate(request: HttpRequest) -> HttpResponse | None:
     """Set ``request.user`` from a bearer token, or keep the session user (with the CSRF
     check for writes); the JSON error response when neither will do, else None."""
@@ -77,7 +58,7 @@ def api_authenticate(request: HttpRequest) -> HttpResponse | None:
             return json_error("unauthenticated", str(exc), 401)
     elif not request.user.is_authenticated:
         return json_error("unauthenticated", "log in or send a bearer token", 401)
-    elif request.method not in ("GET", "HEAD") and _csrf_rejection(request):
+    elif request.method not in ("GET", "HEAD") and csrf_rejection(request):
         return json_error("csrf_failed", "CSRF token missing or wrong", 403)
     return None
 
@@ -95,79 +76,9 @@ async def aapi_authenticate(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
-_API_ERRORS = (ApiError, RealtimeError, DatabaseError)
-
-
-def _error_response(exc: Exception) -> HttpResponse:
-    """The JSON error answer of an API view's ApiError, RealtimeError or DatabaseError."""
-    if isinstance(exc, ApiError):
-        return json_error(exc.code, exc.message, exc.status)
-    if isinstance(exc, RealtimeError):
-        return json_response({"error": exc.as_dict()}, exc.http_status)
-    return json_error("unavailable", "the database is not available", 503)
-
-
-def api_view(*methods: str) -> Callable:
-    """Authenticate (session or bearer token), check the method, turn errors into JSON."""
-
-    def decorate(view: Callable) -> Callable:
-        @csrf_exempt
-        @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            if request.method not in methods:
-                return json_error("method_not_allowed", f"use {' or '.join(methods)}", 405)
-            refused = api_authenticate(request)
-            if refused is not None:
-                return refused
-            try:
-                return view(request, *args, **kwargs)
-            except _API_ERRORS as exc:
-                return _error_response(exc)
-
-        return wrapper
-
-    return decorate
-
-
-def async_api_view(*methods: str) -> Callable:
-    """``api_view`` for an ``async def`` view: authentication runs in a database thread
-    (it may read the session and the user), the view on the event loop."""
-
-    def decorate(view: Callable) -> Callable:
-        @csrf_exempt
-        @functools.wraps(view)
-        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            if request.method not in methods:
-                return json_error("method_not_allowed", f"use {' or '.join(methods)}", 405)
-            try:
-                refused = await aapi_authenticate(request)
-                if refused is not None:
-                    return refused
-                return await view(request, *args, **kwargs)
-            except _API_ERRORS as exc:
-                return _error_response(exc)
-
-        return wrapper
-
-    return decorate
-
-
-def json_body(request: HttpRequest, max_bytes: int = MAX_FRAME_BYTES) -> dict[str, Any]:
-    """The request's JSON object body; ``ApiError`` 413/400 when too large or not one."""
-    try:
-        # Over DATA_UPLOAD_MAX_MEMORY_SIZE Django refuses to read the body at all.
-        too_large = len(request.body) > max_bytes
-    except RequestDataTooBig:
-        too_large = True
-    if too_large:
-        raise ApiError("too_large", "request body is too large", 413)
-    try:
-        data = orjson.loads(request.body or b"{}")
-    except orjson.JSONDecodeError:
-        raise ApiError("bad_request", "the body is not valid JSON", 400) from None
-    if not isinstance(data, dict):
-        raise ApiError("bad_request", "the body must be a JSON object", 400)
-    return data
+# The decorators of every JSON API view (realtime's, monitoring's, scaling's, the web
+# app's): a session (CSRF for writes) or a realtime bearer token.
+api_view, async_api_view = api_views(api_authenticate, aapi_authenticate)
 
 
 def _visible_wedding(request: HttpRequest, wedding_id: int) -> Wedding:
@@ -181,7 +92,7 @@ def _visible_wedding(request: HttpRequest, wedding_id: int) -> Wedding:
 @api_view("POST")
 def token_view(request: HttpRequest) -> HttpResponse:
     """A realtime token for the signed-in user (PROTOCOL §2)."""
-    data = json_body(request)
+    data = json_body(request, MAX_FRAME_BYTES)
     try:
         token = token_issue(user=request.user, ttl=data.get("ttl"))
     except (TypeError, ValueError) as exc:
@@ -282,7 +193,7 @@ def _publish(request: HttpRequest, wedding_id: int) -> HttpResponse:
     # The same 404 ``not_found`` as the GET endpoints for a hidden, a missing and an
     # impossible wedding id (``event_publish`` would say ``forbidden``/``unknown_topic``).
     _visible_wedding(request, wedding_id)
-    data = json_body(request)
+    data = json_body(request, MAX_FRAME_BYTES)
     unknown = set(data) - {"event", "payload", "idempotency_key"}
     if unknown:
         raise RealtimeError(
@@ -320,7 +231,7 @@ def connections_view(request: HttpRequest) -> HttpResponse:
     registry = get_connection_registry()
     suppliers = async_to_sync(registry.totals)("supplier")
     weddings = async_to_sync(registry.totals)("wedding")
-    wedding_day = bool(wedding_day_mode()["enabled"])
+    wedding_day = bool(switches.state("wedding_day_mode")["enabled"])
     names = dict(Supplier.objects.filter(pk__in=suppliers).values_list("pk", "name"))
     wedding_rows = {w.pk: w for w in Wedding.objects.filter(pk__in=weddings)}
     return json_response(

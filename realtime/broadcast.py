@@ -20,8 +20,8 @@ from channels.layers import get_channel_layer
 
 from core.breaker import CircuitOpen, redis_breaker
 from core.db import calling_loop
+from core.wire import wire_time
 from realtime.models import Event
-from weddings.selectors import wire_time
 
 logger = logging.getLogger(__name__)
 

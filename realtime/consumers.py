@@ -615,3 +615,19 @@ class Registry:
 
 
 registry = Registry()
+
+
+def sample_metrics() -> None:
+    """Set this process's connection gauges (``core.metrics`` calls it on every sample)."""
+    open_ = [c for c in registry.consumers() if not getattr(c, "closing", False)]
+    depths = [_outbox_depth(c) for c in open_]
+    metrics.CONNECTIONS.set(len(open_))
+    metrics.SUBSCRIPTIONS.set(sum(len(getattr(c, "streams", ())) for c in open_))
+    metrics.PRESENCE.set(sum(len(getattr(c, "members", ())) for c in open_))
+    metrics.OUTBOX_DEPTH.set(sum(depths))
+    metrics.OUTBOX_DEPTH_MAX.set(max(depths, default=0))
+
+
+def _outbox_depth(consumer: Any) -> int:
+    outbox = getattr(consumer, "outbox", None)
+    return int(getattr(outbox, "depth", 0) or 0) if outbox is not None else 0

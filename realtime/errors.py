@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.http import ApiError
+
 # Error codes of PROTOCOL §8, and the HTTP status each maps to in the HTTP API.
 HTTP_STATUS = {
     "bad_frame": 400,
@@ -22,24 +24,18 @@ HTTP_STATUS = {
 }
 
 
-class RealtimeError(Exception):
-    """A failure the client is told about, with a stable code from PROTOCOL §8."""
+class RealtimeError(ApiError):
+    """A failure the client is told about, with a stable code from PROTOCOL §8; the HTTP
+    API answers it with the code's status (an ``ApiError``)."""
 
     def __init__(self, code: str, message: str, **extra: Any) -> None:
         if code not in HTTP_STATUS:
             raise ValueError(f"unknown realtime error code {code!r}")
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.extra = extra
+        super().__init__(code, message, HTTP_STATUS[code], **extra)
 
     @property
     def http_status(self) -> int:
-        return HTTP_STATUS[self.code]
-
-    def as_dict(self) -> dict[str, Any]:
-        """The fields an error reply carries: code, message and any extras."""
-        return {"code": self.code, "message": self.message, **self.extra}
+        return self.status
 
 
 def topic_forbidden(topic: str) -> RealtimeError:

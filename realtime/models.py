@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from weddings.models import SwitchChange
+from core.models import SwitchChange
 
 
 class TopicCursor(models.Model):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.cache import get_cache
+from core.switches import Switch
 from realtime.broadcast import utc_ms
 from realtime.models import Ack, Event, ReadOnlyModeChange, TopicCursor
 from weddings import selectors as wedsync_selectors
@@ -136,15 +136,17 @@ def vendor_statuses(topic: str) -> list[dict[str, Any]]:
     return [latest[supplier_id] for supplier_id in sorted(latest)]
 
 
-READ_ONLY_CACHE_KEY = "read_only_mode"
+# Read-only (maintenance) mode: an audited switch (core.switches), registered in
+# RealtimeConfig.ready.
+READ_ONLY_MODE = Switch("read_only_mode", ReadOnlyModeChange)
+READ_ONLY_CACHE_KEY = READ_ONLY_MODE.name
 
 
 def read_only_mode_load() -> dict[str, Any]:
     """The current read-only mode from the database: the latest change, or off."""
-    latest = ReadOnlyModeChange.objects.select_related("changed_by").order_by("-changed_at", "-id")
-    return wedsync_selectors.switch_state(latest.first())
+    return READ_ONLY_MODE.load()
 
 
 def read_only_mode() -> dict[str, Any]:
     """``{"enabled", "reason", "changed_by", "changed_at"}``, read on every publish: cached."""
-    return get_cache().get_or_load(READ_ONLY_CACHE_KEY, read_only_mode_load)
+    return READ_ONLY_MODE.state()

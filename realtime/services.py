@@ -31,13 +31,13 @@ from django.utils import timezone
 
 from core import metrics
 from core.cache import get_cache
+from core.switches import switch_reason_clean
 from realtime import catalogue, selectors, snapshots
 from realtime.broadcast import broadcast_event
 from realtime.catalogue import invalid
 from realtime.errors import RealtimeError
 from realtime.models import Ack, Event, IdempotencyKey, ReadOnlyModeChange, TopicCursor
 from realtime.topics import authorize_subscribe, parse_topic, publish_access
-from weddings.services import switch_reason_clean
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,11 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
+from core import switches
 from core.cache import get_cache
 from core.db import in_db_thread
 from weddings import selectors as domain
-from weddings.caching import user_access
+from weddings.caching import auser_access, user_access
 
 from . import topics
 from .errors import RealtimeError
@@ -113,10 +114,6 @@ async def connect_facts(user_id: int) -> tuple[tuple[int, ...], bool]:
     """What the connection limits need on connect, from the cache: the user's suppliers
     and whether wedding-day mode is on. Cached values cost no thread; a miss loads in a
     database thread (``DatabaseError`` while the database is unreachable)."""
-    from core.cache import get_cache
-    from scaling.selectors import CACHE_KEY, wedding_day_mode_load
-    from weddings.caching import auser_access
-
     access = await auser_access(user_id)
-    mode = await get_cache().aget_or_load(CACHE_KEY, in_db_thread(wedding_day_mode_load))
+    mode = await switches.astate("wedding_day_mode")
     return tuple(access["suppliers"]), bool(mode["enabled"])

@@ -14,9 +14,10 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from realtime.api import ApiError, api_view, json_error, json_response
+from core.http import ApiError, json_error, json_response
+from core.wire import wire_time
+from realtime.api import api_view
 from scaling.selectors import latest_decision, scaling_policy
-from weddings.selectors import wire_time
 
 
 def desired_capacity() -> dict[str, object]:

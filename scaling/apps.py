@@ -6,3 +6,10 @@ class ScalingConfig(AppConfig):
 
     name = "scaling"
     verbose_name = "Scaling"
+
+    def ready(self) -> None:
+        from core import switches
+
+        from .selectors import WEDDING_DAY_MODE
+
+        switches.register(WEDDING_DAY_MODE)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
-from weddings.models import SWITCH_REASON_MAX_LENGTH, SwitchChange
+from core.models import SWITCH_REASON_MAX_LENGTH, SwitchChange
 
 REASON_MAX_LENGTH = SWITCH_REASON_MAX_LENGTH
 

@@ -11,10 +11,9 @@ from dataclasses import replace
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 
-from core.cache import get_cache
-from monitoring.models import MetricSnapshot
+from core.switches import Switch
+from scaling import readings
 from scaling.decisions import Capacity, CurrentMetrics, ScalingPolicy
 from scaling.demand import (
     DEFAULT_WINDOW_AFTER,
@@ -26,30 +25,26 @@ from scaling.demand import (
 )
 from scaling.models import ScalingDecision, WeddingDayModeChange
 from weddings.models import Booking, TimelineItem, Wedding
-from weddings.selectors import switch_state
 
-CACHE_KEY = "wedding_day_mode"
+# Wedding-day mode: an audited switch, registered in ScalingConfig.ready so that realtime's
+# connection limits read it by name (core.switches) without importing scaling.
+WEDDING_DAY_MODE = Switch("wedding_day_mode", WeddingDayModeChange)
+CACHE_KEY = WEDDING_DAY_MODE.name
 
 
 def wedding_day_mode_load() -> dict[str, Any]:
     """The current mode from the database: the latest change, or off when there is none."""
-    return switch_state(
-        WeddingDayModeChange.objects.select_related("changed_by")
-        .order_by("-changed_at", "-id")
-        .first()
-    )
+    return WEDDING_DAY_MODE.load()
 
 
 def wedding_day_mode() -> dict[str, Any]:
     """``{"enabled", "reason", "changed_by", "changed_at"}``: read on hot paths, so cached."""
-    return get_cache().get_or_load(CACHE_KEY, wedding_day_mode_load)
+    return WEDDING_DAY_MODE.state()
 
 
 def wedding_day_mode_invalidate() -> None:
     """Drop the cached mode now and once more after the current commit."""
-    cache = get_cache()
-    cache.delete(CACHE_KEY)
-    transaction.on_commit(lambda: cache.delete(CACHE_KEY))
+    WEDDING_DAY_MODE.invalidate()
 
 
 def demand_inputs(
@@ -91,15 +86,7 @@ def demand_inputs(
         window_end = max(timeline_end.get(w.pk, ceremony + DEFAULT_WINDOW_AFTER), ceremony)
         plans.append(WeddingPlan(ceremony, vendors[w.pk], window_end.astimezone(UTC), w.pk))
     plans = relevant(plans, start, end)
-    observations = [
-        Observation(at, connections, deliveries)
-        for at, connections, deliveries in MetricSnapshot.objects.filter(
-            taken_at__gte=start, taken_at__lte=now
-        )
-        .order_by("taken_at")
-        .values_list("taken_at", "connections", "deliveries_per_s")
-    ]
-    return plans, observations
+    return plans, readings.history(start, now)
 
 
 # A snapshot older than this is not "current": beat or the workers stopped, and the
@@ -108,25 +95,12 @@ METRICS_MAX_AGE = dt.timedelta(minutes=5)
 
 
 def current_metrics(*, now: dt.datetime) -> tuple[CurrentMetrics, dt.datetime | None]:
-    """The latest ``MetricSnapshot`` within ``METRICS_MAX_AGE`` of ``now`` as the decision's
-    readings, and when it was taken; zeros and None when there is none."""
-    snapshot = (
-        MetricSnapshot.objects.filter(taken_at__lte=now, taken_at__gte=now - METRICS_MAX_AGE)
-        .order_by("-taken_at", "-id")
-        .first()
-    )
-    if snapshot is None:
+    """The latest reading within ``METRICS_MAX_AGE`` of ``now`` (scaling.readings) as the
+    decision's readings, and when it was taken; zeros and None when there is none."""
+    found = readings.latest(now=now, max_age=METRICS_MAX_AGE)
+    if found is None:
         return CurrentMetrics(connections=0), None
-    return (
-        CurrentMetrics(
-            connections=snapshot.connections,
-            deliveries_per_s=snapshot.deliveries_per_s,
-            latency_p95_s=snapshot.latency_p95,
-            cpu=snapshot.server_cpu,
-            error_rate=snapshot.error_rate,
-        ),
-        snapshot.taken_at,
-    )
+    return found
 
 
 def recent_decisions(limit: int = 5) -> list[ScalingDecision]:

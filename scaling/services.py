@@ -11,6 +11,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from core.switches import switch_reason_clean
 from realtime.models import Event
 from realtime.services import event_publish_system
 from scaling import selectors
@@ -19,8 +20,8 @@ from scaling.decisions import Decision, ScalingPolicy, decide, weddings_in_windo
 from scaling.demand import WeddingPlan, forecast, learn_correction
 from scaling.models import REASON_MAX_LENGTH, ScalingDecision, WeddingDayModeChange
 from scaling.selectors import wedding_day_mode_invalidate
+from scaling.signals import decision_applied
 from weddings.models import Wedding
-from weddings.services import switch_reason_clean
 
 logger = logging.getLogger(__name__)
 
@@ -165,13 +166,13 @@ def _decision_record(
         priority = Event.Priority.NORMAL if result.ok else Event.Priority.CRITICAL
         event_publish_system("ops", "scaling.decided", decision_payload(row, decision), priority)
     if apply:
-        # The alert opens on the first failure, turns critical after three in a row, and
-        # resolves with the next decision applied (monitoring's rule scaling_actuator_failed).
-        from monitoring.services import alert_observe
-
-        alert_observe(
-            "scaling_actuator_failed",
-            selectors.failures_in_a_row(),
+        # Observers (monitoring's rule scaling_actuator_failed: an alert that opens on the
+        # first failure, turns critical after three in a row and resolves with the next
+        # decision applied).
+        decision_applied.send(
+            sender=ScalingDecision,
+            decision=row,
+            failures_in_a_row=selectors.failures_in_a_row(),
             message=f"the {actuator.name} actuator could not apply decision {row.pk}: "
             f"{result.output[:200]}",
         )

@@ -21,7 +21,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from realtime.api import json_error, json_response
+from core.http import json_error, json_response
 from realtime.errors import topic_forbidden
 
 from . import selectors

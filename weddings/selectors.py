@@ -14,6 +14,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Q, QuerySet
 
+from core.wire import wire_time
 from weddings.models import Booking, Supplier, SupplierMembership, TimelineItem, Wedding
 
 
@@ -147,28 +148,6 @@ def active_supplier_ids(wedding_id: int) -> set[int]:
             "supplier_id", flat=True
         )
     )
-
-
-def wire_time(value: dt.datetime) -> str:
-    """A time as the wire carries it: ISO-8601 UTC with milliseconds and "Z"."""
-    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def switch_state(change: Any) -> dict[str, Any]:
-    """An audited on/off switch's current state from its latest change row (or None: off).
-
-    Wedding-day mode and read-only mode are both append-only logs of such rows
-    (``enabled``, ``reason``, ``changed_by``, ``changed_at``).
-    """
-    if change is None:
-        return {"enabled": False, "reason": "", "changed_by": None, "changed_at": None}
-    user = change.changed_by
-    return {
-        "enabled": change.enabled,
-        "reason": change.reason,
-        "changed_by": None if user is None else {"id": user.pk, "username": user.get_username()},
-        "changed_at": wire_time(change.changed_at),
-    }
 
 
 def _utc_iso(value: dt.datetime | None) -> str | None:

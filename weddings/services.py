@@ -22,7 +22,7 @@ from django.db import transaction
 from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
-from weddings.models import SWITCH_REASON_MAX_LENGTH, Booking, Supplier, TimelineItem, Wedding
+from weddings.models import Booking, Supplier, TimelineItem, Wedding
 from weddings.selectors import active_supplier_ids
 
 # A shift is a delay or a gain on the day; more than a day either way is a new plan.
@@ -274,19 +274,3 @@ def booking_deactivate(*, supplier_id: int, wedding_id: int) -> Booking:
         booking.active = False
         booking.save(update_fields=["active", "updated_at"])
     return booking
-
-
-def switch_reason_clean(
-    enabled: Any, reason: Any, max_length: int = SWITCH_REASON_MAX_LENGTH
-) -> str:
-    """Validate an audited switch change (wedding-day mode, read-only mode): ``enabled`` a
-    bool, ``reason`` 1 to ``max_length`` characters, not blank. Returns the stripped reason;
-    raises ``ValidationError`` naming the field."""
-    if not isinstance(enabled, bool):
-        raise ValidationError({"enabled": "must be true or false"})
-    if not isinstance(reason, str) or not reason.strip():
-        raise ValidationError({"reason": "a reason is required"})
-    reason = reason.strip()
-    if len(reason) > max_length:
-        raise ValidationError({"reason": f"at most {max_length} characters"})
-    return reason

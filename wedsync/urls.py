@@ -5,11 +5,11 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views import defaults
 
+from core.http import json_error
 from monitoring import api as monitoring_api
 from monitoring import benchmark as monitoring_benchmark
 from monitoring import exporter as monitoring_exporter
 from monitoring import views as monitoring_views
-from realtime.api import json_error
 from scaling import api as scaling_api
 
 urlpatterns = [

@@ -18,9 +18,10 @@ from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 
+from core import metrics
 from core.breaker import CircuitBreaker, redis_breaker
 from core.cache import get_cache
-from monitoring import figures, metrics
+from monitoring import figures
 from monitoring.tasks import publish_live
 from realtime.errors import RealtimeError
 from realtime.limits import PublishLimiter

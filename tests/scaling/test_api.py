@@ -23,8 +23,13 @@ def _token(settings):
 
 
 def _get(token: str | None = None, method: str = "get"):
+    return _get_with_authorization(f"Bearer {token}" if token else None, method)
+
+
+def _get_with_authorization(authorization: str | None, method: str = "get"):
+    """A request whose Authorization header is exactly ``authorization`` (none: no header)."""
     client = Client(HTTP_X_FORWARDED_PROTO="https")
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
+    headers = {"HTTP_AUTHORIZATION": authorization} if authorization is not None else {}
     return getattr(client, method)(reverse("scaling-desired"), **headers)
 
 
@@ -81,10 +86,17 @@ def test_desired__without_valid_credentials_is_401(token):
     assert response.json()["error"]["code"] == "unauthenticated"
 
 
-def test_desired__an_empty_setting_accepts_no_scaling_token(settings):
+@pytest.mark.parametrize("authorization", ["Bearer ", "Bearer    ", "Bearer \t"], ids=repr)
+def test_desired__an_empty_setting_accepts_no_scaling_token(settings, authorization):
+    # given: no scaling token configured, and a bearer header carrying an empty token
     settings.SCALING_API_TOKEN = ""
-    assert _get("").status_code == 401
-    assert _get("Bearer").status_code == 401
+
+    # when
+    response = _get_with_authorization(authorization)
+
+    # then: an empty token never matches an empty setting
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthenticated"
 
 
 def test_desired__only_get():
