@@ -14,8 +14,10 @@ run: migrate
 	  && mv var/demo.json.tmp var/demo.json; }
 	.venv/bin/python manage.py runstack --demo-file var/demo.json
 
+# ruff, and the layer contract of .importlinter (imports point one way; ADR 0014).
 lint: bootstrap
 	.venv/bin/ruff check .
+	PYTHONPATH=.:clients/python .venv/bin/lint-imports --no-cache
 
 test: lint
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

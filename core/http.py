@@ -90,43 +90,52 @@ def api_views(
     """``(api_view, async_api_view)`` decorators that check the method, authenticate with
     the given function (it sets ``request.user`` or returns the refusal) and turn
     ``API_ERRORS`` into JSON. The async one awaits ``aauthenticate`` and the view."""
+    return (
+        functools.partial(_api_view, authenticate),
+        functools.partial(_async_api_view, aauthenticate),
+    )
 
-    def api_view(*methods: str) -> Callable:
-        def decorate(view: Callable) -> Callable:
-            @csrf_exempt
-            @functools.wraps(view)
-            def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-                if request.method not in methods:
-                    return json_error("method_not_allowed", f"use {' or '.join(methods)}", 405)
-                refused = authenticate(request)
+
+def _method_refused(request: HttpRequest, methods: tuple[str, ...]) -> HttpResponse | None:
+    if request.method not in methods:
+        return json_error("method_not_allowed", f"use {' or '.join(methods)}", 405)
+    return None
+
+
+def _api_view(authenticate: Authenticate, *methods: str) -> Callable:
+    def decorate(view: Callable) -> Callable:
+        @csrf_exempt
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            refused = _method_refused(request, methods) or authenticate(request)
+            if refused is not None:
+                return refused
+            try:
+                return view(request, *args, **kwargs)
+            except API_ERRORS as exc:
+                return error_response(exc)
+
+        return wrapper
+
+    return decorate
+
+
+def _async_api_view(aauthenticate: AsyncAuthenticate, *methods: str) -> Callable:
+    def decorate(view: Callable) -> Callable:
+        @csrf_exempt
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            refused = _method_refused(request, methods)
+            if refused is not None:
+                return refused
+            try:
+                refused = await aauthenticate(request)
                 if refused is not None:
                     return refused
-                try:
-                    return view(request, *args, **kwargs)
-                except API_ERRORS as exc:
-                    return error_response(exc)
+                return await view(request, *args, **kwargs)
+            except API_ERRORS as exc:
+                return error_response(exc)
 
-            return wrapper
+        return wrapper
 
-        return decorate
-
-    def async_api_view(*methods: str) -> Callable:
-        def decorate(view: Callable) -> Callable:
-            @csrf_exempt
-            @functools.wraps(view)
-            async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-                if request.method not in methods:
-                    return json_error("method_not_allowed", f"use {' or '.join(methods)}", 405)
-                try:
-                    refused = await aauthenticate(request)
-                    if refused is not None:
-                        return refused
-                    return await view(request, *args, **kwargs)
-                except API_ERRORS as exc:
-                    return error_response(exc)
-
-            return wrapper
-
-        return decorate
-
-    return api_view, async_api_view
+    return decorate

@@ -17,12 +17,12 @@ from typing import Any
 import orjson
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
 from core import metrics
 from core.cache import get_cache
 from core.wire import wire_time
+from realtime import selectors as realtime_selectors
 from realtime.connections import get_connection_registry, supplier_limit
 from realtime.models import Ack, Event
 from scaling.decisions import CurrentMetrics
@@ -341,11 +341,9 @@ def _resolved_emergencies(events: list[Event]) -> set[tuple[str, Any]]:
     topics = {e.topic for e in events if e.event == "emergency.raised"}
     if not topics:
         return set()
-    first = min(e.created_at for e in events)
-    rows = Event.objects.filter(
-        Q(topic__in=topics), event="emergency.resolved", created_at__gte=first
-    ).values_list("topic", "payload")
-    return {(topic, payload.get("id")) for topic, payload in rows}
+    return realtime_selectors.resolved_emergencies(
+        topics, since=min(e.created_at for e in events)
+    )
 
 
 def planner_emails(supplier_ids: list[int]) -> list[str]:

@@ -6,6 +6,8 @@ Callers pass topic strings that ``realtime.topics`` has already parsed and autho
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
 from core.switches import Switch
@@ -47,32 +49,6 @@ def replay_covers(topic: str, since: int) -> bool:
     return int(since) >= oldest_retained_seq(topic) - 1
 
 
-def replay_window(topic: str, since: int, *, limit: int | None = None) -> tuple[list[Event], bool]:
-    """The events a client that last saw ``since`` missed, and whether they are complete.
-
-    ``recovered`` is False when some of ``since+1 ...`` were pruned, or when ``since`` is
-    ahead of the topic (the client saw a log that no longer exists): then no events are
-    returned and the client reloads the snapshot (PROTOCOL §4). The window ends at the
-    topic's seq as read first, so the result is consistent while publishes go on;
-    anything newer arrives live or through a gap fill. ``limit`` caps the events returned
-    (the first ones of the window); None returns all of them.
-    """
-    topic = str(topic)
-    since = max(int(since), 0)
-    current = topic_seq(topic)
-    if since >= current:
-        return [], since == current
-    queryset = Event.objects.filter(topic=topic, seq__gt=since, seq__lte=current).order_by("seq")
-    if limit is not None:
-        queryset = queryset[: max(limit, 0)]
-    events = list(queryset)
-    # Events are only ever removed from the old end, so the window is complete exactly
-    # when it starts right after `since`.
-    if not events or events[0].seq != since + 1:
-        return [], False
-    return events, True
-
-
 def acked_user_ids(event: Event) -> list[int]:
     """The users who acknowledged an event, in the order they did."""
     return list(
@@ -80,15 +56,6 @@ def acked_user_ids(event: Event) -> list[int]:
         .order_by("created_at", "id")
         .values_list("user_id", flat=True)
     )
-
-
-def ack_summary(*, topic: str, seq: int) -> dict[str, Any] | None:
-    """``{"seq", "ack_required", "acked": [user ids], "count"}`` of an event, or None."""
-    event = Event.objects.filter(topic=str(topic), seq=seq).first()
-    if event is None:
-        return None
-    acked = acked_user_ids(event)
-    return {"seq": seq, "ack_required": event.ack_required, "acked": acked, "count": len(acked)}
 
 
 def acting_supplier_id(user: Any, topic: str) -> int | None:
@@ -150,3 +117,17 @@ def read_only_mode_load() -> dict[str, Any]:
 def read_only_mode() -> dict[str, Any]:
     """``{"enabled", "reason", "changed_by", "changed_at"}``, read on every publish: cached."""
     return READ_ONLY_MODE.state()
+
+
+def resolved_emergencies(
+    topics: Iterable[str], *, seq_upto: int | None = None, since: dt.datetime | None = None
+) -> set[tuple[str, Any]]:
+    """``(topic, emergency id)`` of every ``emergency.resolved`` event on ``topics`` (up to
+    ``seq_upto``, stored since ``since``): an ``emergency.raised`` whose pair is here is no
+    longer open. The one reading of "resolved" for the live page and the overdue-ack rule."""
+    rows = Event.objects.filter(topic__in=list(topics), event="emergency.resolved")
+    if seq_upto is not None:
+        rows = rows.filter(seq__lte=seq_upto)
+    if since is not None:
+        rows = rows.filter(created_at__gte=since)
+    return {(topic, payload.get("id")) for topic, payload in rows.values_list("topic", "payload")}

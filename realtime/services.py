@@ -145,7 +145,7 @@ def _append(
         ack_required=ack_required,
         idempotency_key=idempotency_key,
     )
-    _on_commit_of(stored)
+    _stored(stored)
     return stored
 
 
@@ -164,8 +164,11 @@ def _in_order(topic: str) -> AbstractContextManager[Any]:
     return _ORDER_LOCKS[hash(topic) % len(_ORDER_LOCKS)]
 
 
-def _on_commit_of(stored: Event) -> None:
-    """Once the event's transaction commits: its broadcast and the publish counter."""
+def _stored(stored: Event) -> None:
+    """What follows every stored event, whichever path wrote it: the wedding's snapshot is
+    dropped now (its seq moved on) and, once the transaction commits, the broadcast and
+    the publish counter."""
+    snapshots.event_stored(stored)
     transaction.on_commit(partial(broadcast_event, stored))
     transaction.on_commit(partial(metrics.published, stored.event, stored.priority))
 
@@ -238,9 +241,7 @@ def _append_one_statement(
         )
         stored._state.adding = False
         stored._state.db = connection.alias
-        # What the post_save receivers do for an ORM save, before the broadcast is queued.
-        snapshots.event_stored(stored)
-        _on_commit_of(stored)
+        _stored(stored)
         return stored
 
 

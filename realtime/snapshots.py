@@ -115,16 +115,12 @@ def snapshot_invalidate(wedding_id: int) -> None:
 # --- receivers (connected on import, by ``realtime.signals``) --------------------------
 
 
-@receiver(post_save, sender=Event, dispatch_uid="snapshot_event_stored")
-def _event_stored(sender: type, instance: Event, created: bool = False, **kwargs: Any) -> None:
-    # Registered while the event is written, before its broadcast is queued (both run on
-    # commit in order): a client that refetches on the event reads the new snapshot.
-    if created:
-        event_stored(instance)
-
-
 def event_stored(event: Event) -> None:
-    """Drop the snapshot of the wedding an event was stored on (its seq moved on)."""
+    """Drop the snapshot of the wedding an event was stored on (its seq moved on).
+
+    Called by ``realtime.services`` for every stored event, on both write paths, while
+    the event is written and before its broadcast is queued (both run on commit in
+    order): a client that refetches on the event reads the new snapshot."""
     kind, _, raw_id = event.topic.partition(":")
     if kind == "wedding" and raw_id.isdigit():
         snapshot_invalidate(int(raw_id))

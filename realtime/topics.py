@@ -58,12 +58,8 @@ def parse_topic(value: Any) -> Topic:
     return Topic(match.group(1), int(match.group(2)))  # type: ignore[arg-type]
 
 
-def _is_active_user(user: Any) -> bool:
-    return bool(user is not None and user.is_authenticated and user.is_active)
-
-
 def _may_subscribe(user: Any, topic: Topic) -> bool:
-    if not _is_active_user(user):
+    if not wedsync_selectors.is_active_user(user):
         return False
     if topic.kind == "wedding":
         # Staff included: the selector answers False for a wedding that does not exist.
@@ -81,7 +77,7 @@ def _may_subscribe_cached(user: Any, topic: Topic) -> bool:
     Both the user object and the cached row must say active (and staff): the object may
     be one the caller just changed, the cache follows the database.
     """
-    if not _is_active_user(user):
+    if not wedsync_selectors.is_active_user(user):
         return False
     access = user_access(user.pk)
     if not access["active"]:
@@ -132,7 +128,7 @@ def publish_access(
     """``authorize_publish``, also returning what it read: the user's acting suppliers
     on the wedding, which the publish needs next (one database round trip for both)."""
     parsed = parse_topic(topic)
-    if parsed.kind != "wedding" or not _is_active_user(user):
+    if parsed.kind != "wedding" or not wedsync_selectors.is_active_user(user):
         raise topic_forbidden(str(parsed))
     access = wedsync_selectors.user_wedding_access(user, parsed.id)
     if not access.visible:

@@ -22,7 +22,7 @@ import bisect
 import datetime as dt
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 UTC = dt.UTC
@@ -202,32 +202,81 @@ def learn_correction(
     if not by_slot:
         return Correction()
     plans = relevant(plans, min(by_slot), max(by_slot) + SLOT)
-    sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0, 0])
+    sums: dict[int, list[float]] = defaultdict(empty_sums)
     for start, readings in by_slot.items():
-        expected = expected_connections(plans, _mid(start), params)
         observed = sum(r.connections for r in readings) / len(readings)
-        acc = sums[hour_of_week(start)]
-        acc[0] += observed
-        acc[1] += expected
         deliveries = [r.deliveries_per_s for r in readings if r.deliveries_per_s is not None]
-        if deliveries:
-            acc[2] += sum(deliveries) / len(deliveries)
-            acc[3] += expected * params.deliveries_per_connection
-        acc[4] += 1
+        add_to_sums(
+            sums[hour_of_week(start)],
+            observed,
+            expected_connections(plans, _mid(start), params),
+            sum(deliveries) / len(deliveries) if deliveries else None,
+            params,
+        )
+    return correction_from_sums(sums, params)
 
-    def shrunk(observed: float, expected: float, n: int) -> float:
-        if expected <= 0:
-            return 1.0
-        weight = n / (n + params.prior_slots)
-        ratio = weight * (observed / expected) + (1 - weight)
-        return min(params.max_ratio, max(1 / params.max_ratio, ratio))
 
+def empty_sums() -> list[float]:
+    """An hour-of-week's sums behind its ratios, with no slot yet: [Σobserved connections,
+    Σexpected connections, Σobserved deliveries/s, Σexpected deliveries/s, slots]. Public
+    so that a rolling window (the scaling backtest) gets the same ratios."""
+    return [0.0, 0.0, 0.0, 0.0, 0]
+
+
+def add_to_sums(
+    sums: list[float],
+    observed: float,
+    expected: float,
+    deliveries: float | None,
+    params: DemandParams,
+    sign: int = 1,
+) -> None:
+    """Add (``sign`` 1) or remove (-1) one slot: its mean connections and deliveries/s
+    (None: not measured) against the calendar's expected connections."""
+    sums[0] += sign * observed
+    sums[1] += sign * expected
+    if deliveries is not None:
+        sums[2] += sign * deliveries
+        sums[3] += sign * expected * params.deliveries_per_connection
+    sums[4] += sign
+
+
+def shrunk(observed: float, expected: float, n: float, params: DemandParams) -> float:
+    """Σobserved/Σexpected over ``n`` slots, shrunk toward 1 by w = n / (n + prior_slots)
+    and clamped to [1/max_ratio, max_ratio]; 1.0 when nothing was expected."""
+    if expected <= 0:
+        return 1.0
+    weight = n / (n + params.prior_slots)
+    ratio = weight * (observed / expected) + (1 - weight)
+    return min(params.max_ratio, max(1 / params.max_ratio, ratio))
+
+
+def correction_from_sums(sums: Mapping[int, Sequence[float]], params: DemandParams) -> Correction:
+    """The ratios of each hour-of-week's sums; an hour with no slot is left out (1.0)."""
     connections, deliveries, slots = {}, {}, {}
     for how, (obs_c, exp_c, obs_d, exp_d, n) in sums.items():
-        connections[how] = shrunk(obs_c, exp_c, n)
-        deliveries[how] = shrunk(obs_d, exp_d, n) if exp_d > 0 else 1.0
+        if n <= 0:
+            continue
+        connections[how] = shrunk(obs_c, exp_c, n, params)
+        deliveries[how] = shrunk(obs_d, exp_d, n, params)
         slots[how] = int(n)
     return Correction(connections=connections, deliveries=deliveries, slots=slots)
+
+
+def slot_forecast(
+    start: dt.datetime, connections: float, correction: Correction, params: DemandParams
+) -> SlotForecast:
+    """The slot from ``start`` whose calendar expects ``connections``, with the ratios of
+    its hour-of-week applied (deliveries/s follow the connections)."""
+    deliveries = connections * params.deliveries_per_connection
+    how = hour_of_week(start)
+    return SlotForecast(
+        start_utc=start,
+        connections=connections * correction.connections.get(how, 1.0),
+        deliveries_per_s=deliveries * correction.deliveries.get(how, 1.0),
+        uncorrected_connections=connections,
+        uncorrected_deliveries_per_s=deliveries,
+    )
 
 
 def forecast(
@@ -242,18 +291,8 @@ def forecast(
     correction = correction or Correction()
     starts = slot_starts(now, horizon)
     plans = relevant(plans, starts[0], starts[-1] + SLOT)
-    slots = []
-    for start in starts:
-        connections = expected_connections(plans, _mid(start), params)
-        deliveries = connections * params.deliveries_per_connection
-        how = hour_of_week(start)
-        slots.append(
-            SlotForecast(
-                start_utc=start,
-                connections=connections * correction.connections.get(how, 1.0),
-                deliveries_per_s=deliveries * correction.deliveries.get(how, 1.0),
-                uncorrected_connections=connections,
-                uncorrected_deliveries_per_s=deliveries,
-            )
-        )
+    slots = [
+        slot_forecast(start, expected_connections(plans, _mid(start), params), correction, params)
+        for start in starts
+    ]
     return Forecast(made_at=now, slots=tuple(slots), weddings=tuple(plans))

@@ -16,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 from django.utils import timezone
 
+from realtime import selectors as realtime_selectors
 from realtime.broadcast import event_frame
 from realtime.models import Ack, Event, TopicCursor
 from realtime.snapshots import snapshot_get
@@ -166,18 +167,13 @@ def _people(wedding: Wedding, booked: set[int], extra_ids: set[int]) -> dict[str
 
 def _open_emergencies(topic: str, seq: int) -> list[dict[str, Any]]:
     """The emergencies raised up to ``seq`` and not resolved by then, oldest first."""
-    resolved = {
-        payload.get("id")
-        for payload in Event.objects.filter(
-            topic=topic, seq__lte=seq, event="emergency.resolved"
-        ).values_list("payload", flat=True)
-    }
+    resolved = realtime_selectors.resolved_emergencies([topic], seq_upto=seq)
     raised = [
         event
         for event in Event.objects.filter(
             topic=topic, seq__lte=seq, event="emergency.raised"
         ).order_by("-seq")
-        if event.payload.get("id") not in resolved
+        if (topic, event.payload.get("id")) not in resolved
     ][:OPEN_EMERGENCY_LIMIT]
     raised.reverse()
     acked: dict[int, list[int]] = {event.pk: [] for event in raised}

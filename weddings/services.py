@@ -22,7 +22,7 @@ from django.db import transaction
 from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
-from weddings.models import Booking, Supplier, TimelineItem, Wedding
+from weddings.models import TimelineItem, Wedding
 from weddings.selectors import active_supplier_ids
 
 # A shift is a delay or a gain on the day; more than a day either way is a new plan.
@@ -49,16 +49,40 @@ def _validated(*, wedding_id: int, values: dict[str, Any], changed: set[str]) ->
     """Check the ``changed`` item fields of ``values``; return them normalised."""
     errors: dict[str, list[str]] = {}
     cleaned = dict(values)
+    for name, max_length, required in (
+        ("title", TITLE_MAX_LENGTH, True),
+        ("location", LOCATION_MAX_LENGTH, False),
+    ):
+        if name in changed:
+            _clean_text(name, values[name], max_length, required, cleaned, errors)
+    _check_times(values, changed, errors)
+    if "status" in changed and values["status"] not in TimelineItem.Status.values:
+        errors["status"] = [f"One of: {', '.join(TimelineItem.Status.values)}."]
+    for name in ("key_moment", "pinned"):
+        if name in changed and not isinstance(values[name], bool):
+            errors[name] = ["Must be true or false."]
+    if "supplier_ids" in changed:
+        _clean_supplier_ids(wedding_id, values["supplier_ids"], cleaned, errors)
+    if errors:
+        raise ValidationError(errors)
+    return cleaned
 
-    if "title" in changed:
-        title = values["title"]
-        if not isinstance(title, str) or not title.strip():
-            errors["title"] = ["Enter a title."]
-        elif len(title.strip()) > TITLE_MAX_LENGTH:
-            errors["title"] = [f"At most {TITLE_MAX_LENGTH} characters."]
-        else:
-            cleaned["title"] = title.strip()
 
+def _clean_text(
+    name: str, value: Any, max_length: int, required: bool,
+    cleaned: dict[str, Any], errors: dict[str, list[str]],
+) -> None:  # fmt: skip
+    """A text field: stripped, at most ``max_length``; blank only when not ``required``."""
+    if not isinstance(value, str) or (required and not value.strip()):
+        errors[name] = ["Enter a title."] if required else ["Enter text."]
+    elif len(value.strip()) > max_length:
+        errors[name] = [f"At most {max_length} characters."]
+    else:
+        cleaned[name] = value.strip()
+
+
+def _check_times(values: dict[str, Any], changed: set[str], errors: dict[str, list[str]]) -> None:
+    """``starts_at``/``ends_at``: aware datetimes (``ends_at`` may be None), end not first."""
     for name in ("starts_at", "ends_at"):
         value = values[name]
         if name not in changed or (name == "ends_at" and value is None):
@@ -77,43 +101,26 @@ def _validated(*, wedding_id: int, values: dict[str, Any], changed: set[str]) ->
         name = "ends_at" if "ends_at" in changed else "starts_at"
         errors[name] = ["The end must not be before the start."]
 
-    if "location" in changed:
-        location = values["location"]
-        if not isinstance(location, str):
-            errors["location"] = ["Enter text."]
-        elif len(location.strip()) > LOCATION_MAX_LENGTH:
-            errors["location"] = [f"At most {LOCATION_MAX_LENGTH} characters."]
-        else:
-            cleaned["location"] = location.strip()
 
-    if "status" in changed and values["status"] not in TimelineItem.Status.values:
-        errors["status"] = [f"One of: {', '.join(TimelineItem.Status.values)}."]
-
-    for name in ("key_moment", "pinned"):
-        if name in changed and not isinstance(values[name], bool):
-            errors[name] = ["Must be true or false."]
-
-    if "supplier_ids" in changed:
-        ids = values["supplier_ids"]
-        if isinstance(ids, str | bytes | dict) or not isinstance(ids, Iterable):
-            ids = [None]  # reported below, like a list with a bad element
-        ids = list(ids)  # once: it may be a generator
-        if any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
-            errors["supplier_ids"] = ["Must be a list of supplier ids."]
-        else:
-            ids = set(ids)
-            unbooked = ids - active_supplier_ids(wedding_id)
-            if unbooked:
-                errors["supplier_ids"] = [
-                    "No active booking on this wedding for supplier(s) "
-                    + ", ".join(str(i) for i in sorted(unbooked))
-                    + "."
-                ]
-            cleaned["supplier_ids"] = ids
-
-    if errors:
-        raise ValidationError(errors)
-    return cleaned
+def _clean_supplier_ids(
+    wedding_id: int, ids: Any, cleaned: dict[str, Any], errors: dict[str, list[str]]
+) -> None:
+    """A collection of ids of suppliers with an active booking on the wedding."""
+    if isinstance(ids, str | bytes | dict) or not isinstance(ids, Iterable):
+        ids = [None]  # reported below, like a list with a bad element
+    ids = list(ids)  # once: it may be a generator
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+        errors["supplier_ids"] = ["Must be a list of supplier ids."]
+        return
+    ids = set(ids)
+    unbooked = ids - active_supplier_ids(wedding_id)
+    if unbooked:
+        errors["supplier_ids"] = [
+            "No active booking on this wedding for supplier(s) "
+            + ", ".join(str(i) for i in sorted(unbooked))
+            + "."
+        ]
+    cleaned["supplier_ids"] = ids
 
 
 def _check_version_argument(expected_version: Any) -> None:
@@ -248,29 +255,3 @@ def timeline_shift(
     return moved
 
 
-@transaction.atomic
-def booking_create(*, supplier_id: int, wedding_id: int) -> Booking:
-    """Book a supplier for a wedding, or re-activate its inactive booking; idempotent."""
-    if not Supplier.objects.filter(pk=supplier_id).exists():
-        raise Supplier.DoesNotExist(f"no supplier {supplier_id}")
-    if not Wedding.objects.filter(pk=wedding_id).exists():
-        raise Wedding.DoesNotExist(f"no wedding {wedding_id}")
-    booking, created = Booking.objects.select_for_update().get_or_create(
-        supplier_id=supplier_id, wedding_id=wedding_id
-    )
-    if not created and not booking.active:
-        booking.active = True
-        booking.save(update_fields=["active", "updated_at"])
-    return booking
-
-
-@transaction.atomic
-def booking_deactivate(*, supplier_id: int, wedding_id: int) -> Booking:
-    """End a supplier's right to a wedding; the booking row and its history stay."""
-    booking = Booking.objects.select_for_update().get(
-        supplier_id=supplier_id, wedding_id=wedding_id
-    )
-    if booking.active:
-        booking.active = False
-        booking.save(update_fields=["active", "updated_at"])
-    return booking

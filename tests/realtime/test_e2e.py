@@ -221,12 +221,14 @@ async def test_access_withdrawn__connections_on_both_processes_dropped(servers):
         from django.contrib.auth import get_user_model
 
         from realtime.tokens import token_authenticate
-        from weddings.models import SupplierMembership
-        from weddings.services import booking_deactivate
+        from weddings.models import Booking, SupplierMembership
 
         first = token_authenticate(world["tokens"][0])
         supplier_id = SupplierMembership.objects.get(user=first).supplier_id
-        booking_deactivate(supplier_id=supplier_id, wedding_id=int(topic.split(":")[1]))
+        # (a booking saved inactive, as the admin does)
+        booking = Booking.objects.get(supplier_id=supplier_id, wedding_id=int(topic.split(":")[1]))
+        booking.active = False
+        booking.save()
         # and the second user is deactivated
         second = get_user_model().objects.get(pk=token_authenticate(world["tokens"][1]).pk)
         second.is_active = False

@@ -18,7 +18,6 @@ TOPIC = "wedding:1"
 OTHER = "wedding:2"
 
 
-
 def _events(topic: str, count: int) -> list[Event]:
     return [event_publish_system(topic, "test.event", {"n": n}) for n in range(count)]
 
@@ -198,60 +197,6 @@ def test_prune__repeat_after_its_event_was_pruned_still_gets_the_first_seq(setti
 
 
 # --- replay after pruning -------------------------------------------------------------
-
-
-@pytest.mark.django_db
-def test_replay_window__complete_without_pruning():
-    _events(TOPIC, 4)
-
-    events, recovered = selectors.replay_window(TOPIC, 0)
-    tail, tail_recovered = selectors.replay_window(TOPIC, 2)
-    limited, _ = selectors.replay_window(TOPIC, 0, limit=2)
-
-    assert ([e.seq for e in events], recovered) == ([1, 2, 3, 4], True)
-    assert ([e.seq for e in tail], tail_recovered) == ([3, 4], True)
-    assert [e.seq for e in limited] == [1, 2]
-    assert selectors.replay_window(TOPIC, 4) == ([], True)
-    assert selectors.replay_window("wedding:77", 0) == ([], True)  # a topic without events
-
-
-@pytest.mark.django_db
-def test_replay_window__not_recovered_when_since_is_older_than_retention(settings):
-    # given
-    settings.REALTIME_RETENTION_EVENTS = 5
-    _events(TOPIC, 8)
-    events_prune()  # keeps 4..8
-
-    # when
-    gone = selectors.replay_window(TOPIC, 2)
-    edge, edge_recovered = selectors.replay_window(TOPIC, 3)
-
-    # then
-    assert gone == ([], False)
-    assert ([e.seq for e in edge], edge_recovered) == ([4, 5, 6, 7, 8], True)
-    assert selectors.replay_window(TOPIC, 0) == ([], False)
-    assert selectors.replay_covers(TOPIC, 3) is True
-    assert selectors.replay_covers(TOPIC, 2) is False
-
-
-@pytest.mark.django_db
-def test_replay_window__not_recovered_when_all_missed_events_were_pruned():
-    _events(TOPIC, 3)
-    _age(TOPIC, [1, 2, 3], dt.timedelta(days=8))
-    events_prune()
-
-    assert selectors.replay_window(TOPIC, 1) == ([], False)
-    assert selectors.replay_window(TOPIC, 3) == ([], True)
-    assert selectors.replay_covers(TOPIC, 1) is False
-    assert selectors.replay_covers(TOPIC, 3) is True
-
-
-@pytest.mark.django_db
-def test_replay_window__since_ahead_of_the_topic_is_not_recovered():
-    # A client that saw seq 9 of a topic now at 3 saw a log that no longer exists.
-    _events(TOPIC, 3)
-
-    assert selectors.replay_window(TOPIC, 9) == ([], False)
 
 
 # --- the task -------------------------------------------------------------------------

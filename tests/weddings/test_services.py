@@ -10,12 +10,10 @@ from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 
 from tests.factories import local_dt, make_booking, make_item, make_supplier, make_wedding
-from weddings.models import Booking, Supplier, TimelineItem, Wedding
+from weddings.models import Booking, TimelineItem, Wedding
 from weddings.selectors import timeline_item_as_dict
 from weddings.services import (
     Conflict,
-    booking_create,
-    booking_deactivate,
     timeline_item_create,
     timeline_item_delete,
     timeline_item_update,
@@ -304,7 +302,9 @@ def test_update__keeps_suppliers_whose_booking_ended_when_not_named(wedding, boo
         starts_at=local_dt(wedding, 14),
         supplier_ids=[booked.pk],
     )
-    booking_deactivate(supplier_id=booked.pk, wedding_id=wedding.pk)
+    booking = Booking.objects.get(supplier=booked, wedding=wedding)
+    booking.active = False
+    booking.save()
 
     # when
     updated = timeline_item_update(item_id=item.pk, expected_version=1, title="Vows")
@@ -500,64 +500,6 @@ def test_shift__current_expected_version_moves(wedding, day):
 
 
 # --- bookings -----------------------------------------------------------------------------
-
-
-def test_booking_create__creates_active_booking_once(wedding):
-    supplier = make_supplier()
-
-    first = booking_create(supplier_id=supplier.pk, wedding_id=wedding.pk)
-    second = booking_create(supplier_id=supplier.pk, wedding_id=wedding.pk)
-
-    assert first.pk == second.pk
-    assert second.active is True
-    assert Booking.objects.filter(supplier=supplier, wedding=wedding).count() == 1
-
-
-def test_booking_create__reactivates_inactive_booking(wedding):
-    # given
-    supplier = make_supplier()
-    old = make_booking(supplier=supplier, wedding=wedding, active=False)
-
-    # when
-    booking = booking_create(supplier_id=supplier.pk, wedding_id=wedding.pk)
-
-    # then
-    assert booking.pk == old.pk
-    old.refresh_from_db()
-    assert old.active is True
-
-
-def test_booking_create__unknown_supplier_raises(wedding):
-    with pytest.raises(Supplier.DoesNotExist):
-        booking_create(supplier_id=999_999, wedding_id=wedding.pk)
-
-    assert not Booking.objects.exists()
-
-
-def test_booking_deactivate__keeps_the_row_and_timeline_links(wedding, booked):
-    # given
-    item = timeline_item_create(
-        wedding_id=wedding.pk,
-        title="Ceremony",
-        starts_at=local_dt(wedding, 14),
-        supplier_ids=[booked.pk],
-    )
-
-    # when
-    booking = booking_deactivate(supplier_id=booked.pk, wedding_id=wedding.pk)
-
-    # then
-    assert booking.active is False
-    stored = Booking.objects.get(supplier=booked, wedding=wedding)
-    assert stored.active is False
-    assert list(item.suppliers.values_list("pk", flat=True)) == [booked.pk]
-
-
-def test_booking_deactivate__missing_booking_raises_does_not_exist(wedding):
-    supplier = make_supplier()
-
-    with pytest.raises(Booking.DoesNotExist):
-        booking_deactivate(supplier_id=supplier.pk, wedding_id=wedding.pk)
 
 
 # --- concurrency (PostgreSQL row locks) ---------------------------------------------------

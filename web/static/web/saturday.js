@@ -2,16 +2,8 @@
 // opened its page, and counts new ones live over the page's one WebSocket.
 
 import { RealtimeClient, socketUrl } from "./realtime.js";
-import { recall } from "./util.js";
+import { CONNECTION_TEXT, recall } from "./util.js";
 
-const CONNECTION_TEXT = {
-  connecting: "Connecting…",
-  live: "Live",
-  reconnecting: "Reconnecting…",
-  offline: "Offline",
-  unauthorized: "Signed out",
-  closed: "Disconnected",
-};
 const EVENT_TEXT = {
   "timeline.item.created": "Timeline item added",
   "timeline.item.updated": "Timeline item changed",

@@ -117,3 +117,13 @@ export function remember(key, value) {
     // private mode or full storage
   }
 }
+
+// What the connection indicator says in each state of the realtime client.
+export const CONNECTION_TEXT = {
+  connecting: "Connecting…",
+  live: "Live",
+  reconnecting: "Reconnecting…",
+  offline: "Offline",
+  unauthorized: "Signed out",
+  closed: "Disconnected",
+};

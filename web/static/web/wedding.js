@@ -8,7 +8,7 @@
 
 import { ItemEditor, signedMinutes } from "./editor.js";
 import { RealtimeClient, socketUrl } from "./realtime.js";
-import { clock, fill, h, recall, relative, remember } from "./util.js";
+import { CONNECTION_TEXT, clock, fill, h, recall, relative, remember } from "./util.js";
 
 const VENDOR_STATUSES = [
   ["en_route", "En route"],
@@ -26,14 +26,6 @@ const EMERGENCY_KINDS = {
   vendor_missing: "Vendor missing",
   security: "Security",
   other: "Other",
-};
-const CONNECTION_TEXT = {
-  connecting: "Connecting…",
-  live: "Live",
-  reconnecting: "Reconnecting…",
-  offline: "Offline",
-  unauthorized: "Signed out",
-  closed: "Disconnected",
 };
 // Now/next and "in N min" move with the clock.
 const CLOCK_TICK_MS = 30000;
