@@ -22,8 +22,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import redis
-
 from core.cache_tiers import (
     _MISSING,
     INVALIDATE_CHANNEL,
@@ -32,6 +30,7 @@ from core.cache_tiers import (
     L1Cache,
     L2Cache,
 )
+from core.redis import listener_client
 
 logger = logging.getLogger(__name__)
 
@@ -375,7 +374,7 @@ class _InvalidationListener(threading.Thread):
         assert l1 is not None and l2 is not None
         backoff, subscribed_before = 0.1, False
         while not self._stopping.is_set():
-            client = redis.Redis.from_url(l2.url, socket_connect_timeout=2, socket_timeout=10)
+            client = listener_client(l2.url)
             try:
                 pubsub = client.pubsub()
                 pubsub.subscribe(INVALIDATE_CHANNEL)

@@ -15,11 +15,9 @@ import redis.asyncio as aredis
 from cachetools import TLRUCache
 from django_redis.compressors.lz4 import Lz4Compressor
 from django_redis.serializers.msgpack import MSGPackSerializer
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from core.breaker import CircuitBreaker, CircuitOpen, redis_breaker
+from core.redis import acache_client, cache_client
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +146,8 @@ class L2Cache:
         self.serializer = MSGPackSerializer(options={})
         self.compressor = Lz4Compressor(options={})
         # No retries: a dead Redis must cost one refused connect, not seconds of backoff.
-        self._opts = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_timeout,
-            "retry": Retry(NoBackoff(), 0),
-        }
-        self.client = redis.Redis.from_url(url, **self._opts)
+        self.socket_timeout = socket_timeout
+        self.client = cache_client(url, socket_timeout=socket_timeout)
         self._aclients: dict[asyncio.AbstractEventLoop, aredis.Redis] = {}
         self._alock = threading.Lock()
         self.hits = self.misses = self.sets = self.errors = 0
@@ -168,8 +162,9 @@ class L2Cache:
             if client is None:
                 for old in [lp for lp in self._aclients if lp.is_closed()]:
                     del self._aclients[old]
-                opts = {**self._opts, "retry": AsyncRetry(NoBackoff(), 0)}
-                client = self._aclients[loop] = aredis.Redis.from_url(self.url, **opts)
+                client = self._aclients[loop] = acache_client(
+                    self.url, socket_timeout=self.socket_timeout
+                )
             return client
 
     async def aclose(self) -> None:
