@@ -86,71 +86,98 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("generator", f"{report['parameters'].get('processes', 1)} process(es) + the "
                       f"coordinator; event loop {report.get('coordinator_loop') or 'n/a'}"),
     ]  # fmt: skip
-    conns = report.get("connections") or {}
-    if conns:
-        text = f"{_fmt(conns.get('succeeded'))} of {_fmt(conns.get('attempted'))} succeeded"
-        if conns.get("failures"):
-            text += f" (failed: {_fmt(conns['failures'])})"
-        if conns.get("publishers"):
-            text += f"; + {conns['publishers']} publisher connections"
-        if conns.get("rate_per_s"):
-            text += f"; {_fmt(conns['rate_per_s'])} connects/s"
-        rows.append(("connections", text))
-    pub = report.get("publishes")
-    if pub:
-        text = f"{_fmt(pub['ok'])} ok of {_fmt(pub['scheduled'])} scheduled"
-        text += f" (sent at {_fmt(pub['rate_sent'])}/s)"
-        if pub["errors"] or pub["skipped"]:
-            text += f"; errors {_fmt(pub['errors'])}, skipped {pub['skipped']}"
-        rows.append(("publishes", text))
-        rows.append(("publish reply", _latency(pub["reply_latency"])))
-    dl = report.get("deliveries")
-    if dl:
-        rows += [
-            ("deliveries expected", _fmt(dl["expected"])),
-            ("deliveries received", _fmt(dl["received"])),
-            ("lost", f"{_fmt(dl['missing'])} ({dl['loss'] * 100:.3f} %)"),
-            ("duplicated", _fmt(dl["duplicates"])),
-            ("out of order", _fmt(dl["out_of_order"])),
-            ("deliveries/s", _fmt(dl["per_s"])),
-            ("latency", _latency(dl["latency"])),
-        ]
-    storm = report.get("storm")
-    if storm:
-        rows += [
-            ("storm: dropped / recovered", f"{storm['dropped']} / {storm['recovered']}"),
-            ("storm: all have every event after",
-             f"{_fmt(storm['all_recovered_s'])} s" if storm["all_recovered_s"] is not None
-             else "not all recovered"),
-            ("storm: per client (ms)", _latency(storm["recovered_ms"])),
-            ("storm: reconnected (ms)", _latency(storm["reconnected_ms"])),
-            ("storm: server", _usage(storm["server_usage"])),
-        ]  # fmt: skip
-    req = report.get("requests")
-    if req:
-        rows += [
-            ("requests", f"{_fmt(req['ok'])} ok of {_fmt(req['sent'])} "
-                         f"({_fmt(req['per_s'])}/s); statuses {_fmt(req['statuses'])}"),
-            ("latency", _latency(req["latency"])),
-            ("cache hit ratio", _fmt(req["cache_hit_ratio"])
-             if req["cache_hit_ratio"] is not None else f"n/a ({req['cache_hit_ratio_note']})"),
-        ]  # fmt: skip
+    rows += _connection_rows(report.get("connections") or {})
+    rows += _publish_rows(report.get("publishes"))
+    rows += _delivery_rows(report.get("deliveries"))
+    rows += _storm_rows(report.get("storm"))
+    rows += _request_rows(report.get("requests"))
     if "max_deliveries_per_s" in report:
         rows.append(("highest passing deliveries/s", _fmt(report["max_deliveries_per_s"])))
     if "baseline_rss_mib" in report:
         rows.append(("server RSS before connections", f"{_fmt(report['baseline_rss_mib'])} MiB"))
     if report.get("server_usage"):
         rows.append(("server", _usage(report["server_usage"])))
-    rx = report.get("receivers") or {}
-    if rx.get("reconnects") or rx.get("server_closes") or rx.get("errors") or rx.get("resets"):
-        text = (
-            f"reconnects {rx.get('reconnects', 0)}, server closes "
-            f"{_fmt(rx.get('server_closes'))}, errors {_fmt(rx.get('errors'))}, "
-            f"resets {rx.get('resets', 0)}"
-        )
-        rows.append(("receivers", text))
+    rows += _receiver_rows(report.get("receivers") or {})
     rows.append(("elapsed", f"{_fmt(report.get('elapsed_s'))} s"))
     return rows
+
+
+Rows = list[tuple[str, str]]
+
+
+def _connection_rows(conns: dict[str, Any]) -> Rows:
+    if not conns:
+        return []
+    text = f"{_fmt(conns.get('succeeded'))} of {_fmt(conns.get('attempted'))} succeeded"
+    if conns.get("failures"):
+        text += f" (failed: {_fmt(conns['failures'])})"
+    if conns.get("publishers"):
+        text += f"; + {conns['publishers']} publisher connections"
+    if conns.get("rate_per_s"):
+        text += f"; {_fmt(conns['rate_per_s'])} connects/s"
+    return [("connections", text)]
+
+
+def _publish_rows(pub: dict[str, Any] | None) -> Rows:
+    if not pub:
+        return []
+    text = f"{_fmt(pub['ok'])} ok of {_fmt(pub['scheduled'])} scheduled"
+    text += f" (sent at {_fmt(pub['rate_sent'])}/s)"
+    if pub["errors"] or pub["skipped"]:
+        text += f"; errors {_fmt(pub['errors'])}, skipped {pub['skipped']}"
+    return [("publishes", text), ("publish reply", _latency(pub["reply_latency"]))]
+
+
+def _delivery_rows(dl: dict[str, Any] | None) -> Rows:
+    if not dl:
+        return []
+    return [
+        ("deliveries expected", _fmt(dl["expected"])),
+        ("deliveries received", _fmt(dl["received"])),
+        ("lost", f"{_fmt(dl['missing'])} ({dl['loss'] * 100:.3f} %)"),
+        ("duplicated", _fmt(dl["duplicates"])),
+        ("out of order", _fmt(dl["out_of_order"])),
+        ("deliveries/s", _fmt(dl["per_s"])),
+        ("latency", _latency(dl["latency"])),
+    ]
+
+
+def _storm_rows(storm: dict[str, Any] | None) -> Rows:
+    if not storm:
+        return []
+    return [
+        ("storm: dropped / recovered", f"{storm['dropped']} / {storm['recovered']}"),
+        ("storm: all have every event after",
+         f"{_fmt(storm['all_recovered_s'])} s" if storm["all_recovered_s"] is not None
+         else "not all recovered"),
+        ("storm: per client (ms)", _latency(storm["recovered_ms"])),
+        ("storm: reconnected (ms)", _latency(storm["reconnected_ms"])),
+        ("storm: server", _usage(storm["server_usage"])),
+    ]  # fmt: skip
+
+
+def _request_rows(req: dict[str, Any] | None) -> Rows:
+    if not req:
+        return []
+    return [
+        ("requests", f"{_fmt(req['ok'])} ok of {_fmt(req['sent'])} "
+                     f"({_fmt(req['per_s'])}/s); statuses {_fmt(req['statuses'])}"),
+        ("latency", _latency(req["latency"])),
+        ("cache hit ratio", _fmt(req["cache_hit_ratio"])
+         if req["cache_hit_ratio"] is not None else f"n/a ({req['cache_hit_ratio_note']})"),
+    ]  # fmt: skip
+
+
+def _receiver_rows(rx: dict[str, Any]) -> Rows:
+    if not (rx.get("reconnects") or rx.get("server_closes") or rx.get("errors")
+            or rx.get("resets")):  # fmt: skip
+        return []
+    text = (
+        f"reconnects {rx.get('reconnects', 0)}, server closes "
+        f"{_fmt(rx.get('server_closes'))}, errors {_fmt(rx.get('errors'))}, "
+        f"resets {rx.get('resets', 0)}"
+    )
+    return [("receivers", text)]
 
 
 def table(headings: list[str], rows: list[list[Any]]) -> str:

@@ -116,8 +116,18 @@ def test_rolling_correction__equals_learn_correction_on_the_same_window():
         assert fast.deliveries[how] == pytest.approx(slow.deliveries[how], rel=1e-9)
 
 
-def test_scaling_backtest__short_run_writes_valid_json(tmp_path):
-    # given
+def _mape_and_bias(forecast: list[float], truth: list[float], floor: float) -> tuple[float, float]:
+    """MAPE and mean signed error in per cent over the slots above ``floor``, by definition."""
+    pairs = [(f, y) for f, y in zip(forecast, truth, strict=True) if y > floor]
+    mape_pct = 100 * sum(abs(f - y) / y for f, y in pairs) / len(pairs)
+    bias_pct = 100 * sum((f - y) / y for f, y in pairs) / len(pairs)
+    return mape_pct, bias_pct
+
+
+def test_scaling_backtest__short_run_writes_the_figures_of_its_history_as_json(tmp_path):
+    # given two weeks from Sunday 1 June 2025: the first week is the warm-up (and the
+    # week seasonal-naive looks back to), the second is scored; the viral first June
+    # Saturday (the 7th) falls in the warm-up, the day after it in the scored week
     path = tmp_path / "backtest.json"
     out, err = io.StringIO(), io.StringIO()
 
@@ -137,14 +147,78 @@ def test_scaling_backtest__short_run_writes_valid_json(tmp_path):
         stderr=err,
     )
 
-    # then
+    # then: what was asked for, and the figures of the same seeded history computed here
     result = json.loads(path.read_text())
-    assert result["days"] == 14 and result["parameters"]["seed"] == 3
-    assert result["scored_from"] == "2025-06-08"
-    for name in ("demand_model", "seasonal_naive", "reactive_last_value"):
-        assert result["forecasts"][name]["mape_pct"] >= 0
-    for name in ("demand_model", "reactive_only", "demand_model_no_protocol"):
-        policy = result["policies"][name]
-        assert policy["under_capacity_minutes"] >= 0
-        assert policy["process_hours"] >= 7 * 24 * 2  # never below the 2-process minimum
+    history = synthetic_history(dt.date(2025, 6, 1), 14, seed=3, weddings_per_year=5000)
+    lo, floor = 7 * SLOTS_PER_DAY, 100.0
+    series = history.connections
+    truth = series[lo:]
+    assert result["parameters"] == {
+        "days": 14,
+        "seed": 3,
+        "start": "2025-06-01",
+        "weddings_per_year": 5000,
+        "history_weeks": 8,
+        "min_truth": floor,
+        "without_protocol": True,
+    }
+    assert (result["start"], result["days"], result["scored_from"]) == (
+        "2025-06-01", 14, "2025-06-08"
+    )  # fmt: skip
+    assert result["weddings"] == history.weddings > 0
+    assert result["slots_scored"] == sum(y > floor for y in truth) > 0
+    assert result["peak_connections"] == pytest.approx(max(truth))
+    assert [(e["event"], e["date"]) for e in result["events"]] == [("viral", "2025-06-07")]
+
+    # the baselines' errors: seasonal-naive is the same slot a week before, reactive the
+    # slot before
+    forecasts = result["forecasts"]
+    assert set(forecasts) == {
+        "demand_model", "demand_model_uncorrected", "seasonal_naive", "reactive_last_value"
+    }  # fmt: skip
+    week_before = series[lo - 7 * SLOTS_PER_DAY : -7 * SLOTS_PER_DAY]
+    naive_mape, naive_bias = _mape_and_bias(week_before, truth, floor)
+    last_mape, last_bias = _mape_and_bias(series[lo - 1 : -1], truth, floor)
+    assert forecasts["seasonal_naive"]["mape_pct"] == pytest.approx(naive_mape)
+    assert forecasts["seasonal_naive"]["bias_pct"] == pytest.approx(naive_bias)
+    assert forecasts["reactive_last_value"]["mape_pct"] == pytest.approx(last_mape)
+    assert forecasts["reactive_last_value"]["bias_pct"] == pytest.approx(last_bias)
+    model_mape = forecasts["demand_model"]["mape_pct"]
+    assert model_mape > 0 and forecasts["demand_model_uncorrected"]["mape_pct"] > 0
+    assert result["model_vs_naive_mape_reduction_pct"] == pytest.approx(
+        100 * (1 - model_mape / naive_mape)
+    )
+
+    # each policy over the scored week of 672 slots of 15 minutes, within the policy's
+    # bounds (2 to 40 processes, 1 to 20 workers)
+    week_slots, week_minutes = 7 * SLOTS_PER_DAY, 7 * 24 * 60
+    assert set(result["policies"]) == {"demand_model", "reactive_only", "demand_model_no_protocol"}
+    for name, policy in result["policies"].items():
+        for key in ("under_capacity_minutes", "over_connection_limit_minutes",
+                    "worker_short_minutes"):  # fmt: skip
+            assert 0 <= policy[key] <= week_minutes and policy[key] % 15 == 0, (name, key)
+        assert 2 <= policy["peak_processes"] <= 40, name
+        # process-hours: a quarter hour per process and slot, never below the minimum of
+        # 2 processes nor above the peak all week
+        assert (policy["process_hours"] * 4) == int(policy["process_hours"] * 4), name
+        assert 2 * week_slots / 4 <= policy["process_hours"] <= policy["peak_processes"] * 168, name
+        assert 1 * week_slots / 4 <= policy["worker_hours"] <= 20 * week_slots / 4, name
+        assert policy["changes"] >= 0
+    blocked = result["share_of_time_scale_in_blocked_pct"]
+    assert 0 <= blocked <= 100
+
+    # the day after the viral Saturday is scored as an event day, with its own figures
+    assert [(e["event"], e["date"]) for e in result["event_days"]] == [("viral", "2025-06-08")]
+    day = result["event_days"][0]
+    day_truth = series[lo : lo + SLOTS_PER_DAY]
+    assert day["peak_connections"] == pytest.approx(max(day_truth))
+    day_naive = series[lo - 7 * SLOTS_PER_DAY : lo - 6 * SLOTS_PER_DAY]
+    assert day["mape_pct"]["seasonal_naive"] == pytest.approx(
+        _mape_and_bias(day_naive, day_truth, floor)[0]
+    )
+    assert set(day["under_capacity_minutes"]) == set(result["policies"])
+    for name, minutes in day["under_capacity_minutes"].items():
+        assert 0 <= minutes <= result["policies"][name]["under_capacity_minutes"], name
+
+    # and the table and progress were written
     assert "demand_model" in out.getvalue() and "day 14/14" in err.getvalue()

@@ -793,7 +793,7 @@ async def test_wait_for_seq__times_out(
     with pytest.raises(TimeoutError):
         await client.wait_for_seq("wedding:1", 1, timeout=0.05)
 
-    assert client._waiters.get("wedding:1", []) == []
+    assert client._streams.waiters.get("wedding:1", []) == []
 
 
 async def test_close__fails_requests_waiting_for_a_connection(

@@ -248,32 +248,69 @@ def _run(
     loaders = _loaders()
     result = _Result(name)
     namespace = f"cachebench-{name.replace(' ', '').replace('+', '-')}"
-    cache = None
-    if l1 or l2_url:
-        cache = TwoTierCache(
-            l1=L1Cache(
-                max_entries=settings.CACHE_L1_MAX_ENTRIES,
-                max_bytes=settings.CACHE_L1_MAX_BYTES,
-                ttl=settings.CACHE_L1_TTL,
-            )
-            if l1
-            else None,
-            l2=L2Cache(url=l2_url, ttl=settings.CACHE_L2_TTL) if l2_url else None,
-            namespace=namespace,
-        )
-        _clear_namespace(cache, l2_url, namespace)
+    cache = _cache(l1, l2_url, namespace)
     if warm and cache is not None:
-        started = time.perf_counter()
-        plan = warm_plan(now=now, horizon_hours=settings.CACHE_WARM_HORIZON_HOURS)
-        for kind, ids in (
-            ("snapshot", plan.weddings),
-            ("supplier", plan.suppliers),
-            ("access", plan.users),
-        ):
-            for pk in ids:
-                cache.get_or_load(f"{kind}:{pk}", lambda k=kind, p=pk: loaders[k](p))
-        result.warm_s = time.perf_counter() - started
-        progress(f"{name}: warmed {len(plan.keys())} keys in {result.warm_s:.2f} s")
+        _warm(cache, loaders, now, result, progress)
+    _replay(trace, cache, loaders, result, progress)
+    if cache is not None and l2_url:
+        stats = cache.stats()["l2"]
+        result.redis_bytes = _namespace_bytes(l2_url, namespace)
+        result.bytes_written = float(stats["bytes"])
+        result.compression_ratio = float(stats["compression_ratio"])
+    if cache is not None:
+        _clear_namespace(cache, l2_url, namespace)
+    return result
+
+
+def _cache(l1: bool, l2_url: str, namespace: str) -> TwoTierCache | None:
+    """The configuration's cache, empty (None: no cache, every read loads)."""
+    if not (l1 or l2_url):
+        return None
+    cache = TwoTierCache(
+        l1=L1Cache(
+            max_entries=settings.CACHE_L1_MAX_ENTRIES,
+            max_bytes=settings.CACHE_L1_MAX_BYTES,
+            ttl=settings.CACHE_L1_TTL,
+        )
+        if l1
+        else None,
+        l2=L2Cache(url=l2_url, ttl=settings.CACHE_L2_TTL) if l2_url else None,
+        namespace=namespace,
+    )
+    _clear_namespace(cache, l2_url, namespace)
+    return cache
+
+
+def _warm(
+    cache: TwoTierCache,
+    loaders: dict[str, Callable[[int], Any]],
+    now: dt.datetime,
+    result: _Result,
+    progress: Callable[[str], None],
+) -> None:
+    """Load what ``scaling.warming`` would before the replay (timed into ``warm_s``)."""
+    started = time.perf_counter()
+    plan = warm_plan(now=now, horizon_hours=settings.CACHE_WARM_HORIZON_HOURS)
+    for kind, ids in (
+        ("snapshot", plan.weddings),
+        ("supplier", plan.suppliers),
+        ("access", plan.users),
+    ):
+        for pk in ids:
+            cache.get_or_load(f"{kind}:{pk}", lambda k=kind, p=pk: loaders[k](p))
+    result.warm_s = time.perf_counter() - started
+    progress(f"{result.name}: warmed {len(plan.keys())} keys in {result.warm_s:.2f} s")
+
+
+def _replay(
+    trace: list[_Op],
+    cache: TwoTierCache | None,
+    loaders: dict[str, Callable[[int], Any]],
+    result: _Result,
+    progress: Callable[[str], None],
+) -> None:
+    """Every operation of ``trace`` in order, counted and timed into ``result``."""
+    name = result.name
     tick = max(1, len(trace) // 4)
     started = time.perf_counter()
     for index, op in enumerate(trace, 1):
@@ -300,14 +337,6 @@ def _run(
         if index % tick == 0:
             progress(f"{name}: {index}/{len(trace)}")
     result.run_s = time.perf_counter() - started
-    if cache is not None and l2_url:
-        stats = cache.stats()["l2"]
-        result.redis_bytes = _namespace_bytes(l2_url, namespace)
-        result.bytes_written = float(stats["bytes"])
-        result.compression_ratio = float(stats["compression_ratio"])
-    if cache is not None:
-        _clear_namespace(cache, l2_url, namespace)
-    return result
 
 
 _MISSING = object()

@@ -1,11 +1,12 @@
 """Asyncio client for the realtime protocol (PROTOCOL.md v1), used by the load benchmark,
-the tests and integrations.
+the tests and integrations: the connection, its reconnects, and request/reply.
 
 One WebSocket multiplexes topics; replies are matched to requests by ``ref``. Each
 subscribed topic's events reach ``on_event`` exactly once and in ``seq`` order, across
 reconnects: a reconnect re-subscribes every topic with ``since`` = the last delivered
-seq. Semantics and an example: docs/client.md. The receive path is lean on purpose
-(orjson, no per-message task or log line): the benchmark runs thousands of these.
+seq. The ordering and gap buffering per topic are ``streams``', the retry delays
+``backoff``'s. Semantics and an example: docs/client.md. The receive path is lean on
+purpose (orjson, no per-message task or log line): the benchmark runs thousands of these.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import inspect
 import itertools
 import logging
-import random
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,14 +24,12 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from wedsync_client.wire import (
-    CLOSE_CONNECTION_LIMIT,
-    CLOSE_OVERLOADED,
-    CLOSE_POLICY,
-    CLOSE_UNAUTHENTICATED,
-    MAX_FRAME_BYTES,
-    MAX_TOPICS_PER_FRAME,
-)
+from wedsync_client.backoff import full_jitter, reconnect_delay
+from wedsync_client.errors import ClientError, ConnectionLost, RequestTimeout, closed_error
+from wedsync_client.streams import GAP_TIMEOUT, TopicStreams
+from wedsync_client.wire import CLOSE_UNAUTHENTICATED, MAX_FRAME_BYTES, MAX_TOPICS_PER_FRAME
+
+__all__ = ["ClientError", "ConnectionLost", "RealtimeClient", "RequestTimeout"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,30 +39,7 @@ ReplyHandler = Callable[[dict], Awaitable[None]]
 # The server closes a connection silent for 60 s (4000); ping well before, so one lost
 # ping still leaves time for the next.
 KEEPALIVE_INTERVAL = 25.0
-# An event beyond last_seq + 1 waits this long for the missing ones; a correct server
-# never leaves a gap, so one that persists means a bug or a lost frame: resync.
-GAP_TIMEOUT = 2.0
-GAP_BUFFER_MAX = 1000  # events held per topic while waiting; beyond that, resync now
-SLOW_RETRY_CLOSES = frozenset({CLOSE_POLICY, CLOSE_CONNECTION_LIMIT})  # come back later
 TERMINAL_STATES = frozenset({"closed", "unauthorized"})
-
-
-class ClientError(Exception):
-    """A request failed: an error reply (``reply`` holds it) or a local failure."""
-
-    def __init__(self, code: str, message: str = "", reply: dict | None = None) -> None:
-        super().__init__(f"{code}: {message}" if message else code)
-        self.code = code
-        self.message = message
-        self.reply: dict = reply or {}
-
-
-class ConnectionLost(ClientError):
-    """The connection went away before the reply arrived (or was not open)."""
-
-
-class RequestTimeout(ClientError, TimeoutError):
-    """No reply within ``request_timeout`` (also a ``TimeoutError``)."""
 
 
 class RealtimeClient:
@@ -100,17 +75,13 @@ class RealtimeClient:
         self.reconnect = reconnect
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.request_timeout, self.keepalive_interval = request_timeout, keepalive_interval
-        self.gap_timeout = gap_timeout
         self.state = "closed"
         self.error: ClientError | None = None  # why the client stopped, if it did
         self._ws: ClientConnection | None = None
         self._live = asyncio.Event()  # set when requests may go out (or state is terminal)
-        self._topics: dict[str, int] = {}  # tracked topic -> last delivered seq
+        self._streams = TopicStreams(self._emit, self._resync, gap_timeout)
         self._pending: dict[str, tuple[asyncio.Future, ReplyHandler | None]] = {}
         self._refs = itertools.count(1)
-        self._held: dict[str, dict[int, dict]] = {}  # events beyond a gap, per topic
-        self._gap_timers: dict[str, asyncio.TimerHandle] = {}
-        self._waiters: dict[str, list[tuple[int, asyncio.Future]]] = {}
         self._runner: asyncio.Task | None = None
         self._resync_task: asyncio.Task | None = None
         self._closing = False
@@ -118,6 +89,15 @@ class RealtimeClient:
         self._last_send = 0.0
 
     # --- public API -------------------------------------------------------------------
+
+    @property
+    def gap_timeout(self) -> float:
+        """Seconds an event beyond a gap waits for the missing ones before a resync."""
+        return self._streams.gap_timeout
+
+    @gap_timeout.setter
+    def gap_timeout(self, value: float) -> None:
+        self._streams.gap_timeout = value
 
     async def __aenter__(self) -> RealtimeClient:
         await self.connect()
@@ -139,7 +119,7 @@ class RealtimeClient:
             await self._set_state("closed")
             raise
         self._ws = ws
-        resume = bool(self._topics)  # connect() again after a 4001 with a fresh token
+        resume = bool(self._streams.last)  # connect() again after a 4001 with a fresh token
         if not resume:
             self._live.set()
             await self._set_state("live")
@@ -166,7 +146,8 @@ class RealtimeClient:
         result: dict[str, dict] = {}
         for i in range(0, len(names), MAX_TOPICS_PER_FRAME):
             chunk = {
-                t: since.get(t, self._topics.get(t)) for t in names[i : i + MAX_TOPICS_PER_FRAME]
+                t: since.get(t, self._streams.last.get(t))
+                for t in names[i : i + MAX_TOPICS_PER_FRAME]
             }
             result.update(await self._subscribe_frame(chunk, resumed=False))
         return result
@@ -174,7 +155,7 @@ class RealtimeClient:
     async def unsubscribe(self, *topics: str) -> None:
         """Stop tracking ``topics`` at once and tell the server."""
         for topic in topics:
-            self._forget(topic)
+            self._streams.forget(topic)
         for i in range(0, len(topics), MAX_TOPICS_PER_FRAME):
             chunk = list(topics[i : i + MAX_TOPICS_PER_FRAME])
             await self._request({"type": "unsubscribe", "topics": chunk})
@@ -220,33 +201,23 @@ class RealtimeClient:
             except ClientError as exc:
                 if exc.code != "unavailable" or attempt == retries:
                     raise
-                await asyncio.sleep(self._full_jitter(attempt + 1))
+                await asyncio.sleep(
+                    full_jitter(attempt + 1, self.backoff_initial, self.backoff_max)
+                )
         raise AssertionError("unreachable")
 
     def last_seq(self, topic: str) -> int | None:
         """The last seq delivered (or skipped by a reset) on ``topic``; None if untracked."""
-        return self._topics.get(topic)
+        return self._streams.last.get(topic)
 
     @property
     def topics(self) -> list[str]:
         """The topics tracked, and re-subscribed on reconnect."""
-        return list(self._topics)
+        return list(self._streams.last)
 
     async def wait_for_seq(self, topic: str, seq: int, timeout: float = 10.0) -> None:
         """Return once ``last_seq(topic) >= seq``; raises RequestTimeout after ``timeout``."""
-        if self._topics.get(topic, -1) >= seq:
-            return
-        entry = (seq, asyncio.get_running_loop().create_future())
-        self._waiters.setdefault(topic, []).append(entry)
-        try:
-            async with asyncio.timeout(timeout):
-                await entry[1]
-        except TimeoutError:
-            raise RequestTimeout("timeout", f"{topic} did not reach seq {seq}") from None
-        finally:
-            waiters = self._waiters.get(topic, [])
-            if entry in waiters:
-                waiters.remove(entry)
+        await self._streams.wait_for(topic, seq, timeout)
 
     # --- connection lifecycle -----------------------------------------------------------
 
@@ -294,7 +265,9 @@ class RealtimeClient:
                 return
             await self._set_state("reconnecting")
             while True:
-                await asyncio.sleep(self._backoff(code))
+                await asyncio.sleep(
+                    reconnect_delay(code, self._attempt, self.backoff_initial, self.backoff_max)
+                )
                 self._attempt += 1
                 self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
                 try:
@@ -307,7 +280,7 @@ class RealtimeClient:
 
     async def _resume(self, ws: ClientConnection) -> None:
         """After a reconnect: re-subscribe every tracked topic with since, then go live."""
-        items = list(self._topics.items())
+        items = list(self._streams.last.items())
         for i in range(0, len(items), MAX_TOPICS_PER_FRAME):
             try:
                 await self._subscribe_frame(dict(items[i : i + MAX_TOPICS_PER_FRAME]), resumed=True)
@@ -331,28 +304,12 @@ class RealtimeClient:
             if not fut.done():
                 fut.set_exception(_lost(ws))
         self._pending.clear()
-        for topic in list(self._held):  # held events come back in the replay
-            self._clear_gap(topic)
+        self._streams.clear_gaps()  # held events come back in the replay
 
     async def _finish(self, state: str) -> None:
         self._live.set()  # wake requests waiting for a connection; they see the state
-        for waiters in self._waiters.values():
-            for _, fut in waiters:
-                if not fut.done():
-                    fut.set_exception(self.error or ConnectionLost("closed", "client closed"))
-        self._waiters.clear()
+        self._streams.fail_waiters(self.error or ConnectionLost("closed", "client closed"))
         await self._set_state(state)
-
-    def _backoff(self, code: int | None) -> float:
-        if code in SLOW_RETRY_CLOSES:  # the server asked us to come back later
-            return self.backoff_max * (0.5 + random.random() / 2)  # noqa: S311
-        return self._full_jitter(
-            max(self._attempt, 2) if code == CLOSE_OVERLOADED else self._attempt
-        )
-
-    def _full_jitter(self, attempt: int) -> float:
-        cap = min(self.backoff_max, self.backoff_initial * 2**attempt)
-        return random.uniform(0, cap)  # noqa: S311
 
     async def _keepalive(self, ws: ClientConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -375,7 +332,8 @@ class RealtimeClient:
         ws = self._ws
         if ws is None or (self._resync_task is not None and not self._resync_task.done()):
             return
-        logger.warning("gap on %s after seq %s; resynchronising", topic, self._topics.get(topic))
+        last = self._streams.last.get(topic)
+        logger.warning("gap on %s after seq %s; resynchronising", topic, last)
         self._resync_task = asyncio.get_running_loop().create_task(ws.close(1000, "resync"))
 
     # --- requests -----------------------------------------------------------------------
@@ -438,53 +396,46 @@ class RealtimeClient:
             if topic not in asked:
                 continue
             if status.get("status", "ok") != "ok":
-                self._forget(topic)
+                self._streams.forget(topic)
                 if resumed:
                     await self._call(self.on_topic_error, topic, status)
                 continue
             seq = int(status.get("seq", 0))
             since = asked[topic]
+            streams = self._streams
             if since is None:
-                self._set_last(topic, seq)
+                streams.set_last(topic, seq)
             elif status.get("recovered", True) and since <= seq:
-                self._set_last(topic, max(since, self._topics.get(topic, since)))
+                streams.set_last(topic, max(since, streams.last.get(topic, since)))
             else:  # history no longer covers since (or since is ahead): reload a snapshot
-                self._set_last(topic, seq)
+                streams.set_last(topic, seq)
                 snapshot_seq = await self._call(self.on_reset, topic, seq)
                 if type(snapshot_seq) is int and snapshot_seq > seq:
-                    self._set_last(topic, snapshot_seq)
-            if topic in self._held:
-                await self._drain(topic)
+                    streams.set_last(topic, snapshot_seq)
+            await streams.drain(topic)  # events held while the reply was on its way
 
     # --- receiving ----------------------------------------------------------------------
 
     async def _read(self, ws: ClientConnection) -> None:
-        topics, pending, loads = self._topics, self._pending, orjson.loads
+        receive, pending, loads = self._streams.receive, self._pending, orjson.loads
         try:
             while True:
                 raw = await ws.recv(decode=False)
                 try:
                     frame = loads(raw)
                     kind = frame.get("type")
-                    await self._dispatch(frame, kind, topics, pending)
+                    if kind == "event":
+                        await receive(frame)
+                    else:
+                        await self._dispatch(frame, kind, pending)
                 except Exception:  # a malformed frame must not stop the reader
                     logger.exception("frame not handled: %r", raw[:200])
         except ConnectionClosed:
             return
 
-    async def _dispatch(self, frame: dict, kind: Any, topics: dict, pending: dict) -> None:
-        if kind == "event":
-            topic, seq = frame.get("topic"), frame.get("seq")
-            last = topics.get(topic)
-            if last is None or seq <= last:
-                return  # not subscribed, or a duplicate
-            if seq == last + 1:
-                await self._deliver(topic, seq, frame)
-                if topic in self._held:
-                    await self._drain(topic)
-            else:
-                self._hold(topic, seq, frame)
-        elif kind == "reply" or kind == "pong" or kind == "error":
+    async def _dispatch(self, frame: dict, kind: Any, pending: dict) -> None:
+        """Every frame but events (``TopicStreams.receive`` has those)."""
+        if kind == "reply" or kind == "pong" or kind == "error":
             entry = pending.pop(frame.get("ref"), None)
             if entry is None:
                 if kind == "error":
@@ -500,61 +451,15 @@ class RealtimeClient:
         elif kind == "presence_diff":
             await self._call(self.on_presence, frame)
         elif kind == "unsubscribed":  # the server withdrew access to a topic
-            self._forget(frame.get("topic"))
+            self._streams.forget(frame.get("topic"))
             await self._call(self.on_topic_error, frame.get("topic"), frame)
 
-    async def _deliver(self, topic: str, seq: int, frame: dict) -> None:
-        self._topics[topic] = seq
+    async def _emit(self, frame: dict) -> None:
+        """An event, in order and once (``TopicStreams``), to the application."""
         if self.on_event is not None:
             await self._call(self.on_event, frame)
-        if self._waiters:
-            self._set_last(topic, seq)
-
-    def _hold(self, topic: str, seq: int, frame: dict) -> None:
-        held = self._held.setdefault(topic, {})
-        held[seq] = frame
-        if topic not in self._gap_timers:
-            self._gap_timers[topic] = asyncio.get_running_loop().call_later(
-                self.gap_timeout, self._gap_expired, topic
-            )
-        if len(held) > GAP_BUFFER_MAX:
-            self._resync(topic)
-
-    def _gap_expired(self, topic: str) -> None:
-        self._gap_timers.pop(topic, None)
-        if self._held.get(topic):
-            self._resync(topic)
-
-    async def _drain(self, topic: str) -> None:
-        """Deliver held events that are now next in line; drop those already delivered."""
-        while (held := self._held.get(topic)) and (last := self._topics.get(topic)) is not None:
-            frame = held.pop(last + 1, None)
-            if frame is None:
-                for seq in [s for s in held if s <= last]:
-                    del held[seq]
-                if held:
-                    return  # still a gap: the timer keeps running
-                break
-            await self._deliver(topic, last + 1, frame)
-        self._clear_gap(topic)
 
     # --- small helpers ------------------------------------------------------------------
-
-    def _set_last(self, topic: str, seq: int) -> None:
-        self._topics[topic] = seq
-        for want, fut in self._waiters.get(topic, ()):
-            if seq >= want and not fut.done():
-                fut.set_result(None)
-
-    def _forget(self, topic: Any) -> None:
-        self._topics.pop(topic, None)
-        self._clear_gap(topic)
-
-    def _clear_gap(self, topic: Any) -> None:
-        self._held.pop(topic, None)
-        timer = self._gap_timers.pop(topic, None)
-        if timer is not None:
-            timer.cancel()
 
     async def _set_state(self, state: str) -> None:
         if state != self.state:
@@ -573,7 +478,5 @@ class RealtimeClient:
 
 
 def _lost(ws: ClientConnection) -> ClientError:
-    """The error for a request cut off by the connection closing."""
-    if ws.close_code == CLOSE_UNAUTHENTICATED:
-        return ClientError("unauthorized", ws.close_reason or "token missing, invalid or expired")
-    return ConnectionLost("connection_lost", f"connection closed ({ws.close_code})")
+    """The error for a request cut off by ``ws`` closing."""
+    return closed_error(ws.close_code, ws.close_reason or "")
