@@ -36,7 +36,7 @@ class ApiError(Exception):
     """A failure the client is told about: a stable ``code``, a message, the HTTP status
     and any extra fields of the error object."""
 
-    def __init__(self, code: str, message: str, status: int, **extra: Any) -> None:
+    def __init__(self, code: str, message: str, status: int, /, **extra: Any) -> None:
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
         self.extra = extra

@@ -13,6 +13,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 
+from core.redis import shared_client
+
 # A probe that takes longer than this counts as failed: a readiness check must answer
 # quickly even when a dependency hangs.
 PROBE_TIMEOUT_S = 2.0
@@ -25,10 +27,9 @@ def _database_probe() -> None:
 
 
 async def _redis_probe() -> None:
-    from realtime.presence import get_redis
 
     # The process's shared pool: readiness checks what requests will use.
-    await get_redis(settings.REDIS_URL).ping()
+    await shared_client(settings.REDIS_URL).ping()
 
 
 async def _channel_layer_probe() -> None:
@@ -67,7 +68,7 @@ def _process_state() -> dict[str, Any]:
     one means the process is serving in degraded mode: events from the log, presence
     and connection counts local)."""
     from core.breaker import breaker_states
-    from realtime.consumers import registry
+    from realtime.node import process as registry
 
     states = breaker_states()
     open_ = sorted(name for name, state in states.items() if state == "open")

@@ -23,7 +23,8 @@ from core import metrics
 from core.cache import get_cache
 from core.wire import wire_time
 from realtime import selectors as realtime_selectors
-from realtime.connections import get_connection_registry, supplier_limit
+from realtime.connection_counts import get_connection_counter as get_connection_registry
+from realtime.connection_counts import supplier_limit
 from realtime.models import Ack, Event
 from scaling.decisions import CurrentMetrics
 from scaling.demand import Observation

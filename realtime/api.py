@@ -30,10 +30,10 @@ from weddings.caching import auser_access
 from weddings.models import Supplier, Wedding
 
 from . import selectors, services
-from .broadcast import event_frame
-from .connections import get_connection_registry, supplier_limit
+from .connection_counts import get_connection_counter as get_connection_registry
+from .connection_counts import supplier_limit
 from .errors import RealtimeError, topic_forbidden
-from .protocol import MAX_FRAME_BYTES
+from .protocol import MAX_FRAME_BYTES, event_frame
 from .snapshots import snapshot_key, snapshot_load, wedding_summary
 from .tokens import (
     TokenError,

@@ -11,7 +11,7 @@ class RealtimeConfig(AppConfig):
         from core import metrics, switches
 
         from . import signals  # noqa: F401  (connects the access-change receivers)
-        from .consumers import sample_metrics
+        from .node import sample_metrics
         from .selectors import READ_ONLY_MODE
 
         # The connections, subscriptions, presence and outbox gauges of this process.

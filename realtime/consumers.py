@@ -2,20 +2,20 @@
 
 It authenticates (the handshake middleware did the work), decodes each frame into a
 typed message, calls a service, and replies. Ordering and gap repair live in
-``delivery``; authorisation, validation and storage in ``topics``, ``catalogue`` and
-``services``.
+``delivery``, where a subscribe starts each topic in ``replay``; authorisation,
+validation and storage in ``access``, ``topics``, ``catalogue`` and ``services``; what
+the connections of an event loop share (the hub, the presence diffs, the sweep) in
+``node``; the frames in ``protocol``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from channels.exceptions import StopConsumer
 from django.conf import settings
 from django.db import DatabaseError
@@ -24,23 +24,23 @@ from core import metrics
 from core.db import in_db_thread
 
 from . import protocol, services
-from .connections import Connection, get_connection_registry, supplier_limit
+from .access import authorize_and_describe, authorize_topics, connect_facts, still_allowed
+from .connection_counts import Connection, get_connection_counter, supplier_limit
 from .delivery import Outbox, OutboxFull, TopicStream, fill, finish_sync
 from .errors import RealtimeError
-from .hub import get_hub
+from .hub import TopicHub
 from .limits import PublishLimiter
-from .presence import get_diff_batcher, get_presence_store
+from .node import get_node, process
+from .presence import get_presence_store
 from .protocol import (
     CLOSE_CONNECTION_LIMIT,
     CLOSE_OVERLOADED,
     CLOSE_POLICY,
     CLOSE_RESTARTING,
-    CLOSE_STALE,
     CLOSE_TOO_LARGE,
     CLOSE_UNAUTHENTICATED,
 )
-from .replay import Sync, sync_from_memory, sync_topics
-from .session import authorize_and_describe, authorize_topics, connect_facts, still_allowed
+from .replay import Sync, plan_syncs, send_replay
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class RealtimeConsumer:
     """One client's connection: subscriptions, publishes, presence, acks.
 
     A plain ASGI application rather than a channels consumer: events, presence diffs
-    and access notices come from the process's hub (``realtime.hub``), so a connection
+    and access notices come from its event loop's hub (``realtime.hub``), so a connection
     needs no channel-layer channel, no task reading one and no Redis subscription
     (docs/adr/0013-connections-without-a-layer-channel.md). Slots: thousands are held.
     """
@@ -140,7 +140,7 @@ class RealtimeConsumer:
             maxsize=settings.REALTIME_OUTBOX_SIZE,
             put_timeout=settings.REALTIME_OUTBOX_PUT_TIMEOUT,
         )
-        if registry.draining:
+        if process.draining:
             await self.close(CLOSE_RESTARTING, "server restarting; reconnect")
             return
         if self.user is None or not self.user.is_authenticated:
@@ -150,8 +150,9 @@ class RealtimeConsumer:
             return
         self.presence = get_presence_store()
         self.watched = True
-        await get_hub().watch_user(self.user.pk, self)
-        registry.add(self)
+        node = get_node()
+        await node.hub.watch_user(self.user.pk, self)
+        node.consumers.add(self)
 
     async def _register(self) -> bool:
         """Count this connection against its user's and suppliers' limits (4029 if over)."""
@@ -160,7 +161,7 @@ class RealtimeConsumer:
         except DatabaseError:
             suppliers, wedding_day = (), False  # counted per user only until the next connect
         connection = Connection(self.conn_id, self.user.pk, suppliers)
-        refusal = await get_connection_registry().register(
+        refusal = await get_connection_counter().register(
             connection, supplier_limit=supplier_limit(wedding_day)
         )
         if refusal is not None:
@@ -172,9 +173,10 @@ class RealtimeConsumer:
 
     async def websocket_disconnect(self, message: dict) -> None:
         metrics.connection_closed(message.get("code"))
-        registry.discard(self)
+        node = get_node()
+        node.consumers.discard(self)
         if self.watched:
-            get_hub().unwatch_user(self.user.pk, self)
+            node.hub.unwatch_user(self.user.pk, self)
         outbox = getattr(self, "outbox", None)
         if outbox is not None:
             outbox.stop()
@@ -182,7 +184,7 @@ class RealtimeConsumer:
             # Every count of the connection, its weddings included: the topics dropped
             # below need no untracking of their own.
             connection, self.connection = self.connection, None
-            await get_connection_registry().unregister(connection)
+            await get_connection_counter().unregister(connection)
         for topic in list(self.streams):
             await self._drop_topic(topic)
         raise StopConsumer
@@ -269,7 +271,7 @@ class RealtimeConsumer:
                 if self.limiter is None:
                     self.limiter = PublishLimiter()
                 self.limiter.check(frame.event)
-                if registry.draining:
+                if process.draining:
                     raise RealtimeError(
                         "unavailable", "server restarting; send it again after reconnecting"
                     )
@@ -297,82 +299,69 @@ class RealtimeConsumer:
 
     async def _subscribe(self, frame: protocol.Subscribe) -> None:
         requested = dict(frame.topics)
-        room = settings.REALTIME_MAX_TOPICS_PER_CONNECTION - len(self.streams)
-        statuses: dict[str, dict] = {}
-        fresh: list[str] = []
-        for topic in requested:
-            if topic in self.streams:
-                statuses[topic] = {"status": "ok", "seq": self.streams[topic].last_seq}
-            elif room > 0:
-                fresh.append(topic)
-                room -= 1
-            else:
-                statuses[topic] = {
-                    "status": "error",
-                    "code": "limit_reached",
-                    "message": "at most "
-                    f"{settings.REALTIME_MAX_TOPICS_PER_CONNECTION} topics per connection",
-                }
+        statuses, fresh = self._admit(requested)
         # One database-thread call for the check and the presence cards, one for the
         # positions and the first page of the replay: a reconnect storm multiplies them.
         allowed, refused, infos = await in_db_thread(authorize_and_describe)(self.user, fresh)
         for topic, err in refused.items():
-            statuses[topic] = {"status": "error", **err.as_dict()}
+            statuses[topic] = protocol.topic_refused(err)
+        hub = get_node().hub
+        await self._open_streams(hub, allowed)
+        since = {t: requested[t].since for t in allowed}
+        syncs = await plan_syncs(hub, since)
+        self._start_streams(since, syncs, statuses)
+        await self._reply(protocol.subscribe_reply(frame.ref, statuses))
+        for topic in allowed:
+            await send_replay(self.streams[topic], self.outbox, syncs[topic])
+        for topic in allowed:
+            await self._join_presence(topic, infos[topic])
+
+    def _admit(self, requested: dict[str, Any]) -> tuple[dict[str, dict], list[str]]:
+        """The topics of a subscribe already subscribed (ok, at their seq) or beyond the
+        per-connection limit (limit_reached), and the new ones within it."""
+        limit = settings.REALTIME_MAX_TOPICS_PER_CONNECTION
+        room = limit - len(self.streams)
+        statuses: dict[str, dict] = {}
+        fresh: list[str] = []
+        for topic in requested:
+            if topic in self.streams:
+                statuses[topic] = protocol.topic_ok(self.streams[topic].last_seq)
+            elif room > 0:
+                fresh.append(topic)
+                room -= 1
+            else:
+                statuses[topic] = protocol.topic_limit_reached(limit)
+        return statuses, fresh
+
+    async def _open_streams(self, hub: TopicHub, topics: list[str]) -> None:
         # Join the groups first, then read the log: an event stored in between arrives
         # both ways and the duplicate is dropped; none can fall between the two.
-        hub = get_hub()
-        for topic in allowed:
+        for topic in topics:
             self.streams[topic] = TopicStream(topic)
             await hub.join(topic, self)
         if self.connection is not None:
-            await get_connection_registry().track_weddings(self.connection, _wedding_ids(allowed))
-        since = {t: requested[t].since for t in allowed}
-        syncs: dict[str, Sync] = {}
-        for topic in allowed:  # from the hub's recent events where it has them
-            sync = sync_from_memory(hub.recent_of(topic), since[topic])
-            if sync is not None:
-                syncs[topic] = sync
-        if len(syncs) < len(allowed):
-            rest = {t: since[t] for t in allowed if t not in syncs}
-            seeding = [t for t in rest if hub.in_group(t)]  # in the group before the read
-            syncs.update(await sync_topics(rest))
-            for topic in seeding:  # later subscribers of the topic start from memory
-                recent = hub.recent_of(topic)
-                if recent is not None:
-                    recent.seed(syncs[topic].seq)
-        for topic in allowed:
+            await get_connection_counter().track_weddings(self.connection, _wedding_ids(topics))
+
+    def _start_streams(
+        self, since: dict[str, int | None], syncs: dict[str, Sync], statuses: dict[str, dict]
+    ) -> None:
+        """Start each new stream where its sync says; the reply tells its seq (and with
+        ``since`` whether everything after it is replayed)."""
+        for topic, after in since.items():
             sync = syncs[topic]
             self.streams[topic].last_seq = sync.start
-            status: dict[str, Any] = {"status": "ok", "seq": sync.seq}
-            if since[topic] is not None:
-                status["recovered"] = sync.recovered
-                metrics.replayed(recovered=sync.recovered, events=max(0, sync.seq - sync.start))
-            statuses[topic] = status
-        ok = any(s["status"] == "ok" for s in statuses.values()) or not statuses
-        reply = protocol.reply_ok(frame.ref, topics=statuses)
-        if not ok:
-            reply = protocol.reply_error(
-                frame.ref,
-                RealtimeError("forbidden", "no topic could be subscribed", topics=statuses),
-            )
-        await self._reply(reply)
-        for topic in allowed:
-            stream, sync = self.streams[topic], syncs[topic]
-            for seq, text in sync.events:
-                await self.outbox.put(text)
-                stream.last_seq = seq
-            if stream.last_seq < sync.seq:  # more than a page: the rest page by page
-                await fill(stream, self.outbox, sync.seq, live=False)
-            await finish_sync(stream, self.outbox)
-        for topic in allowed:
-            await self._join_presence(topic, infos[topic])
+            if after is None:
+                statuses[topic] = protocol.topic_ok(sync.seq)
+                continue
+            statuses[topic] = protocol.topic_ok(sync.seq, sync.recovered)
+            metrics.replayed(recovered=sync.recovered, events=max(0, sync.seq - sync.start))
 
     async def _drop_topic(self, topic: str) -> None:
         if self.streams.pop(topic, None) is None:
             return
-        await get_hub().leave(topic, self)
+        await get_node().hub.leave(topic, self)
         if self.connection is not None:
-            await get_connection_registry().untrack_weddings(self.connection, _wedding_ids([topic]))
+            await get_connection_counter().untrack_weddings(self.connection, _wedding_ids([topic]))
         member = self.members.pop(topic, None)
         if member is None:
             return
@@ -407,9 +396,9 @@ class RealtimeConsumer:
             logger.warning("presence unavailable; %s not re-joined", self.conn_id)
 
     def _presence_diff(self, topic: str, joins: list, leaves: list) -> None:
-        get_diff_batcher().add(topic, joins, leaves)  # sent merged, within PRESENCE_BATCH_S
+        get_node().diffs.add(topic, joins, leaves)  # sent merged, within PRESENCE_BATCH_S
 
-    # --- events from this process's hub (realtime.hub) ----------------------------------
+    # --- events from this event loop's hub (realtime.hub) -------------------------------
 
     def hub_event(self, topic: str, seq: int, text: str, stored_at: float | None = None) -> None:
         """One live event of a subscribed topic, in the order the hub received them.
@@ -430,14 +419,14 @@ class RealtimeConsumer:
             try:
                 self.outbox.put_nowait(text, stored_at)
             except OutboxFull:
-                get_hub().spawn(self.close(CLOSE_OVERLOADED, "client too slow"))
+                get_node().hub.spawn(self.close(CLOSE_OVERLOADED, "client too slow"))
                 return
             metrics.delivered()
             stream.last_seq = seq
             return
         stream.syncing = True  # a gap: fill it from the log, then the held events
         stream.pending[seq] = text
-        get_hub().spawn(self._refill(stream, seq - 1))
+        get_node().hub.spawn(self._refill(stream, seq - 1))
 
     async def _refill(self, stream: TopicStream, upto: int) -> None:
         try:
@@ -470,14 +459,7 @@ class RealtimeConsumer:
             return
         await self._drop_topic(topic)
         await self._reply(
-            orjson.dumps(
-                {
-                    "type": "unsubscribed",
-                    "topic": topic,
-                    "code": "forbidden",
-                    "message": "access to this topic was withdrawn",
-                }
-            ).decode()
+            protocol.unsubscribed(topic, "forbidden", "access to this topic was withdrawn")
         )
 
     async def rt_user_revoked(self, message: dict) -> None:
@@ -503,131 +485,6 @@ _HANDLERS: dict[str, Callable[[RealtimeConsumer, dict], Awaitable[None]]] = {
 }
 
 
-async def _poll_until(condition: Any, deadline: float) -> None:
-    """Wait until ``condition()`` holds or the monotonic ``deadline`` passes."""
-    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110 -- bounded poll
-        await asyncio.sleep(0.05)
-
-
-class Registry:
-    """The connections of this process: the periodic sweep and the graceful shutdown."""
-
-    def __init__(self) -> None:
-        self._consumers: set[RealtimeConsumer] = set()
-        self._task: asyncio.Task | None = None
-        self.draining = False  # set on SIGTERM: no new connections, no new publishes
-
-    def add(self, consumer: RealtimeConsumer) -> None:
-        self._consumers.add(consumer)
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._sweep_forever())
-
-    def discard(self, consumer: RealtimeConsumer) -> None:
-        self._consumers.discard(consumer)
-
-    def __len__(self) -> int:
-        return len(self._consumers)
-
-    def consumers(self) -> list[RealtimeConsumer]:
-        """A copy of the process's connections; safe to call from another thread (the
-        metrics sampler) while the event loop changes the set."""
-        for _ in range(3):
-            try:
-                return list(self._consumers)
-            except RuntimeError:  # the set changed size during the copy
-                continue
-        return []
-
-    async def shutdown(self, grace: float) -> None:
-        """Drain this process (SIGTERM): refuse new connections and publishes, let the
-        frames in flight finish (up to ``grace`` seconds), then close every connection
-        with 1012 after what is queued for it, so its client reconnects elsewhere with
-        ``since`` and misses nothing."""
-        self.draining = True
-        deadline = time.monotonic() + grace
-        await _poll_until(lambda: not any(c.inflight for c in self._consumers), deadline)
-        consumers = list(self._consumers)
-        logger.warning("shutting down: closing %d connections with 1012", len(consumers))
-        await asyncio.gather(
-            *(c.close(CLOSE_RESTARTING, "server restarting; reconnect") for c in consumers),
-            return_exceptions=True,
-        )
-        await _poll_until(lambda: not self._consumers, deadline)
-        await get_diff_batcher().drain()  # the leaves of the closed connections
-
-    async def _sweep_forever(self) -> None:
-        from .session import topic_positions
-
-        interval = settings.REALTIME_SWEEP_INTERVAL
-        while self._consumers:
-            await asyncio.sleep(interval)
-            try:
-                await self.sweep(topic_positions)
-            except Exception:
-                logger.exception("sweep failed")
-
-    async def _refresh_presence(self, consumers: list[RealtimeConsumer]) -> None:
-        """Heartbeat the presence of every connection of the process, in a few script
-        runs; re-join where an entry was lost (expired during a stall, Redis lost it)."""
-        live = [c for c in consumers if c.members and not c.closing]
-        if not live:
-            return
-        try:
-            lost = await get_presence_store().refresh_many(
-                {c.conn_id: list(c.members) for c in live}
-            )
-        except RealtimeError:
-            logger.warning("presence unavailable; not refreshed")
-            return
-        for consumer in live:
-            if consumer.conn_id in lost:
-                await consumer.rejoin_presence(lost[consumer.conn_id])
-
-    async def sweep(self, topic_positions: Any) -> None:
-        """Close stale connections, refresh presence, and repair silent gaps."""
-        now = time.monotonic()
-        consumers = list(self._consumers)
-        topics: set[str] = set()
-        for consumer in consumers:
-            if now - consumer.last_seen > settings.REALTIME_IDLE_TIMEOUT:
-                await consumer.close(CLOSE_STALE, "no frame for too long")
-                continue
-            topics.update(consumer.streams)
-            consumer.outbox.release()  # an idle connection holds no writer task
-        await self._refresh_presence(consumers)
-        await get_connection_registry().heartbeat(
-            c.connection for c in consumers if c.connection is not None and not c.closing
-        )
-        await get_hub().retry_joins()
-        if not topics:
-            return
-        # One query for the whole process: the current seq of every subscribed topic.
-        current = await topic_positions(sorted(topics))
-        for consumer in consumers:
-            for topic, stream in list(consumer.streams.items()):
-                if stream.syncing:
-                    continue
-                # Behind now and already behind that far at the last sweep: the layer
-                # lost the message (or never had it); fill from the log.
-                if stream.last_seq < stream.behind:
-                    await consumer.rt_catch_up({"topic": topic, "seq": stream.behind})
-                stream.behind = current.get(topic, 0)
-
-
-registry = Registry()
-
-
-def sample_metrics() -> None:
-    """Set this process's connection gauges (``core.metrics`` calls it on every sample)."""
-    open_ = [c for c in registry.consumers() if not getattr(c, "closing", False)]
-    depths = [_outbox_depth(c) for c in open_]
-    metrics.CONNECTIONS.set(len(open_))
-    metrics.SUBSCRIPTIONS.set(sum(len(getattr(c, "streams", ())) for c in open_))
-    metrics.PRESENCE.set(sum(len(getattr(c, "members", ())) for c in open_))
-    metrics.OUTBOX_DEPTH.set(sum(depths))
-    metrics.OUTBOX_DEPTH_MAX.set(max(depths, default=0))
-
-
-def _outbox_depth(consumer: Any) -> int:
-    outbox = getattr(consumer, "outbox", None)
-    return int(getattr(outbox, "depth", 0) or 0) if outbox is not None else 0
+# The old name of ``realtime.node.process`` (whether the process is draining, and its
+# shutdown), for tests/monitoring/test_health.py until it imports that. Nothing else may.
+registry = process

@@ -19,7 +19,8 @@ from core import metrics
 from core.db import in_db_thread
 
 from . import selectors
-from .broadcast import event_frame_text
+from .models import TopicCursor
+from .protocol import event_frame_text
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,15 @@ def _events_after(topic: str, after: int, upto: int | None) -> list[tuple[int, s
 
 
 events_after = in_db_thread(_events_after)
+
+
+def _topic_positions(names: list[str]) -> dict[str, int]:
+    return dict(TopicCursor.objects.filter(topic__in=names).values_list("topic", "last_seq"))
+
+
+# The current seq of each topic (one query for the whole process): the sweep's check for
+# events the channel layer lost (``ConsumerRegistry.sweep``).
+topic_positions = in_db_thread(_topic_positions)
 
 
 class Outbox:

@@ -28,7 +28,7 @@ class RealtimeError(ApiError):
     """A failure the client is told about, with a stable code from PROTOCOL §8; the HTTP
     API answers it with the code's status (an ``ApiError``)."""
 
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
+    def __init__(self, code: str, message: str, /, **extra: Any) -> None:
         if code not in HTTP_STATUS:
             raise ValueError(f"unknown realtime error code {code!r}")
         super().__init__(code, message, HTTP_STATUS[code], **extra)

@@ -1,4 +1,4 @@
-"""Per-connection limits of PROTOCOL §4 and §8: publish rate, strikes, topic counts.
+"""Per-connection publish limits of PROTOCOL §8: the publish rate, and strikes.
 
 The consumer keeps one ``PublishLimiter`` per connection and calls ``check(event)`` before a
 publish reaches the service; after a ``rate_limited`` error it looks at ``should_close`` and,
@@ -125,19 +125,3 @@ class PublishLimiter:
             and now - self._strikes[0] <= self.strike_window
         ):
             self.should_close = True
-
-
-def check_topic_limit(subscribed: int, adding: int, *, limit: int | None = None) -> None:
-    """Refuse a subscribe that would take a connection past its topic limit (PROTOCOL §4).
-
-    ``limit_reached``, unlike the per-frame cap (``invalid_payload``, realtime.protocol):
-    it depends on the connection's state, and unsubscribing first makes a retry succeed.
-    """
-    if limit is None:
-        limit = settings.REALTIME_MAX_TOPICS_PER_CONNECTION
-    if subscribed + adding > limit:
-        raise RealtimeError(
-            "limit_reached",
-            f"at most {limit} topics on one connection",
-            limit=limit,
-        )

@@ -29,22 +29,26 @@ Topic limit: more than 100 topics in one subscribe/unsubscribe frame is ``invali
 with ``field="topics"``, not ``limit_reached``. It is a property of the frame alone, so
 retrying can never succeed: Centrifugo's "bad request" (107, "retrying request does not make
 sense"), not its "limit exceeded" (106), which it returns for the per-connection channel
-limit. Our per-connection limit (200 topics) is stateful and gets ``limit_reached``
-(``realtime.limits.check_topic_limit``).
+limit. Our per-connection limit (200 topics) is stateful and gets ``limit_reached``, per
+topic in the subscribe reply (``topic_limit_reached``).
 
 Server → client frames are built by the encoders below as ``str`` (orjson), ready for
-``send(text_data=...)``.
+``send(text_data=...)``: every frame the server sends is encoded here and nowhere else.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import orjson
 
+from core.wire import wire_time
 from realtime.errors import RealtimeError
+
+if TYPE_CHECKING:
+    from realtime.models import Event
 
 # PROTOCOL §1: one text frame is at most 64 KiB of UTF-8.
 MAX_FRAME_BYTES = 65536
@@ -310,3 +314,73 @@ def presence_diff(topic: str, joins: list[dict], leaves: list[dict]) -> str:
     return orjson.dumps(
         {"type": "presence_diff", "topic": topic, "joins": joins, "leaves": leaves}
     ).decode()
+
+
+def unsubscribed(topic: str, code: str, message: str) -> str:
+    """The server ended a subscription (PROTOCOL §6): e.g. access to the topic was withdrawn."""
+    return orjson.dumps(
+        {"type": "unsubscribed", "topic": topic, "code": code, "message": message}
+    ).decode()
+
+
+# --- subscribe replies ------------------------------------------------------------------
+
+
+def topic_ok(seq: int, recovered: bool | None = None) -> dict[str, Any]:
+    """A subscribe reply's entry for a topic subscribed: its seq now, and with ``since``
+    whether every event after it could be replayed (``recovered``)."""
+    status: dict[str, Any] = {"status": "ok", "seq": seq}
+    if recovered is not None:
+        status["recovered"] = recovered
+    return status
+
+
+def topic_refused(err: RealtimeError) -> dict[str, Any]:
+    """A subscribe reply's entry for a topic refused (``unknown_topic``, ``forbidden``)."""
+    return {"status": "error", **err.as_dict()}
+
+
+def topic_limit_reached(limit: int) -> dict[str, Any]:
+    """A subscribe reply's entry for a topic beyond the per-connection limit."""
+    return {
+        "status": "error",
+        "code": "limit_reached",
+        "message": f"at most {limit} topics per connection",
+    }
+
+
+def subscribe_reply(ref: str, statuses: dict[str, dict[str, Any]]) -> str:
+    """The reply to a subscribe: ok with each topic's entry, or an error (``forbidden``,
+    the entries in ``topics``) when not one topic could be subscribed."""
+    if any(s["status"] == "ok" for s in statuses.values()) or not statuses:
+        return reply_ok(ref, topics=statuses)
+    return reply_error(
+        ref, RealtimeError("forbidden", "no topic could be subscribed", topics=statuses)
+    )
+
+
+# --- events -------------------------------------------------------------------------------
+
+utc_ms = wire_time  # the one wire format of times, shared with the domain payloads
+
+
+def event_frame(event: Event) -> dict[str, Any]:
+    """The PROTOCOL §6 event frame of a stored event."""
+    frame: dict[str, Any] = {
+        "type": "event",
+        "topic": event.topic,
+        "seq": event.seq,
+        "event": event.event,
+        "priority": event.priority,
+        "payload": event.payload,
+        "actor": {"user_id": event.actor_user_id, "supplier_id": event.actor_supplier_id},
+        "ts": utc_ms(event.created_at),
+    }
+    if event.ack_required:
+        frame["ack_required"] = True
+    return frame
+
+
+def event_frame_text(event: Event) -> str:
+    """The event frame encoded once, so consumers forward it without re-encoding."""
+    return orjson.dumps(event_frame(event)).decode()

@@ -18,12 +18,18 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from django.conf import settings
 
 from core.db import in_db_thread
 
 from . import selectors
-from .broadcast import event_frame_text
-from .delivery import PAGE
+from .delivery import PAGE, Outbox, TopicStream, fill, finish_sync
+from .protocol import event_frame_text
+
+if TYPE_CHECKING:
+    from .hub import TopicHub
 
 
 @dataclass(slots=True)
@@ -76,8 +82,6 @@ RECENT_MAX = 256
 
 def recent_bounds() -> tuple[int, float]:
     """(events, seconds) a hub keeps of each topic: RECENT_MAX and RECENT_S within retention."""
-    from django.conf import settings
-
     return (
         max(0, min(RECENT_MAX, settings.REALTIME_RETENTION_EVENTS)),
         min(RECENT_S, settings.REALTIME_RETENTION_DAYS * 86400.0),
@@ -142,3 +146,39 @@ def sync_from_memory(recent: Recent | None, since: int | None) -> Sync | None:
     if since > last or since < recent.first - 1:
         return None
     return Sync(last, True, since, [(seq, text) for seq, text, _ in recent.frames if seq > since])
+
+
+async def plan_syncs(hub: TopicHub, since: dict[str, int | None]) -> dict[str, Sync]:
+    """Where a subscribe starts each topic, given the client's ``since`` per topic; the
+    connection is in the topics' groups already (``TopicHub.join``).
+
+    From the hub's recent events where they cover ``since``; the rest from the log, in
+    one database-thread call. A topic whose group the hub was in before that read gets
+    the seq read as its recent events' start (``Recent.seed``): the topic's later
+    subscribers start from memory.
+    """
+    syncs: dict[str, Sync] = {}
+    for topic, after in since.items():  # from the hub's recent events where it has them
+        sync = sync_from_memory(hub.recent_of(topic), after)
+        if sync is not None:
+            syncs[topic] = sync
+    if len(syncs) < len(since):
+        rest = {t: after for t, after in since.items() if t not in syncs}
+        seeding = [t for t in rest if hub.in_group(t)]  # in the group before the read
+        syncs.update(await sync_topics(rest))
+        for topic in seeding:
+            recent = hub.recent_of(topic)
+            if recent is not None:
+                recent.seed(syncs[topic].seq)
+    return syncs
+
+
+async def send_replay(stream: TopicStream, outbox: Outbox, sync: Sync) -> None:
+    """Send what a new subscriber missed of a topic: the sync's events, the rest of the
+    log page by page when there is more, then the live events held meanwhile."""
+    for seq, text in sync.events:
+        await outbox.put(text)
+        stream.last_seq = seq
+    if stream.last_seq < sync.seq:  # more than a page: the rest page by page
+        await fill(stream, outbox, sync.seq, live=False)
+    await finish_sync(stream, outbox)

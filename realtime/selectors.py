@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from core.switches import Switch
-from realtime.broadcast import utc_ms
 from realtime.models import Ack, Event, ReadOnlyModeChange, TopicCursor
+from realtime.protocol import utc_ms
 from weddings import selectors as wedsync_selectors
 
 

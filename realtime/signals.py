@@ -5,13 +5,14 @@ wedding's topic re-checks its user (``rt.recheck``, to the topic's group). A use
 deactivated: every connection of that user closes with 4001 (``rt.user.revoked``, to
 the one group of user notices that every server process's hub joins). Sent after
 commit. A booking saved or deleted also drops its wedding's cached booked suppliers
-(the presence cards, ``session.booked_supplier_ids``).
+(the presence cards, ``access.booked_supplier_ids``).
 
-The cached access (``weddings.caching``) and snapshots (``realtime.snapshots``) are
-invalidated by their own receivers, imported below BEFORE these are connected: Django
-calls receivers, and runs on-commit callbacks, in the order they were registered, so
-the cache is dropped before any ``rt.recheck`` is sent. (The re-check itself reads the
-database, ``session.still_allowed``, so it is exact either way.)
+The cached access (``weddings.caching``, connected by ``WeddingsConfig.ready``, which
+runs before realtime's: ``weddings`` comes first in INSTALLED_APPS) and snapshots
+(``realtime.snapshots``, imported below) are invalidated by their own receivers, connected
+BEFORE these: Django calls receivers, and runs on-commit callbacks, in the order they were
+registered, so the cache is dropped before any ``rt.recheck`` is sent. (The re-check
+itself reads the database, ``access.still_allowed``, so it is exact either way.)
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from core.cache import get_cache
 from weddings.models import Booking, SupplierMembership
 
 from . import snapshots  # noqa: F401  (connects its receivers)
-from .broadcast import group_name, group_send_bounded
-from .hub import ACCESS_GROUP
-from .session import booked_suppliers_key
+from .access import booked_suppliers_key
+from .layer import group_send_bounded
+from .messages import ACCESS_GROUP, group_name, recheck_message, user_revoked_message
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def _send_after_commit(group: str, message: dict[str, Any]) -> None:
 def _recheck_weddings(wedding_ids: list[int]) -> None:
     for wedding_id in wedding_ids:
         topic = f"wedding:{wedding_id}"
-        _send_after_commit(group_name(topic), {"type": "rt.recheck", "topic": topic})
+        _send_after_commit(group_name(topic), recheck_message(topic))
 
 
 @receiver(post_save, sender=Booking, dispatch_uid="booked_suppliers_saved")
@@ -82,10 +83,10 @@ def membership_deleted(sender: type, instance: SupplierMembership, **kwargs: Any
     )
     _recheck_weddings(wedding_ids)
     topic = f"supplier:{instance.supplier_id}"
-    _send_after_commit(group_name(topic), {"type": "rt.recheck", "topic": topic})
+    _send_after_commit(group_name(topic), recheck_message(topic))
 
 
 @receiver(post_save, sender=get_user_model())
 def user_saved(sender: type, instance: Any, **kwargs: Any) -> None:
     if not instance.is_active:
-        _send_after_commit(ACCESS_GROUP, {"type": "rt.user.revoked", "user_id": instance.pk})
+        _send_after_commit(ACCESS_GROUP, user_revoked_message(instance.pk))

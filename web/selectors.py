@@ -17,8 +17,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from realtime import selectors as realtime_selectors
-from realtime.broadcast import event_frame
 from realtime.models import Ack, Event, TopicCursor
+from realtime.protocol import event_frame
 from realtime.snapshots import snapshot_get
 from weddings import selectors as domain
 from weddings.models import Booking, SupplierMembership, Wedding

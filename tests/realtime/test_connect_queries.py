@@ -15,7 +15,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db.backends import utils
 
-from realtime.hub import get_hub
+from realtime.node import get_node
 from realtime.tokens import token_issue
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
 from tests.realtime.test_replay import hub_holds
@@ -112,7 +112,7 @@ async def test_reconnect_with_since__warm_cache__few_queries(monkeypatch) -> Non
     warm = await reconnect(token, topic, 0)
     warm_queries, warm_hops = counter.take(), hops.take()
     # a client whose missed events this process did not see (it was on another one)
-    get_hub().recent[topic].frames.clear()
+    get_node().hub.recent[topic].frames.clear()
     from_log = await reconnect(token, topic, 0)
     log_queries, log_hops = counter.take(), hops.take()
 

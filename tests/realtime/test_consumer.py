@@ -410,15 +410,14 @@ async def test_rate_limit__normal_events_limited_critical_never(opened, settings
 @pytest.mark.django_db(transaction=True)
 def test_member_infos__card_follows_a_new_booking_of_the_users_supplier():
     # given a couple member who also works for a supplier not booked on their wedding
-    from realtime.session import member_infos
-    from weddings.services import booking_create
+    from realtime.access import member_infos
 
     user = make_user()
     wedding = make_wedding(couple=(user,))
     supplier = make_supplier(users=(user,))
     assert member_infos(user, [wedding.topic])[wedding.topic]["supplier_id"] is None
     # when the supplier is booked (the cached booked suppliers of the wedding are dropped)
-    booking_create(supplier_id=supplier.pk, wedding_id=wedding.pk)
+    make_booking(supplier=supplier, wedding=wedding)
     # then the card names it
     assert member_infos(user, [wedding.topic])[wedding.topic]["supplier_id"] == supplier.pk
 
@@ -492,9 +491,12 @@ async def test_booking_deactivated__subscription_removed_and_publish_refused(ope
 
     @database_sync_to_async
     def unbook() -> None:
-        from weddings.services import booking_deactivate
+        from weddings.models import Booking
 
-        booking_deactivate(supplier_id=w["photo_co"].pk, wedding_id=w["a"].pk)
+        # saved inactive, as the admin does
+        booking = Booking.objects.get(supplier=w["photo_co"], wedding=w["a"])
+        booking.active = False
+        booking.save()
 
     await unbook()
     notice = await conn.recv_type("unsubscribed")
@@ -525,9 +527,10 @@ async def test_user_deactivated__live_connection_closes_4001(opened):
 
 async def test_sweep__closes_silent_connections_and_fills_lost_events(opened, settings):
     # given a subscriber whose layer message is lost (stored directly, never broadcast)
-    from realtime.consumers import registry
-    from realtime.session import topic_positions
+    from realtime.delivery import topic_positions
+    from realtime.node import get_node
 
+    registry = get_node().consumers
     w = await world()
     topic = w["a"].topic
     conn, _, _ = await opened(user=w["photographer"])
@@ -560,7 +563,7 @@ async def test_sweep__closes_silent_connections_and_fills_lost_events(opened, se
 
 
 def test_timestamps_are_utc_with_z():
-    from realtime.broadcast import utc_ms
+    from realtime.protocol import utc_ms
 
     stamp = utc_ms(dt.datetime(2026, 6, 13, 15, 2, 11, 123000, tzinfo=dt.UTC))
     assert stamp == "2026-06-13T15:02:11.123Z"
@@ -609,9 +612,10 @@ async def test_outbox_full__slow_client_closed_1013_others_unaffected(
 
 async def test_sweep__rejoins_presence_lost_by_the_store(opened):
     # given a subscriber whose presence entry vanished (expired during a stall, Redis lost it)
-    from realtime.consumers import registry
-    from realtime.session import topic_positions
+    from realtime.delivery import topic_positions
+    from realtime.node import get_node
 
+    registry = get_node().consumers
     w = await world()
     topic = w["a"].topic
     conn, _, _ = await opened(user=w["photographer"])

@@ -19,17 +19,18 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from realtime import broadcast, selectors
-from realtime.broadcast import event_frame, event_frame_text, group_name
+from realtime import layer as realtime_layer
+from realtime import selectors
 from realtime.errors import RealtimeError
+from realtime.messages import group_name
 from realtime.models import Ack, Event, IdempotencyKey, TopicCursor
+from realtime.protocol import event_frame, event_frame_text
 from realtime.services import ack_record, event_publish, event_publish_system
 from tests.factories import make_item, make_user
 from tests.realtime.test_topics import World, make_world
 from weddings.models import TimelineItem
 
 MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-
 
 
 @pytest.fixture
@@ -501,7 +502,7 @@ def test_broadcast__failure_is_logged_not_raised_and_the_event_stays(
     # given: the layer breaks after the data is made (other on-commit senders may wait)
     world = make_world()
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": f"{__name__}.{layer}"}}
-    monkeypatch.setattr(broadcast, "SEND_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(realtime_layer, "SEND_TIMEOUT_SECONDS", 0.3)
 
     # when
     started = time.monotonic()

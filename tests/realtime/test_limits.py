@@ -1,4 +1,4 @@
-"""Publish rate limit and topic limits (realtime/limits.py; PROTOCOL §4, §7, §8)."""
+"""Publish rate limit and strikes (realtime/limits.py; PROTOCOL §7, §8)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from django.test import override_settings
 
 from realtime.errors import RealtimeError
-from realtime.limits import PublishLimiter, TokenBucket, check_topic_limit, is_critical
+from realtime.limits import PublishLimiter, TokenBucket, is_critical
 
 
 def _allowed(bucket: TokenBucket, n: int, now: float) -> int:
@@ -195,16 +195,3 @@ def test_publish_limiter__zero_strikes_never_closes() -> None:
             limiter.check("message.posted", now=0.0)
 
     assert limiter.should_close is False
-
-
-# --- topics per connection --------------------------------------------------------------------
-
-
-def test_check_topic_limit__up_to_200_topics() -> None:
-    check_topic_limit(100, 100)
-
-    with pytest.raises(RealtimeError) as info:
-        check_topic_limit(150, 51)
-
-    assert info.value.code == "limit_reached"
-    assert info.value.extra == {"limit": 200}

@@ -6,8 +6,8 @@ import pytest
 
 from core.cache import get_cache
 from realtime import signals
+from realtime.access import still_allowed
 from realtime.errors import RealtimeError
-from realtime.session import still_allowed
 from realtime.topics import authorize_subscribe
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
 from weddings.caching import access_key, supplier_profile, user_access, user_access_load

@@ -51,7 +51,7 @@ class GracefulServer(uvicorn.Server):
             server.close()
         from django.conf import settings
 
-        from realtime.consumers import registry
+        from realtime.node import process as registry
 
         await registry.shutdown(settings.REALTIME_SHUTDOWN_GRACE)
         await super().shutdown(sockets)

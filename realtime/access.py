@@ -1,5 +1,7 @@
-"""What a connection reads on connect and subscribe: the limits' facts, the topic check,
-presence cards, and the topics' positions for the sweep.
+"""A connection's access, read on connect and subscribe: the facts the connection limits
+need (``connect_facts``), the topic check with the presence card each allowed topic shows
+of the user (``authorize_and_describe``), and the re-check after an access change
+(``still_allowed``).
 
 The sync functions run in a database thread (core.db.in_db_thread) and batch their
 work, so a subscribe frame costs a few queries however many topics it names; the
@@ -15,13 +17,11 @@ from django.contrib.auth import get_user_model
 
 from core import switches
 from core.cache import get_cache
-from core.db import in_db_thread
 from weddings import selectors as domain
 from weddings.caching import auser_access, user_access
 
 from . import topics
 from .errors import RealtimeError
-from .models import TopicCursor
 
 
 def authorize_topics(user: Any, names: list[str]) -> tuple[list[str], dict[str, RealtimeError]]:
@@ -101,13 +101,6 @@ def member_infos(user: Any, names: list[str]) -> dict[str, dict[str, Any]]:
             supplier_id = parsed.id
         infos[topic] = {"user_id": user.pk, "name": name, "supplier_id": supplier_id}
     return infos
-
-
-def _topic_positions(names: list[str]) -> dict[str, int]:
-    return dict(TopicCursor.objects.filter(topic__in=names).values_list("topic", "last_seq"))
-
-
-topic_positions = in_db_thread(_topic_positions)
 
 
 async def connect_facts(user_id: int) -> tuple[tuple[int, ...], bool]:

@@ -1,0 +1,135 @@
+"""The live connections of one event loop (its node's, ``realtime.node``): the periodic
+sweep and the drain of a graceful shutdown.
+
+Not to be confused with the connection counter (``realtime.connection_counts``), which
+counts connections against the per-user and per-supplier limits across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+from .connection_counts import get_connection_counter
+from .delivery import topic_positions
+from .errors import RealtimeError
+from .presence import DiffBatcher, get_presence_store
+from .protocol import CLOSE_RESTARTING, CLOSE_STALE
+
+if TYPE_CHECKING:
+    from .consumers import RealtimeConsumer
+    from .hub import TopicHub
+
+logger = logging.getLogger(__name__)
+
+
+async def _poll_until(condition: Any, deadline: float) -> None:
+    """Wait until ``condition()`` holds or the monotonic ``deadline`` passes."""
+    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110 -- bounded poll
+        await asyncio.sleep(0.05)
+
+
+class ConsumerRegistry:
+    """The connections of an event loop: the periodic sweep and the graceful shutdown."""
+
+    def __init__(self, hub: TopicHub, diffs: DiffBatcher) -> None:
+        self._hub, self._diffs = hub, diffs
+        self._consumers: set[RealtimeConsumer] = set()
+        self._task: asyncio.Task | None = None
+
+    def add(self, consumer: RealtimeConsumer) -> None:
+        self._consumers.add(consumer)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._sweep_forever())
+
+    def discard(self, consumer: RealtimeConsumer) -> None:
+        self._consumers.discard(consumer)
+
+    def __len__(self) -> int:
+        return len(self._consumers)
+
+    def consumers(self) -> list[RealtimeConsumer]:
+        """A copy of the loop's connections; safe to call from another thread (the
+        metrics sampler) while the event loop changes the set."""
+        for _ in range(3):
+            try:
+                return list(self._consumers)
+            except RuntimeError:  # the set changed size during the copy
+                continue
+        return []
+
+    async def drain(self, grace: float) -> None:
+        """Let the frames in flight finish (up to ``grace`` seconds), then close every
+        connection with 1012 after what is queued for it, so its client reconnects
+        elsewhere with ``since`` and misses nothing (the process is draining already:
+        ``realtime.node.Process.shutdown``)."""
+        deadline = time.monotonic() + grace
+        await _poll_until(lambda: not any(c.inflight for c in self._consumers), deadline)
+        consumers = list(self._consumers)
+        logger.warning("shutting down: closing %d connections with 1012", len(consumers))
+        await asyncio.gather(
+            *(c.close(CLOSE_RESTARTING, "server restarting; reconnect") for c in consumers),
+            return_exceptions=True,
+        )
+        await _poll_until(lambda: not self._consumers, deadline)
+        await self._diffs.drain()  # the leaves of the closed connections
+
+    async def _sweep_forever(self) -> None:
+        interval = settings.REALTIME_SWEEP_INTERVAL
+        while self._consumers:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep(topic_positions)
+            except Exception:
+                logger.exception("sweep failed")
+
+    async def _refresh_presence(self, consumers: list[RealtimeConsumer]) -> None:
+        """Heartbeat the presence of every connection of the loop, in a few script
+        runs; re-join where an entry was lost (expired during a stall, Redis lost it)."""
+        live = [c for c in consumers if c.members and not c.closing]
+        if not live:
+            return
+        try:
+            lost = await get_presence_store().refresh_many(
+                {c.conn_id: list(c.members) for c in live}
+            )
+        except RealtimeError:
+            logger.warning("presence unavailable; not refreshed")
+            return
+        for consumer in live:
+            if consumer.conn_id in lost:
+                await consumer.rejoin_presence(lost[consumer.conn_id])
+
+    async def sweep(self, topic_positions: Any) -> None:
+        """Close stale connections, refresh presence, and repair silent gaps."""
+        now = time.monotonic()
+        consumers = list(self._consumers)
+        topics: set[str] = set()
+        for consumer in consumers:
+            if now - consumer.last_seen > settings.REALTIME_IDLE_TIMEOUT:
+                await consumer.close(CLOSE_STALE, "no frame for too long")
+                continue
+            topics.update(consumer.streams)
+            consumer.outbox.release()  # an idle connection holds no writer task
+        await self._refresh_presence(consumers)
+        await get_connection_counter().heartbeat(
+            c.connection for c in consumers if c.connection is not None and not c.closing
+        )
+        await self._hub.retry_joins()
+        if not topics:
+            return
+        # One query for the whole loop: the current seq of every subscribed topic.
+        current = await topic_positions(sorted(topics))
+        for consumer in consumers:
+            for topic, stream in list(consumer.streams.items()):
+                if stream.syncing:
+                    continue
+                # Behind now and already behind that far at the last sweep: the layer
+                # lost the message (or never had it); fill from the log.
+                if stream.last_seq < stream.behind:
+                    await consumer.rt_catch_up({"topic": topic, "seq": stream.behind})
+                stream.behind = current.get(topic, 0)
