@@ -21,6 +21,7 @@ from realtime.api import api_view
 from realtime.errors import RealtimeError
 from scaling.selectors import wedding_day_mode
 from scaling.services import wedding_day_mode_set
+from scaling.tasks import warm_cache
 
 from . import selectors, services
 from .models import Alert
@@ -77,8 +78,6 @@ def _action(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
         return json_response({"status": "ok", "wedding_day_mode": wedding_day_mode()})
     if action == "warm_cache":
         _only(data)
-        from scaling.tasks import warm_cache
-
         try:
             result = warm_cache.delay()
         except Exception:  # the broker is unreachable

@@ -13,7 +13,9 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 
+from core.breaker import breaker_states
 from core.redis import shared_client
+from realtime.node import process as registry
 
 # A probe that takes longer than this counts as failed: a readiness check must answer
 # quickly even when a dependency hangs.
@@ -67,9 +69,6 @@ def _process_state() -> dict[str, Any]:
     """This process's own state: draining after SIGTERM, and its Redis breakers (an open
     one means the process is serving in degraded mode: events from the log, presence
     and connection counts local)."""
-    from core.breaker import breaker_states
-    from realtime.node import process as registry
-
     states = breaker_states()
     open_ = sorted(name for name, state in states.items() if state == "open")
     result: dict[str, Any] = {"ok": not registry.draining and not open_, "breakers": states}

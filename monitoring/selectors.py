@@ -23,13 +23,12 @@ from core import metrics
 from core.cache import get_cache
 from core.wire import wire_time
 from realtime import selectors as realtime_selectors
-from realtime.connection_counts import get_connection_counter as get_connection_registry
-from realtime.connection_counts import supplier_limit
+from realtime.connection_counts import get_connection_counter, supplier_limit
 from realtime.models import Ack, Event
+from realtime.presence import get_presence_store
 from scaling.decisions import CurrentMetrics
 from scaling.demand import Observation
-from scaling.selectors import recent_decisions, wedding_day_mode
-from scaling.services import decision_payload
+from scaling.selectors import decision_payload, recent_decisions, wedding_day_mode
 from weddings.models import Booking, Supplier, SupplierMembership, Wedding
 
 from . import figures
@@ -85,7 +84,7 @@ def supplier_utilisation() -> dict[str, Any]:
     """The busiest supplier's open connections against the per-supplier limit in force."""
     wedding_day = bool(wedding_day_mode()["enabled"])
     limit = supplier_limit(wedding_day)
-    totals = async_to_sync(get_connection_registry().totals)("supplier")
+    totals = async_to_sync(get_connection_counter().totals)("supplier")
     if not totals:
         return {"ratio": 0.0, "supplier_id": None, "connections": 0, "limit": limit}
     supplier_id, count = max(totals.items(), key=lambda kv: (kv[1], -kv[0]))
@@ -256,8 +255,6 @@ def todays_weddings(*, now: dt.datetime | None = None) -> list[dict[str, Any]]:
 
 
 async def _present_by_topic(topics: list[str]) -> dict[str, list[dict]]:
-    from realtime.presence import get_presence_store
-
     store = get_presence_store()
 
     async def members(topic: str) -> list[dict]:

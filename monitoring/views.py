@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 
 from .health import readiness
+from .selectors import metrics_overview
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:
@@ -27,10 +29,6 @@ async def readyz(request: HttpRequest) -> JsonResponse:
 def dashboard(request: HttpRequest) -> HttpResponse:
     """The staff dashboard, an admin page (``admin_view`` in wedsync/urls.py keeps
     everyone else out): starts from the metrics API's body, then follows ``ops`` live."""
-    from django.contrib import admin
-
-    from .selectors import metrics_overview
-
     context = {
         **admin.site.each_context(request),
         "title": "Live dashboard",

@@ -30,8 +30,7 @@ from weddings.caching import auser_access
 from weddings.models import Supplier, Wedding
 
 from . import selectors, services
-from .connection_counts import get_connection_counter as get_connection_registry
-from .connection_counts import supplier_limit
+from .connection_counts import get_connection_counter, supplier_limit
 from .errors import RealtimeError, topic_forbidden
 from .protocol import MAX_FRAME_BYTES, event_frame
 from .snapshots import snapshot_key, snapshot_load, wedding_summary
@@ -228,7 +227,7 @@ def connections_view(request: HttpRequest) -> HttpResponse:
     process's only)."""
     if not request.user.is_staff:
         raise ApiError("forbidden", "staff only", 403)
-    registry = get_connection_registry()
+    registry = get_connection_counter()
     suppliers = async_to_sync(registry.totals)("supplier")
     weddings = async_to_sync(registry.totals)("wedding")
     wedding_day = bool(switches.state("wedding_day_mode")["enabled"])

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from core.switches import Switch
 from scaling import readings
-from scaling.decisions import Capacity, CurrentMetrics, ScalingPolicy
+from scaling.decisions import Capacity, CurrentMetrics, Decision, ScalingPolicy
 from scaling.demand import (
     DEFAULT_WINDOW_AFTER,
     HORIZON,
@@ -201,3 +201,38 @@ def scaling_policy() -> ScalingPolicy:
         max_workers=settings.SCALING_MAX_WORKERS,
         prescale_lead=dt.timedelta(hours=settings.SCALING_PRESCALE_HOURS),
     )
+
+
+# How much of an actuator's output the ops event carries (the row keeps more).
+EVENT_OUTPUT_CHARS = 500
+
+
+def decision_payload(row: ScalingDecision, decision: Decision | None = None) -> dict[str, Any]:
+    """The ``scaling.decided`` event's payload: the stored row, and the notice it posted."""
+    notice = decision.notice if decision is not None and row.notice_peak_at else None
+    return {
+        "id": row.pk,
+        "made_at": row.made_at,
+        "action": row.action,
+        "asgi": row.asgi_processes,
+        "workers": row.celery_workers,
+        "connection_limit": row.connection_limit,
+        "previous": {
+            "asgi": row.previous_asgi_processes,
+            "workers": row.previous_celery_workers,
+            "connection_limit": row.previous_connection_limit,
+        },
+        "reason": row.reason,
+        "actuator": row.actuator,
+        "status": row.actuator_status,
+        "output": row.actuator_output[:EVENT_OUTPUT_CHARS],
+        "notice": (
+            {
+                "peak_at": notice.peak_at,
+                "connections": round(notice.connections),
+                "asgi": notice.asgi_processes,
+            }
+            if notice
+            else None
+        ),
+    }

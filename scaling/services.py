@@ -19,15 +19,11 @@ from scaling.actuators import ActuatorResult, Desired, get_actuator
 from scaling.decisions import Decision, ScalingPolicy, decide, weddings_in_window
 from scaling.demand import WeddingPlan, forecast, learn_correction
 from scaling.models import REASON_MAX_LENGTH, ScalingDecision, WeddingDayModeChange
-from scaling.selectors import wedding_day_mode_invalidate
+from scaling.selectors import decision_payload, wedding_day_mode_invalidate
 from scaling.signals import decision_applied
 from weddings.models import Wedding
 
 logger = logging.getLogger(__name__)
-
-# How much of an actuator's output the ops event carries (the row keeps more).
-EVENT_OUTPUT_CHARS = 500
-
 
 def wedding_day_mode_set(*, enabled: bool, reason: str, user: Any) -> WeddingDayModeChange:
     """Switch wedding-day mode on or off, recording who did it and why.
@@ -177,34 +173,3 @@ def _decision_record(
             f"{result.output[:200]}",
         )
     return row
-
-
-def decision_payload(row: ScalingDecision, decision: Decision | None = None) -> dict[str, Any]:
-    """The ``scaling.decided`` event's payload: the stored row, and the notice it posted."""
-    notice = decision.notice if decision is not None and row.notice_peak_at else None
-    return {
-        "id": row.pk,
-        "made_at": row.made_at,
-        "action": row.action,
-        "asgi": row.asgi_processes,
-        "workers": row.celery_workers,
-        "connection_limit": row.connection_limit,
-        "previous": {
-            "asgi": row.previous_asgi_processes,
-            "workers": row.previous_celery_workers,
-            "connection_limit": row.previous_connection_limit,
-        },
-        "reason": row.reason,
-        "actuator": row.actuator,
-        "status": row.actuator_status,
-        "output": row.actuator_output[:EVENT_OUTPUT_CHARS],
-        "notice": (
-            {
-                "peak_at": notice.peak_at,
-                "connections": round(notice.connections),
-                "asgi": notice.asgi_processes,
-            }
-            if notice
-            else None
-        ),
-    }

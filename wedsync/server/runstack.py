@@ -185,6 +185,8 @@ class Stack:
 
     def start(self) -> None:
         """Start every child in its own process group, then relay its output."""
+        # Here, not at the top: importing the metrics fixes their directory, which the
+        # settings choose; the command imports this module before anything reads them.
         from monitoring.figures import prune_dead_processes
 
         # The metric files of an earlier run's processes go: the new stack counts afresh

@@ -49,6 +49,8 @@ class GracefulServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:  # stop accepting first; uvicorn closes them again
             server.close()
+        # Imported here, not at the top: this module runs as the supervisor too, which
+        # never loads Django, and the worker loads it only after its settings are set.
         from django.conf import settings
 
         from realtime.node import process as registry
