@@ -483,8 +483,3 @@ _HANDLERS: dict[str, Callable[[RealtimeConsumer, dict], Awaitable[None]]] = {
     "websocket.receive": RealtimeConsumer.websocket_receive,
     "websocket.disconnect": RealtimeConsumer.websocket_disconnect,
 }
-
-
-# The old name of ``realtime.node.process`` (whether the process is draining, and its
-# shutdown), for tests/monitoring/test_health.py until it imports that. Nothing else may.
-registry = process

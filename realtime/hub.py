@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
@@ -223,14 +222,3 @@ class TopicHub:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def __getattr__(name: str) -> Callable[[], TopicHub]:
-    # ``get_hub``'s old home, for tests/realtime/test_replay.py until it imports it from
-    # ``realtime.node`` (the node makes and owns the hub, and imports this module: a
-    # module-level import of the node here would be circular). Delete with that line.
-    if name == "get_hub":
-        from .node import get_hub
-
-        return get_hub
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -102,6 +103,13 @@ def token_ttl_validate(ttl: int | None) -> int:
             f"(REALTIME_TOKEN_MAX_TTL), not {ttl}."
         )
     return ttl
+
+
+def token_issuer(ttl: int | None = None) -> Callable[[User], str]:
+    """``token_issue`` for a fixed ``ttl``, checked now (ValueError when out of range):
+    what ``seed_demo`` issues its logins' tokens with."""
+    ttl = token_ttl_validate(ttl)
+    return lambda user: token_issue(user=user, ttl=ttl)
 
 
 def token_issue(*, user: User, ttl: int | None = None) -> str:

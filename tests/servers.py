@@ -1,13 +1,21 @@
-"""Real ASGI server processes for end-to-end tests, on the test database and Redis."""
+"""Real ASGI server processes for end-to-end tests, on the test database and Redis.
+
+They run in production shape: ``DJANGO_DEBUG=false``, a secret key, explicit allowed
+hosts, the default sweep interval, and static files from a ``collectstatic`` run (hashed
+manifest storage), made once per test session into a temporary STATIC_ROOT.
+"""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import http.client
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,8 +46,80 @@ def test_database_url() -> str:
     return f"postgres://{auth}{host}:{port}/{db['NAME']}"
 
 
+test_database_url.__test__ = False  # a helper: pytest must not collect it where imported
+
+
+# The settings of the server processes: production's own module with STATIC_ROOT moved to
+# a temporary folder (settings.py takes STATIC_ROOT from no environment variable).
+_SERVER_SETTINGS = """\
+from wedsync.settings import *  # noqa: F403
+
+STATIC_ROOT = {static_root!r}
+"""
+_SERVER_SETTINGS_MODULE = "wedsync_test_server_settings"
+
+
+def production_env() -> dict[str, str]:
+    """The environment that puts a server process of this test run in production shape.
+
+    DEBUG off, with the test process's own secret key (the tokens and the session hashes
+    the tests make must verify in the server), and static files collected once per test
+    session. Tests speak plain HTTP to the process on loopback, as the TLS-terminating
+    proxy in front of production does, so the HTTPS redirect is left to that proxy; and
+    they scrape /metrics from loopback, as a Prometheus on the same host that the
+    deployment allows by network does (without DEBUG no network is allowed by default).
+    """
+    folder = _collected_static()
+    return {
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+        "DJANGO_SECURE_SSL_REDIRECT": "false",
+        "METRICS_ALLOWED_NETWORKS": "127.0.0.1/32,::1/128",
+        "DJANGO_READ_DOT_ENV_FILE": "false",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DJANGO_SETTINGS_MODULE": _SERVER_SETTINGS_MODULE,
+        "PYTHONPATH": os.pathsep.join(
+            [str(folder), str(BASE_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+    }
+
+
+@functools.cache
+def _collected_static() -> Path:
+    """A folder holding the server settings module and its STATIC_ROOT, filled by
+    ``manage.py collectstatic`` (once per test session; removed when the session ends)."""
+    folder = Path(tempfile.mkdtemp(prefix="wedsync-static-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    static_root = folder / "static"
+    (folder / f"{_SERVER_SETTINGS_MODULE}.py").write_text(
+        _SERVER_SETTINGS.format(static_root=str(static_root))
+    )
+    env = {
+        **os.environ,
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+        "DJANGO_READ_DOT_ENV_FILE": "false",
+        "DJANGO_SETTINGS_MODULE": _SERVER_SETTINGS_MODULE,
+        "PYTHONPATH": os.pathsep.join([str(folder), str(BASE_DIR)]),
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode != 0 or not (static_root / "staticfiles.json").is_file():
+        raise RuntimeError(f"collectstatic failed:\n{result.stdout}\n{result.stderr}")
+    return folder
+
+
 class Server:
-    """An ASGI server process serving wedsync.asgi on a free port; stopped with ``stop()``."""
+    """An ASGI server process serving wedsync.asgi on a free port; stopped with ``stop()``.
+
+    In production shape (``production_env``); ``env`` adds to it or overrides it.
+    """
 
     def __init__(
         self, server: str = "uvicorn", port: int | None = None, workers: int = 1, **env: str
@@ -56,18 +136,18 @@ class Server:
         self.metrics_dir = env["PROMETHEUS_MULTIPROC_DIR"]
         full_env = {
             **os.environ,
-            "DJANGO_DEBUG": "true",
-            "DJANGO_READ_DOT_ENV_FILE": "false",
+            **production_env(),
             "DATABASE_URL": test_database_url(),
             "REDIS_URL": settings.REDIS_URL,
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "REALTIME_SWEEP_INTERVAL": "1",
             # The test's own cache keys: a test database's ids restart every run, and
             # rows cached by an earlier run must not answer for them.
             "CACHE_NAMESPACE": settings.CACHE_NAMESPACE,
             "LOG_LEVEL": "WARNING",
             **env,
         }
+        # Set in this process by the browser tests (for their own ORM calls), never in
+        # production.
+        full_env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
         self.log = open(BASE_DIR / "var" / f"e2e-server-{self.port}.log", "w+b")
         self.proc = subprocess.Popen(
             asgi_server_command("127.0.0.1", self.port, server, workers),

@@ -161,6 +161,16 @@ def test_redis__redis_url_builds_layer_cache_and_broker_from_one_url() -> None:
     assert values["celery_always_eager"] is False
 
 
+def test_settings__redis_cache_ignores_redis_errors() -> None:
+    # Sessions live in this cache (cached_db): with Redis down a read must be a miss, not
+    # an error page (tests/weddings/test_sessions.py shows both sides). Read from settings
+    # built for Redis in a fresh interpreter, so it runs with or without a Redis here.
+    values = dump_settings(DJANGO_DEBUG="true", REDIS_URL=REDIS_URL)
+
+    assert values["cache"]["BACKEND"] == "django_redis.cache.RedisCache"
+    assert values["cache"]["OPTIONS"]["IGNORE_EXCEPTIONS"] is True
+
+
 def test_redis__channel_layer_core_selects_the_core_layer_with_no_read_timeout() -> None:
     values = dump_settings(DJANGO_DEBUG="true", REDIS_URL=REDIS_URL, CHANNEL_LAYER="core")
 

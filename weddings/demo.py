@@ -5,6 +5,9 @@ which seeds thousands of users: so one password hash serves a whole run (PBKDF2 
 ~0.3 s per hash) and every table is filled with ``bulk_create``, in rounds of weddings so
 memory stays bounded, all in one transaction.
 
+Tokens come from the caller (``issue_token``): realtime issues them, and the domain does
+not import realtime.
+
 This writes straight to the models rather than through ``weddings.services``: it creates
 rows in bulk that no service creates one by one, and it publishes nothing.
 """
@@ -25,7 +28,6 @@ from django.contrib.auth.hashers import make_password
 from django.db import transaction
 from django.utils import timezone
 
-from realtime.tokens import token_issue, token_ttl_validate
 from weddings.models import Booking, Supplier, SupplierMembership, TimelineItem, Wedding
 
 MAX_WEDDINGS = 10_000
@@ -128,6 +130,10 @@ _CARRIAGES_CATEGORIES = (_PLANNER, Category.TRANSPORT, Category.VENUE)
 _CEREMONY_TIMES = tuple(dt.time(12 + half // 2, 30 * (half % 2)) for half in range(9))
 
 
+# Issues a login's realtime token (``realtime.tokens.token_issuer(ttl)``).
+TokenIssuer = Callable[[Any], str]
+
+
 class DemoSeedError(ValueError):
     """Arguments seed_demo refuses, or a clash with rows already in the database."""
 
@@ -140,7 +146,7 @@ class _Context:
     date: dt.date
     password: str
     password_hash: str
-    ttl: int
+    issue_token: TokenIssuer | None
     vendors: int
 
 
@@ -249,7 +255,7 @@ def _timeline(wedding: Wedding, venue: _Venue) -> list[_ItemSpec]:
     return sorted(specs, key=lambda spec: spec.starts_at)
 
 
-def _validate(*, weddings: int, vendors_per_wedding: int, token_ttl: int | None) -> int:
+def _validate(*, weddings: int, vendors_per_wedding: int) -> None:
     for name, value, maximum in (
         ("weddings", weddings, MAX_WEDDINGS),
         ("vendors per wedding", vendors_per_wedding, MAX_VENDORS_PER_WEDDING),
@@ -258,10 +264,6 @@ def _validate(*, weddings: int, vendors_per_wedding: int, token_ttl: int | None)
             raise DemoSeedError(
                 f"The number of {name} must be between 1 and {maximum}, not {value}."
             )
-    try:
-        return token_ttl_validate(token_ttl)
-    except ValueError as exc:
-        raise DemoSeedError(str(exc)) from None
 
 
 def seed_demo(
@@ -269,17 +271,19 @@ def seed_demo(
     weddings: int,
     vendors_per_wedding: int,
     progress: Callable[[int, int], None] | None = None,
-    token_ttl: int | None = None,
+    issue_token: TokenIssuer | None = None,
     with_staff: bool = True,
 ) -> dict[str, Any]:
     """Create a demo Saturday and return its logins and tokens (PROTOCOL §10 JSON).
 
-    ``progress(done, total)`` is called with counts of weddings about every tenth of the
+    ``issue_token(user)`` gives each login's ``token`` (realtime's ``token_issuer(ttl)``:
+    tokens belong to the realtime layer above this one); without it the logins have no
+    token. ``progress(done, total)`` is called with counts of weddings about every tenth of the
     run. ``with_staff=False`` leaves the "staff" user alone (a benchmark against a live
     deployment must not reset its password); the JSON then has no ``staff``. Raises
     DemoSeedError for arguments out of range; writes nothing then.
     """
-    ttl = _validate(weddings=weddings, vendors_per_wedding=vendors_per_wedding, token_ttl=token_ttl)
+    _validate(weddings=weddings, vendors_per_wedding=vendors_per_wedding)
     password = secrets.token_urlsafe(12)
     password_hash = make_password(password)  # once: every user of this run shares it
     context = _Context(
@@ -287,7 +291,7 @@ def seed_demo(
         date=coming_saturday(),
         password=password,
         password_hash=password_hash,
-        ttl=ttl,
+        issue_token=issue_token,
         vendors=vendors_per_wedding,
     )
     per_round = max(1, min(math.ceil(weddings / 10), _VENDORS_PER_ROUND // vendors_per_wedding))
@@ -306,12 +310,11 @@ def seed_demo(
 
 
 def _login(context: _Context, user) -> dict[str, Any]:
-    return {
-        "username": user.username,
-        "password": context.password,
-        "token": token_issue(user=user, ttl=context.ttl),
-        "user_id": user.pk,
-    }
+    login: dict[str, Any] = {"username": user.username, "password": context.password}
+    if context.issue_token is not None:
+        login["token"] = context.issue_token(user)
+    login["user_id"] = user.pk
+    return login
 
 
 def _staff(context: _Context) -> dict[str, Any]:

@@ -260,7 +260,7 @@ else:
         }
     }
 
-# Two-tier cache (wedsync/cache.py, docs/cache.md). The L1 TTL is the staleness bound
+# Two-tier cache (core/cache.py, docs/cache.md). The L1 TTL is the staleness bound
 # when a cross-process invalidation message is lost; keep it short.
 CACHE_L1_TTL = env.float("CACHE_L1_TTL", default=5.0)  # seconds
 CACHE_L1_MAX_ENTRIES = env.int("CACHE_L1_MAX_ENTRIES", default=10_000)
@@ -365,7 +365,7 @@ REALTIME_OUTBOX_PUT_TIMEOUT = env.float("REALTIME_OUTBOX_PUT_TIMEOUT", default=1
 # presence refreshed, and events the channel layer lost are delivered from the log.
 REALTIME_SWEEP_INTERVAL = env.float("REALTIME_SWEEP_INTERVAL", default=5.0)
 
-# Threads per process for the realtime path's database work (realtime/db.py): publishes
+# Threads per process for the realtime path's database work (core/db.py): publishes
 # of different topics run side by side. Each holds one pooled connection while it works,
 # so keep DATABASE_POOL_MAX_SIZE above it (HTTP views use one more).
 REALTIME_DB_THREADS = env.int("REALTIME_DB_THREADS", default=6)
@@ -379,7 +379,7 @@ SERVER_GC_THRESHOLDS = [
 # share one port through SO_REUSEPORT under a supervisor (docs/adr/0011-workers-on-one-port.md).
 SERVER_WORKERS = env.int("SERVER_WORKERS", default=1)
 
-# Connections (realtime/connections.py, PROTOCOL §8 close 4029): open WebSockets per user
+# Connections (realtime/connection_counts.py, PROTOCOL §8 close 4029): open WebSockets per user
 # and per supplier, counted across every server process (in Redis; in-process on the
 # embedded default). Wedding-day mode multiplies the supplier limit.
 REALTIME_MAX_CONNECTIONS_PER_USER = env.int("REALTIME_MAX_CONNECTIONS_PER_USER", default=20)
@@ -393,7 +393,7 @@ REALTIME_CONNECTION_TTL = env.int("REALTIME_CONNECTION_TTL", default=30)
 # On SIGTERM (wedsync.serve): seconds to let in-flight frames finish before the
 # connections are closed with 1012, and then for the clients to go.
 REALTIME_SHUTDOWN_GRACE = env.float("REALTIME_SHUTDOWN_GRACE", default=10.0)
-# Circuit breakers around Redis (wedsync/breaker.py): failures in a row that open one, and
+# Circuit breakers around Redis (core/breaker.py): failures in a row that open one, and
 # seconds before an open one lets a probe call through.
 REDIS_BREAKER_FAILURES = env.int("REDIS_BREAKER_FAILURES", default=3)
 REDIS_BREAKER_RESET = env.float("REDIS_BREAKER_RESET", default=2.0)

@@ -1,6 +1,6 @@
 """Thin WebSocket receivers for the load benchmark: thousands per process, no task each.
 
-Why not ``RealtimeClient`` (realtime/client.py) for the receivers: the client delivers
+Why not ``RealtimeClient`` (clients/python/wedsync_client) for the receivers: the client delivers
 each topic's events exactly once and in order, so it drops duplicates and holds events
 past a gap; a benchmark built on it could not see the very faults it must count. And a
 client costs a reader task, a keepalive task and a ``websockets`` connection (with its
@@ -41,7 +41,7 @@ from .accounting import DeliveryTotals, Latencies, Stream, sent_at_ns
 
 logger = logging.getLogger(__name__)
 
-KEEPALIVE_S = 25.0  # as realtime/client.py: one lost ping still beats the 60 s idle close
+KEEPALIVE_S = 25.0  # as the Python client: one lost ping still beats the 60 s idle close
 HANDSHAKE_TIMEOUT_S = 30.0
 # After an unrequested close (or a dropped connection) a receiver comes back like the
 # project's client does on its first attempt: after uniform(0, 0.5 s).

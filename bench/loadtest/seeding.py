@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.db import close_old_connections, connection, transaction
 
 from realtime.models import Event, IdempotencyKey, TopicCursor
+from realtime.tokens import token_issuer
 from weddings.demo import seed_demo
 from weddings.models import Booking, Supplier, SupplierMembership, Wedding
 
@@ -40,7 +41,7 @@ def seed_weddings(
     current database, committed, so that the server sees them."""
     demo = seed_demo(
         weddings=weddings, vendors_per_wedding=per_wedding, progress=progress,
-        token_ttl=TOKEN_TTL_S, with_staff=with_staff,
+        issue_token=token_issuer(TOKEN_TTL_S), with_staff=with_staff,
     )  # fmt: skip
     return [
         WeddingLogins(

@@ -1,4 +1,4 @@
-"""The load benchmark's own logic (realtime/loadtest/) and a tiny saturday-peak end to end.
+"""The load benchmark's own logic (bench/loadtest/) and a tiny saturday-peak end to end.
 
 The accounting tests feed seqs as a server might send them; the smoke test runs the
 real command against a real server process and asserts delivery, never timing.

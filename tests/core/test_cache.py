@@ -488,14 +488,27 @@ def test_l1_stats__hits_misses_sets_and_evictions_by_entries_and_bytes() -> None
 
 
 def test_l1__expired_entries_leave_and_free_their_bytes() -> None:
+    # given an entry of 102 bytes (msgpack: a 2-byte header and 100 characters) and a
+    # smaller one that outlives it
     now = [0.0]
     l1 = L1Cache(ttl=5, timer=lambda: now[0])
     l1.set("k", "v" * 100)
+    now[0] = 2.0
+    l1.set("other", "w")
     now[0] = 4.9
     assert l1.get("k") == "v" * 100
+    assert l1.stats()["entries"] == 2 and l1.stats()["bytes"] == 102 + 2
+
+    # when its TTL has passed
     now[0] = 5.1
-    assert l1.get("k") is not None and l1.get("k", None) is None
-    assert l1.stats()["bytes"] == 0
+
+    # then it is a miss (the caller's default comes back), and it no longer holds memory
+    missing = object()
+    assert l1.get("k", missing) is missing
+    assert l1.get("k", None) is None
+    stats = l1.stats()
+    assert stats["entries"] == 1 and stats["bytes"] == 2  # only "other" is left
+    assert l1.get("other") == "w"
 
 
 @pytest.mark.redis

@@ -64,3 +64,38 @@ def test_history__read_only_and_index_links_the_dashboard(admin_client) -> None:
     assert Alert.objects.count() == 0
     index = admin_client.get("/admin/").content.decode()
     assert 'href="/admin/monitoring/dashboard/"' in index
+
+
+@pytest.mark.parametrize(
+    ("query", "found"),
+    [
+        ("error_rate", {"errors"}),  # the rule
+        ("supplier:42", {"busy"}),  # the subject
+        ("kestrel", {"busy"}),  # the message
+        ("delivery", {"slow"}),  # the rule and the message of the same alert
+        ("nothing-like-this", set()),
+    ],
+)
+def test_alert_search__finds_the_matching_alerts_only(admin_client, query, found) -> None:
+    # given three open alerts of different rules, subjects and messages
+    alerts = {
+        "errors": services.alert_observe("error_rate", 0.5, message="error replies at 50 %")[0],
+        "busy": services.alert_observe(
+            "connection_utilisation",
+            0.99,
+            subject="supplier:42",
+            message="Kestrel Photography at 99 % of its connection limit",
+        )[0],
+        "slow": services.alert_observe(
+            "delivery_latency_p95", 3.0, message="p95 delivery took 3.0 s"
+        )[0],
+    }
+
+    # when
+    response = admin_client.get("/admin/monitoring/alert/", {"q": query})
+
+    # then
+    assert response.status_code == 200
+    assert {alert.pk for alert in response.context["cl"].result_list} == {
+        alerts[name].pk for name in found
+    }

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from django.test import Client, override_settings
+
+from monitoring.health import PROBE_TIMEOUT_S
 
 IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
@@ -20,6 +24,39 @@ def dead_redis_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture
+def blackhole_redis_url() -> Iterator[str]:
+    """A Redis URL on a local port that accepts connections and never answers a byte:
+    a hung Redis, which only a timeout gets a probe out of."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.1)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_hold() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)  # read nothing, answer nothing
+
+    thread = threading.Thread(target=accept_and_hold, name="blackhole-redis", daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
 
 
 def test_healthz__answers_200_json_without_touching_anything(client: Client) -> None:
@@ -71,31 +108,48 @@ def test_readyz__unreachable_redis_is_503_with_the_error_and_no_traceback(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(30)
 def test_readyz__redis_layer_on_unreachable_redis_fails_within_the_probe_timeout(
-    client: Client,
+    blackhole_redis_url: str,
 ) -> None:
-    # given: the pub/sub layer and the Redis probe both on a dead port
-    url = dead_redis_url()
+    # given: the pub/sub layer and the Redis probe both on a Redis that accepts the
+    # connection and then never answers (no refusal, no error: only the timeout ends it)
+    url = blackhole_redis_url
     layers = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [{"address": url, "socket_timeout": None}]},
         }
     }
-    with override_settings(REDIS_URL=url, CHANNEL_LAYERS=layers):
-        # when
-        started = time.monotonic()
-        response = client.get("/readyz")
-        elapsed = time.monotonic() - started
+    answered: dict = {}
 
-    # then
+    def ask() -> None:
+        with override_settings(REDIS_URL=url, CHANNEL_LAYERS=layers):
+            answered["response"] = Client().get("/readyz")
+
+    # when: asked from a thread, so that a probe hanging for good fails this test
+    # instead of hanging it
+    started = time.monotonic()
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    asker.join(PROBE_TIMEOUT_S + 3)
+    elapsed = time.monotonic() - started
+
+    # then: it answered within the probe timeout (plus a margin for a loaded machine),
+    # after waiting that timeout out, and says both Redis parts failed by timing out
+    assert "response" in answered, f"/readyz did not answer within {elapsed:.1f} s"
+    assert elapsed >= PROBE_TIMEOUT_S * 0.9  # the probes did hang: the timeout ended them
+    response = answered["response"]
     assert response.status_code == 503
-    checks = response.json()["checks"]
+    body = response.json()
+    assert body["status"] == "not_ready"
+    checks = body["checks"]
     assert checks["redis"]["ok"] is False
+    assert checks["redis"]["error"].startswith("TimeoutError")
     assert checks["channel_layer"]["ok"] is False
-    assert checks["channel_layer"]["error"]
+    assert checks["channel_layer"]["error"].startswith("TimeoutError")
+    assert checks["database"]["ok"] is True
     assert "Traceback" not in response.content.decode()
-    assert elapsed < 5
 
 
 @pytest.mark.redis
@@ -132,7 +186,7 @@ def test_readyz__open_breaker__503_naming_it(client: Client) -> None:
 @pytest.mark.django_db(transaction=True)
 @override_settings(REDIS_URL="", CHANNEL_LAYERS=IN_MEMORY)
 def test_readyz__draining__503_shutting_down(client: Client, monkeypatch) -> None:
-    from realtime.consumers import registry
+    from realtime.node import process as registry
 
     monkeypatch.setattr(registry, "draining", True)
 

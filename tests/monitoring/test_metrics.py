@@ -1,4 +1,4 @@
-"""Metrics in one process and across processes' files (monitoring/metrics.py, figures.py).
+"""Metrics in one process and across processes' files (core/metrics.py, monitoring/figures.py).
 
 In-process values are read from this process's own samples (``metrics.local_value``):
 other test runs on the machine write to the same directory, and only what this process

@@ -10,11 +10,11 @@ import pytest
 import redis
 from django.test import override_settings
 
-from realtime.connections import (
+from realtime.connection_counts import (
     Connection,
-    ConnectionRegistry,
-    LocalConnections,
-    RedisConnections,
+    ConnectionCounter,
+    LocalCounts,
+    RedisCounts,
     supplier_limit,
 )
 from scaling.services import wedding_day_mode_set
@@ -116,11 +116,11 @@ class RegistryContract:
 
 
 class TestLocalConnections(RegistryContract):
-    def make_store(self) -> LocalConnections:
+    def make_store(self) -> LocalCounts:
         self.clock = Clock()
-        return LocalConnections(clock=self.clock)
+        return LocalCounts(clock=self.clock)
 
-    async def expire(self, store: LocalConnections) -> None:
+    async def expire(self, store: LocalCounts) -> None:
         self.clock.now += 1
 
 
@@ -130,15 +130,15 @@ class TestRedisConnections(RegistryContract):
     def _own_keys(self, redis_url: str, redis_key_prefix: str) -> None:
         self.url, self.prefix = redis_url, redis_key_prefix
 
-    def make_store(self) -> RedisConnections:
-        return RedisConnections(self.url, key_prefix=self.prefix)
+    def make_store(self) -> RedisCounts:
+        return RedisCounts(self.url, key_prefix=self.prefix)
 
-    async def expire(self, store: RedisConnections) -> None:
+    async def expire(self, store: RedisCounts) -> None:
         await asyncio.sleep(0.3)  # Redis's own clock decides expiry
 
     async def test_two_processes__one_limit(self) -> None:
-        here = RedisConnections(self.url, key_prefix=self.prefix)
-        there = RedisConnections(f"{self.url}?client_name=other", key_prefix=self.prefix)
+        here = RedisCounts(self.url, key_prefix=self.prefix)
+        there = RedisCounts(f"{self.url}?client_name=other", key_prefix=self.prefix)
         await here.register(conn(1, 10), user_limit=9, supplier_limit=2, ttl=30)
         await there.register(conn(2, 10), user_limit=9, supplier_limit=2, ttl=30)
 
@@ -161,7 +161,7 @@ class TestRedisConnections(RegistryContract):
 
 @override_settings(REALTIME_MAX_CONNECTIONS_PER_USER=1)
 async def test_registry__redis_unreachable__limits_held_in_this_process() -> None:
-    registry = ConnectionRegistry("redis://127.0.0.1:1/0")
+    registry = ConnectionCounter("redis://127.0.0.1:1/0")
     first = conn(1, 10)
 
     accepted = await asyncio.wait_for(registry.register(first, supplier_limit=5), 10)
@@ -202,14 +202,14 @@ def test_connections_api__anonymous__401(client) -> None:
 def test_connections_api__staff__counts_per_supplier_and_wedding(client) -> None:
     from asgiref.sync import async_to_sync
 
-    from realtime import connections
+    from realtime import connection_counts
 
-    connections._registries.clear()
+    connection_counts._counters.clear()
     vendor = make_user()
     supplier = make_supplier(users=(vendor,))
     wedding = make_wedding()
     make_booking(supplier=supplier, wedding=wedding)
-    registry = connections.get_connection_registry()
+    registry = connection_counts.get_connection_counter()
     for _ in range(2):
         async_to_sync(registry.register)(
             conn(vendor.pk, supplier.pk, weddings=(wedding.pk,)), supplier_limit=7
@@ -220,7 +220,7 @@ def test_connections_api__staff__counts_per_supplier_and_wedding(client) -> None
     try:
         body = orjson.loads(client.get("/api/realtime/connections").content)
     finally:
-        connections._registries.clear()
+        connection_counts._counters.clear()
 
     assert body["suppliers"] == [{"id": supplier.pk, "name": supplier.name, "connections": 2}]
     assert body["weddings"][0]["id"] == wedding.pk

@@ -1,4 +1,4 @@
-"""Presence stores (realtime/presence.py): one contract, run against both implementations."""
+"""Presence stores (realtime/presence/): one contract, run against both implementations."""
 
 from __future__ import annotations
 
@@ -381,7 +381,7 @@ async def test_fallback_presence__redis_up__shared_view(redis_url: str) -> None:
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list, list]]:
     """The diffs the batcher sends, instead of sending them."""
-    from realtime import presence
+    from realtime.presence import diffs as presence
 
     diffs: list[tuple[str, list, list]] = []
 

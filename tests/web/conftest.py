@@ -224,7 +224,9 @@ def without_csrf(html: str) -> str:
 
 @pytest.fixture(scope="module")
 def server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Server]:
-    """One ASGI server (uvicorn, DEBUG, static files through WhiteNoise) per module.
+    """One ASGI server (uvicorn) per module, in production shape (tests/servers.py): DEBUG
+    off, the hashed static files of a ``collectstatic`` run served by WhiteNoise, and the
+    default sweep interval, so what reaches a page live must come by the live path.
 
     Its cache namespace is its own: it starts before any test picks one, and the test
     database's ids start again on every run while Redis keeps the last run's entries.

@@ -58,13 +58,57 @@ def test_admin__changelist_loads_for_staff(staff_client, data, model):
     assert response.context["cl"].result_count >= 1
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_admin__changelist_search_works(staff_client, data, model):
-    url = reverse(f"admin:wedsync_{model}_changelist")
+@pytest.fixture
+def other_wedding(data):
+    """A second wedding, its supplier, booking and item, none matching ``data``'s searches."""
+    florist = Supplier.objects.create(
+        name="Foxglove Flowers", category="florist", email="hello@foxglove.example"
+    )
+    wedding = make_wedding(partner_one="Olivia", partner_two="Rhys", venue_name="Cliff Chapel")
+    booking = make_booking(supplier=florist, wedding=wedding)
+    item = make_item(wedding=wedding, title="Harbour toast", start=(16, 0), location="Quay")
+    return {"supplier": florist, "wedding": wedding, "booking": booking, "timelineitem": item}
 
-    response = staff_client.get(url, {"q": "a"})
 
+def _search(client, model: str, query: str) -> set[int]:
+    response = client.get(reverse(f"admin:wedsync_{model}_changelist"), {"q": query})
     assert response.status_code == 200
+    return {row.pk for row in response.context["cl"].result_list}
+
+
+# model, query, which rows it must find: "data" (the Old Mill wedding's), "other", both
+SEARCHES = [
+    ("supplier", "foxglove", {"other"}),  # name
+    ("supplier", "hello@foxglove", {"other"}),  # email
+    ("wedding", "mill", {"data"}),  # venue
+    ("wedding", "olivia", {"other"}),  # partner
+    ("booking", "foxglove", {"other"}),  # supplier name
+    ("booking", "rhys", {"other"}),  # wedding partner
+    ("timelineitem", "ceremony", {"data"}),  # title
+    ("timelineitem", "quay", {"other"}),  # location
+    ("timelineitem", "olivia", {"other"}),  # wedding partner
+    ("wedding", "nothing-like-this", set()),
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "query", "found"), SEARCHES, ids=[f"{m}-{q}" for m, q, _ in SEARCHES]
+)
+def test_admin__changelist_search_finds_the_matching_rows_only(
+    staff_client, data, other_wedding, model, query, found
+):
+    rows = {"data": data[model].pk, "other": other_wedding[model].pk}
+
+    assert _search(staff_client, model, query) == {rows[name] for name in found}
+
+
+def test_admin__timeline_search_by_partner_finds_every_item_of_that_wedding(
+    staff_client, data, other_wedding
+):
+    # both of the Alex & Sam wedding's items, and not the other wedding's
+    found = _search(staff_client, "timelineitem", "alex")
+
+    assert found == {data["timelineitem"].pk, data["dinner"].pk}
 
 
 @pytest.mark.parametrize("model", MODELS)

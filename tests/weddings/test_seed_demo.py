@@ -284,10 +284,11 @@ def test_seed_demo__rerun_keeps_one_staff_user_with_the_new_password():
     # then there are new weddings, but one staff user whose password is the new one
     assert first["weddings"][0]["id"] != second["weddings"][0]["id"]
     assert User.objects.filter(username="staff").count() == 1
+    assert second["staff"]["password"] != first["staff"]["password"]  # a new one per run
     staff = authenticate(username="staff", password=second["staff"]["password"])
     assert staff is not None and staff.is_staff and staff.is_superuser
-    if first["staff"]["password"] != second["staff"]["password"]:
-        assert authenticate(username="staff", password=first["staff"]["password"]) is None
+    # and the first run's password no longer lets anybody in
+    assert authenticate(username="staff", password=first["staff"]["password"]) is None
     assert token_authenticate(second["staff"]["token"]) == staff
 
 
@@ -370,22 +371,20 @@ def test_seed_demo__bad_arguments_are_a_command_error(args):
     assert not User.objects.exists()
 
 
-def test_seed_demo__failure_midway_leaves_nothing_behind(monkeypatch):
+def test_seed_demo__failure_midway_leaves_nothing_behind():
     # given token issuing fails partway through the run
     issued = 0
 
-    def failing_token_issue(**kwargs):
+    def failing_token_issue(user):
         nonlocal issued
         issued += 1
         if issued > 5:
             raise RuntimeError("boom")
         return "token"
 
-    monkeypatch.setattr(demo, "token_issue", failing_token_issue)
-
     # when
     with pytest.raises(RuntimeError):
-        seed_demo(weddings=3, vendors_per_wedding=3)
+        seed_demo(weddings=3, vendors_per_wedding=3, issue_token=failing_token_issue)
 
     # then the whole run was rolled back
     assert not Wedding.objects.exists()
@@ -404,3 +403,19 @@ def test_seed_demo__clashing_username_is_refused_cleanly():
     with pytest.raises(DemoSeedError, match="already exist"):
         seed_demo(weddings=1, vendors_per_wedding=1)
     assert Wedding.objects.count() == 1
+
+
+def test_seed_demo__logins_carry_a_token_only_when_an_issuer_is_given():
+    # given the domain's seed without realtime's issuer, and with a stand-in one
+    bare = seed_demo(weddings=1, vendors_per_wedding=1, with_staff=False)
+    issued = []
+    stamped = seed_demo(
+        weddings=1, vendors_per_wedding=1, with_staff=False,
+        issue_token=lambda user: issued.append(user.pk) or f"t{user.pk}",
+    )  # fmt: skip
+
+    # then the first has no tokens; the second one per login, from the issuer
+    assert "token" not in bare["weddings"][0]["couple"]
+    couple = stamped["weddings"][0]["couple"]
+    assert couple["token"] == f"t{couple['user_id']}"
+    assert couple["user_id"] in issued

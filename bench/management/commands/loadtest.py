@@ -5,7 +5,7 @@ starts a server on it (uvicorn by default; ``--url`` to use a running one instea
 which must use the same database), runs the scenario with receivers in ``--processes``
 worker processes, prints progress on stderr and a table on stdout, and writes the whole
 report as JSON with ``--json PATH``. Scenarios and their options: ``--help``, and
-``realtime/loadtest/scenarios.py``.
+``bench/loadtest/scenarios.py``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import orjson
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from realtime.tokens import token_issuer
 from weddings.demo import MAX_VENDORS_PER_WEDDING, MAX_WEDDINGS, DemoSeedError, seed_demo
 
 # Below this many vendor slots a run takes well under a second: no progress lines.
@@ -54,9 +55,9 @@ class Command(BaseCommand):
                 weddings=weddings,
                 vendors_per_wedding=vendors,
                 progress=self._progress if weddings * vendors >= _PROGRESS_FROM else None,
-                token_ttl=options["token_ttl"],
+                issue_token=token_issuer(options["token_ttl"]),
             )
-        except DemoSeedError as exc:
+        except (DemoSeedError, ValueError) as exc:
             raise CommandError(str(exc)) from None
         if options["json"]:
             self.stdout.write(orjson.dumps(result).decode())
