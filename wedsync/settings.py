@@ -71,8 +71,9 @@ INSTALLED_APPS = [
     "wedsync",
 ]
 # Development-only benchmarks (loadtest, cachebench, scaling_backtest): installed where the
-# bench package is present; a production image leaves it out.
-if importlib.util.find_spec("bench") is not None:
+# development install is (the bench package and the Python client it drives, which only
+# requirements-dev.txt brings); a production install or image goes without.
+if all(importlib.util.find_spec(name) for name in ("bench", "wedsync_client")):
     INSTALLED_APPS.append("bench")
 
 MIDDLEWARE = [
