@@ -65,23 +65,19 @@ def shared_client(url: str) -> aioredis.Redis:
     return client
 
 
+def _cache_options(socket_timeout: float) -> dict[str, Any]:
+    return {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout}
+
+
 def cache_client(url: str, *, socket_timeout: float = CACHE_SOCKET_TIMEOUT_S) -> redis.Redis:
     """A synchronous client for the cache tier: no retries."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
+    return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **_cache_options(socket_timeout))
 
 
 def acache_client(url: str, *, socket_timeout: float = CACHE_SOCKET_TIMEOUT_S) -> aioredis.Redis:
-    """An asyncio client for the cache tier on the running loop's behalf: no retries."""
+    """An asyncio client for the cache tier, for one event loop: no retries."""
     return aioredis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_timeout,
-        retry=AsyncRetry(NoBackoff(), 0),
+        url, retry=AsyncRetry(NoBackoff(), 0), **_cache_options(socket_timeout)
     )
 
 
