@@ -2,7 +2,10 @@
 
 ``GET`` lists the scenarios with the bounds of their parameters and the recent runs.
 ``POST {"scenario": "saturday-peak", "params": {"connections": 50, "duration": 20}}``
-runs one bounded scenario against this deployment and answers with its report. The run
+runs one bounded scenario against this deployment and answers with its report. Starting
+a run needs the ``monitoring.run_benchmark`` permission (403 without; superusers have
+it) and is refused while wedding-day mode is on (423 ``wedding_day_mode``): a benchmark
+loads the live deployment that the day's weddings depend on. The run
 is the load benchmark itself (``manage.py loadtest SCENARIO --url <this server>
 --cleanup``) in a child process, so the generator's CPU is not this server's event
 loop's; ``--cleanup`` leaves the staff account alone and deletes the weddings, suppliers
@@ -28,6 +31,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from core import switches
 from core.http import json_error, json_response
 from realtime.api import api_authenticate
 
@@ -60,6 +64,8 @@ SCENARIOS: dict[str, dict[str, tuple[int, int, int]]] = {
 RUN_TIMEOUT_S = 240
 # A "running" row older than this belongs to a process that died mid-run.
 STALE_AFTER = dt.timedelta(minutes=10)
+# Who may start a run (staff with it; superusers have every permission).
+RUN_PERMISSION = "monitoring.run_benchmark"
 
 
 def validate(data: Any) -> tuple[str, dict[str, int]]:
@@ -140,6 +146,22 @@ def _start(scenario: str, params: dict[str, int], user: Any) -> BenchmarkRun | N
         return None
 
 
+def _may_start(user: Any) -> HttpResponse | None:
+    """The refusal of a run this user may not start now, or None."""
+    if not user.has_perm(RUN_PERMISSION):
+        return json_error(
+            "forbidden", f"starting a benchmark run needs the {RUN_PERMISSION} permission", 403
+        )
+    if switches.state("wedding_day_mode")["enabled"]:
+        return json_error(
+            "wedding_day_mode",
+            "wedding-day mode is on: a benchmark would load the deployment the day's weddings "
+            "rely on, so none is started; run it once wedding-day mode is switched off",
+            423,
+        )
+    return None
+
+
 def _finish(run: BenchmarkRun, report: dict | None, error: str = "") -> None:
     run.report, run.error, run.finished_at = report, error, timezone.now()
     run.status = BenchmarkRun.Status.FAILED if error else BenchmarkRun.Status.DONE
@@ -169,6 +191,9 @@ async def benchmark_view(request: HttpRequest) -> HttpResponse:
             for name, opts in SCENARIOS.items()
         }
         return json_response({"scenarios": bounds, "runs": await sync_to_async(_recent)()})
+    refused = await sync_to_async(_may_start)(user)
+    if refused is not None:
+        return refused
     try:
         scenario, params = validate(orjson.loads(request.body or b"{}"))
     except orjson.JSONDecodeError:

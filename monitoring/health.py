@@ -1,5 +1,12 @@
 """Readiness probes of the parts a server process needs: database, Redis, channel layer,
-and the process itself (draining, circuit breakers)."""
+and the process itself (draining, circuit breakers).
+
+``GET /readyz`` is public (load balancers probe it without credentials), so its public
+answer is the status only: 200 ``{"status": "ready"}`` or 503 ``{"status": "not_ready"}``.
+The details (each probe, its error text, the breakers) name hosts, ports and internals:
+they go only to whoever may read ``/metrics`` (``exporter.refusal``: an allowed network,
+the scrape token, or a staff user by token or admin session).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +15,18 @@ import time
 import uuid
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
+from django.http import HttpRequest
 
 from core.breaker import breaker_states
 from core.redis import shared_client
 from realtime.node import process as registry
+
+from .exporter import refusal
 
 # A probe that takes longer than this counts as failed: a readiness check must answer
 # quickly even when a dependency hangs.
@@ -89,3 +100,20 @@ async def readiness() -> dict[str, dict[str, Any]]:
         probes["redis"] = _redis_probe
     results = await asyncio.gather(*(_run(p) for p in probes.values()))
     return {**dict(zip(probes, results, strict=True)), "process": _process_state()}
+
+
+async def may_see_details(request: HttpRequest) -> bool:
+    """True when the request may read /metrics (the same rule, ``exporter.refusal``)."""
+    # In a thread: the rule may read the session or resolve a bearer token (the database).
+    return await sync_to_async(refusal)(request) is None
+
+
+async def readiness_answer(request: HttpRequest) -> tuple[dict[str, Any], int]:
+    """The body and status of GET /readyz: the status for everyone, the checks only for
+    those who may see them (see the module doc). The status code is the same for both."""
+    checks = await readiness()
+    ready = all(check["ok"] for check in checks.values())
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready"}
+    if await may_see_details(request):
+        body["checks"] = checks
+    return body, 200 if ready else 503

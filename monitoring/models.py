@@ -151,6 +151,9 @@ class BenchmarkRun(models.Model):
 
     class Meta:
         ordering = ("-started_at", "-id")
+        # Starting a run loads the live deployment: staff need this permission too
+        # (superusers have it), granted in admin like any other.
+        permissions = [("run_benchmark", "Can start a benchmark run")]
         constraints = [
             # One run at a time, across every server process.
             models.UniqueConstraint(

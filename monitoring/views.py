@@ -7,7 +7,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 
-from .health import readiness
+from .health import readiness_answer
 from .selectors import metrics_overview
 
 
@@ -17,13 +17,10 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 
 
 async def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: the database, Redis and the channel layer answer (503 when one does not)."""
-    checks = await readiness()
-    ready = all(check["ok"] for check in checks.values())
-    return JsonResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
-        status=200 if ready else 503,
-    )
+    """Readiness: the database, Redis and the channel layer answer (503 when one does not).
+    The probes' details only for who may read /metrics (monitoring/health.py)."""
+    body, status = await readiness_answer(request)
+    return JsonResponse(body, status=status)
 
 
 def dashboard(request: HttpRequest) -> HttpResponse:

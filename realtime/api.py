@@ -90,10 +90,18 @@ def _visible_wedding(request: HttpRequest, wedding_id: int) -> Wedding:
 
 @api_view("POST")
 def token_view(request: HttpRequest) -> HttpResponse:
-    """A realtime token for the signed-in user (PROTOCOL §2)."""
+    """A realtime token for the signed-in user (PROTOCOL §2).
+
+    Asked for with a bearer token, the new token expires no later than that one (a
+    session-authenticated request gets the full ``ttl``): a token cannot renew itself
+    for ever, and a stolen one cannot be turned into a longer-lived one.
+    """
     data = json_body(request, MAX_FRAME_BYTES)
+    header = request.headers.get("Authorization", "")
+    # api_authenticate has accepted this bearer token, so it has a valid expiry.
+    not_after = token_expires_at(header[7:].strip()) if header.startswith("Bearer ") else None
     try:
-        token = token_issue(user=request.user, ttl=data.get("ttl"))
+        token = token_issue(user=request.user, ttl=data.get("ttl"), not_after=not_after)
     except (TypeError, ValueError) as exc:
         raise ApiError("bad_request", str(exc), 400) from None
     return json_response({"token": token, "expires_at": token_expires_at(token)})

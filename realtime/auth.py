@@ -1,7 +1,9 @@
 """Handshake authentication for /ws/realtime/ (PROTOCOL §2).
 
-* A handshake whose ``Origin`` is not an allowed host is refused (HTTP 403), whatever its
-  credentials: a foreign page must not ride on a user's session cookie.
+* A handshake whose ``Origin`` is not an allowed origin is refused (HTTP 403), whatever
+  its credentials: a foreign page must not ride on a user's session cookie. Allowed: the
+  handshake's own origin (scheme, host and port; the ``Host`` being one of
+  ``ALLOWED_HOSTS``), and ``CSRF_TRUSTED_ORIGINS`` (``origin_allowed``).
 * With an allowed ``Origin`` (a browser), the Django session authenticates.
 * With no ``Origin`` (not a browser), only ``?token=`` authenticates; a session cookie
   alone is ignored.
@@ -23,13 +25,13 @@ from __future__ import annotations
 from importlib import import_module
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlsplit
 
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
-from django.http.request import is_same_domain
+from django.http.request import split_domain_port, validate_host
 
 from core.db import in_db_thread
 
@@ -43,16 +45,79 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
-def origin_allowed(origin: str) -> bool:
-    """True when the Origin's host is one of ALLOWED_HOSTS (with DEBUG, also localhost)."""
-    parsed = urlparse(origin)
-    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
-        return False
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_parts(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) origin, the port filled in; None if not one."""
+    try:
+        parsed = urlsplit(origin.strip().lower())
+        port = parsed.port
+    except ValueError:  # a bad port, a bad IPv6 literal
+        return None
+    if parsed.scheme not in _DEFAULT_PORTS or not parsed.hostname:
+        return None
+    if parsed.path or parsed.query or parsed.fragment or parsed.username or parsed.password:
+        return None  # an Origin is scheme://host[:port], nothing more
+    return parsed.scheme, parsed.hostname, port or _DEFAULT_PORTS[parsed.scheme]
+
+
+def _handshake_is_secure(scope: dict[str, Any]) -> bool:
+    """As ``request.is_secure()``: the proxy's header when SECURE_PROXY_SSL_HEADER trusts
+    it (DJANGO_SECURE_PROXY_SSL_HEADER), else the connection's own scheme."""
+    proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy:
+        meta_name, secure_value = proxy
+        name = meta_name.removeprefix("HTTP_").lower().replace("_", "-").encode("latin1")
+        value = _header(scope, name)
+        if value is not None:
+            return value.split(",", 1)[0].strip() == secure_value
+    return scope.get("scheme", "ws") in {"wss", "https"}
+
+
+def _own_origin(scope: dict[str, Any]) -> str | None:
+    """The handshake's own origin, ``http(s)://`` + its ``Host`` header, when that Host is
+    one of ALLOWED_HOSTS (as ``request.get_host()``: with DEBUG and none set, localhost)."""
+    host = _header(scope, b"host")
+    if not host:
+        return None
+    domain, _ = split_domain_port(host)
     allowed = list(settings.ALLOWED_HOSTS)
     if settings.DEBUG and not allowed:
         allowed = [".localhost", "127.0.0.1", "[::1]"]
-    host = parsed.hostname if ":" not in parsed.hostname else f"[{parsed.hostname}]"
-    return any(pattern == "*" or is_same_domain(host, pattern) for pattern in allowed)
+    if not domain or not validate_host(domain, allowed):
+        return None
+    return f"{'https' if _handshake_is_secure(scope) else 'http'}://{host}"
+
+
+def _trusted(parts: tuple[str, str, int]) -> bool:
+    """One of CSRF_TRUSTED_ORIGINS, as Django's CSRF check reads them: a full origin, or
+    ``scheme://*.domain`` for the domain's subdomains (with the same port)."""
+    scheme, host, port = parts
+    for entry in settings.CSRF_TRUSTED_ORIGINS:
+        wildcard = "://*." in entry
+        trusted = _origin_parts(entry.replace("://*.", "://", 1) if wildcard else entry)
+        if trusted is None:
+            continue
+        if not wildcard and trusted == parts:
+            return True
+        t_scheme, t_host, t_port = trusted
+        if wildcard and (scheme, port) == (t_scheme, t_port) and host.endswith("." + t_host):
+            return True
+    return False
+
+
+def origin_allowed(origin: str, scope: dict[str, Any]) -> bool:
+    """True when the ``Origin`` of this handshake is the same origin as the handshake
+    (scheme, host and port; ``ws`` is ``http``, ``wss`` is ``https``; its ``Host`` one of
+    ALLOWED_HOSTS), or one of CSRF_TRUSTED_ORIGINS. docs/security.md."""
+    parts = _origin_parts(origin)
+    if parts is None:
+        return False
+    own = _own_origin(scope)
+    if own is not None and _origin_parts(own) == parts:
+        return True
+    return _trusted(parts)
 
 
 def _session_key(scope: dict[str, Any]) -> str | None:
@@ -97,7 +162,7 @@ class RealtimeAuthMiddleware:
         """
         origin = _header(scope, b"origin")
         path = scope["path"][len(scope.get("root_path", "")) :]
-        if path != self.path or (origin is not None and not origin_allowed(origin)):
+        if path != self.path or (origin is not None and not origin_allowed(origin, scope)):
             return False
         scope["user"] = AnonymousUser()
         query = parse_qs(scope.get("query_string", b"").decode("latin1"))

@@ -112,15 +112,22 @@ def token_issuer(ttl: int | None = None) -> Callable[[User], str]:
     return lambda user: token_issue(user=user, ttl=ttl)
 
 
-def token_issue(*, user: User, ttl: int | None = None) -> str:
-    """A token for ``user`` valid for ``ttl`` seconds; called by the token API and commands."""
+def token_issue(*, user: User, ttl: int | None = None, not_after: int | None = None) -> str:
+    """A token for ``user`` valid for ``ttl`` seconds; called by the token API and commands.
+
+    ``not_after`` (Unix seconds) caps the expiry: a token issued on the strength of
+    another token passes that token's expiry, so that no chain of renewals outlives the
+    credential it started from (the token API, PROTOCOL §2).
+    """
     ttl = token_ttl_validate(ttl)
     if user.pk is None:
         raise ValueError("Cannot issue a token for a user that is not saved.")
     if not user.is_active:
         raise ValueError(f"Cannot issue a token for inactive user {user.get_username()!r}.")
-    # Rounded up, so a token never lives shorter than asked.
+    # Rounded up, so a token never lives shorter than asked (unless capped).
     expires = math.ceil(_now() + ttl)
+    if not_after is not None:
+        expires = min(expires, not_after)
     user_id = user.pk if isinstance(user.pk, int) else str(user.pk)  # a UUID key, say
     payload = {"u": user_id, "e": expires, "f": _fingerprint(user)}
     return _signer().sign_object(payload)

@@ -279,9 +279,11 @@ def seed_demo(
     ``issue_token(user)`` gives each login's ``token`` (realtime's ``token_issuer(ttl)``:
     tokens belong to the realtime layer above this one); without it the logins have no
     token. ``progress(done, total)`` is called with counts of weddings about every tenth of the
-    run. ``with_staff=False`` leaves the "staff" user alone (a benchmark against a live
-    deployment must not reset its password); the JSON then has no ``staff``. Raises
-    DemoSeedError for arguments out of range; writes nothing then.
+    run. The "staff" superuser is created with this run's password when there is no
+    account of that name; an existing one is never changed (its ``password`` in the JSON
+    is then None: it keeps its own). ``with_staff=False`` leaves "staff" out altogether
+    (the load benchmark); the JSON then has no ``staff``. Raises DemoSeedError for
+    arguments out of range; writes nothing then.
     """
     _validate(weddings=weddings, vendors_per_wedding=vendors_per_wedding)
     password = secrets.token_urlsafe(12)
@@ -309,8 +311,11 @@ def seed_demo(
     return result
 
 
-def _login(context: _Context, user) -> dict[str, Any]:
-    login: dict[str, Any] = {"username": user.username, "password": context.password}
+def _login(context: _Context, user, *, password_known: bool = True) -> dict[str, Any]:
+    login: dict[str, Any] = {
+        "username": user.username,
+        "password": context.password if password_known else None,
+    }
     if context.issue_token is not None:
         login["token"] = context.issue_token(user)
     login["user_id"] = user.pk
@@ -318,18 +323,23 @@ def _login(context: _Context, user) -> dict[str, Any]:
 
 
 def _staff(context: _Context) -> dict[str, Any]:
-    """The one staff superuser, created on the first run and given this run's password."""
+    """The staff superuser: created with this run's password when no account has its name.
+    An existing account is somebody's (perhaps a real operator's): it is left exactly as
+    it is, its password, flags and names untouched, and its login has no password."""
     user_model = get_user_model()
     staff = user_model._default_manager.filter(username=STAFF_USERNAME).first()
-    if staff is None:
-        staff = user_model(
-            username=STAFF_USERNAME,
-            first_name="WedSync",
-            last_name="Staff",
-            email="staff@example.com",
-        )
-    staff.password = context.password_hash
-    staff.is_staff = staff.is_superuser = staff.is_active = True
+    if staff is not None:
+        return _login(context, staff, password_known=False)
+    staff = user_model(
+        username=STAFF_USERNAME,
+        password=context.password_hash,
+        first_name="WedSync",
+        last_name="Staff",
+        email="staff@example.com",
+        is_staff=True,
+        is_superuser=True,
+        is_active=True,
+    )
     staff.save()
     return _login(context, staff)
 

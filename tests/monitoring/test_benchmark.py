@@ -1,4 +1,6 @@
-"""The Benchmark API: bounded scenarios, staff only, one run at a time, stored runs."""
+"""The Benchmark API: bounded scenarios, staff only, starting a run needs
+``monitoring.run_benchmark`` and is refused in wedding-day mode, one run at a time, stored
+runs."""
 
 from __future__ import annotations
 
@@ -6,8 +8,10 @@ import http.client
 
 import orjson
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
 
+from monitoring import benchmark
 from monitoring.benchmark import SCENARIOS, validate
 from monitoring.models import BenchmarkRun
 from realtime.tokens import token_issue
@@ -16,6 +20,29 @@ from tests.servers import Server
 from weddings.models import Supplier, Wedding
 
 URL = "/api/performance/realtime/benchmark"
+BODY = b'{"scenario": "saturday-peak", "params": {"duration": 1}}'
+
+
+def make_runner(**extra):
+    """A staff user with the permission to start benchmark runs."""
+    user = make_user(is_staff=True, **extra)
+    user.user_permissions.add(
+        Permission.objects.get(content_type__app_label="monitoring", codename="run_benchmark")
+    )
+    return user
+
+
+@pytest.fixture
+def fake_loadtest(monkeypatch):
+    """Replaces the child process: records each run's argv and answers a tiny report."""
+    started: list[list[str]] = []
+
+    async def run_loadtest(argv, report):
+        started.append(argv)
+        return {"deliveries": {"expected": 1, "missing": 0, "latency": {"p99": 1.0}}}
+
+    monkeypatch.setattr(benchmark, "run_loadtest", run_loadtest)
+    return started
 
 
 def test_validate__defaults_filled_in() -> None:
@@ -64,7 +91,7 @@ def test_api__anonymous_401_vendor_403_staff_lists_scenarios() -> None:
 @pytest.mark.django_db
 def test_api__session_post_without_csrf__refused() -> None:
     staff = Client(enforce_csrf_checks=True)
-    staff.force_login(make_user(is_staff=True))
+    staff.force_login(make_runner())
 
     response = staff.post(URL, b'{"scenario": "saturday-peak"}', content_type="application/json")
 
@@ -76,7 +103,7 @@ def test_api__session_post_without_csrf__refused() -> None:
 def test_api__one_running__second_post_409_and_nothing_started() -> None:
     BenchmarkRun.objects.create(scenario="saturday-peak", params={})
     staff = Client()
-    staff.force_login(make_user(is_staff=True))
+    staff.force_login(make_runner())
 
     response = staff.post(URL, b'{"scenario": "saturday-peak"}', content_type="application/json")
 
@@ -88,7 +115,7 @@ def test_api__one_running__second_post_409_and_nothing_started() -> None:
 @pytest.mark.django_db
 def test_api__bad_params__400_nothing_started() -> None:
     staff = Client()
-    staff.force_login(make_user(is_staff=True))
+    staff.force_login(make_runner())
 
     response = staff.post(
         URL, b'{"scenario": "saturday-peak", "params": {"duration": 600}}',
@@ -100,12 +127,64 @@ def test_api__bad_params__400_nothing_started() -> None:
     assert BenchmarkRun.objects.count() == 0
 
 
+@pytest.mark.django_db
+def test_api__staff_without_the_permission__403_and_nothing_started(fake_loadtest) -> None:
+    # given a staff user who may look but was not given monitoring.run_benchmark
+    staff = Client()
+    staff.force_login(make_user(is_staff=True))
+
+    listed = staff.get(URL)
+    response = staff.post(URL, BODY, content_type="application/json")
+
+    # then they still see the scenarios, but starting a run is forbidden
+    assert listed.status_code == 200
+    assert response.status_code == 403
+    error = orjson.loads(response.content)["error"]
+    assert error["code"] == "forbidden" and "monitoring.run_benchmark" in error["message"]
+    assert BenchmarkRun.objects.count() == 0 and fake_loadtest == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("who", ["staff with the permission", "superuser"])
+def test_api__permitted_user__starts_a_run(fake_loadtest, who) -> None:
+    user = make_runner() if who != "superuser" else make_user(is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(user)
+
+    response = client.post(URL, BODY, content_type="application/json")
+
+    assert response.status_code == 200, response.content
+    assert len(fake_loadtest) == 1
+    run = BenchmarkRun.objects.get()
+    assert (run.status, run.started_by_id) == ("done", user.pk)
+    assert orjson.loads(response.content)["run"]["id"] == run.pk
+
+
+@pytest.mark.django_db
+def test_api__wedding_day_mode_on__refused_clearly_and_nothing_started(fake_loadtest) -> None:
+    from scaling.services import wedding_day_mode_set
+
+    # given wedding-day mode on and a user who may otherwise start runs
+    wedding_day_mode_set(enabled=True, reason="Saturday: 40 weddings", user=None)
+    client = Client()
+    client.force_login(make_user(is_staff=True, is_superuser=True))
+
+    response = client.post(URL, BODY, content_type="application/json")
+
+    # then the run is refused with an error saying why and what to do, and nothing ran
+    assert response.status_code == 423
+    error = orjson.loads(response.content)["error"]
+    assert error["code"] == "wedding_day_mode"
+    assert "wedding-day mode is on" in error["message"] and "switched off" in error["message"]
+    assert BenchmarkRun.objects.count() == 0 and fake_loadtest == []
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.django_db(transaction=True)
 def test_api__staff_runs_a_tiny_saturday_peak__report_stored_and_seeded_data_removed() -> None:
     # given a running server and a staff token
-    staff = make_user(username="staff", is_staff=True)
+    staff = make_runner(username="staff")
     password_hash = staff.password
     token = token_issue(user=staff)
     weddings_before, suppliers_before = Wedding.objects.count(), Supplier.objects.count()

@@ -14,6 +14,15 @@ from monitoring.health import PROBE_TIMEOUT_S
 
 IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+
+
+@pytest.fixture(autouse=True)
+def from_an_allowed_network(settings) -> None:
+    """The test client's 127.0.0.1 may read the details (the /metrics access rule); the
+    public answer (status only) is tested in test_readyz_public.py."""
+    settings.METRICS_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+
+
 # transaction=True: the database probe goes through database_sync_to_async, which closes
 # "old" connections first (CONN_MAX_AGE=0), and so would close the test's transaction.
 

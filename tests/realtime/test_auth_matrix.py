@@ -370,7 +370,9 @@ async def _handshake(origin: bytes) -> tuple[bool, Any]:
     """Connect with a valid token of the planner of A and the given Origin; ping."""
     world = await database_sync_to_async(_build_world)("planner_a", "ws_subscribe")
     comm = WebsocketCommunicator(
-        application, f"/ws/realtime/?token={world.credential}", headers=[(b"origin", origin)]
+        application,
+        f"/ws/realtime/?token={world.credential}",
+        headers=[(b"origin", origin), (b"host", b"localhost")],
     )
     try:
         connected, _ = await comm.connect(timeout=5)

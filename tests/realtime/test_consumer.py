@@ -24,6 +24,7 @@ from wedsync.asgi import application
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
 ORIGIN = (b"origin", b"http://localhost")
+HOST = (b"host", b"localhost")  # a browser's handshake: its Origin is the Host's origin
 
 
 class Conn:
@@ -158,7 +159,7 @@ async def test_connect__session_cookie_with_allowed_origin_authenticates(opened)
     client = Client()
     await database_sync_to_async(client.force_login)(w["planner"])
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-    conn, connected, _ = await opened(headers=[(b"cookie", cookie), ORIGIN])
+    conn, connected, _ = await opened(headers=[(b"cookie", cookie), ORIGIN, HOST])
     assert connected
     assert (await conn.request({"type": "ping"}))["type"] == "pong"
 
@@ -177,7 +178,7 @@ async def test_connect__session_of_a_changed_password_closes_4001(opened):
 
     await change_password()
     # when it connects with that session
-    conn, connected, _ = await opened(headers=[(b"cookie", cookie), ORIGIN])
+    conn, connected, _ = await opened(headers=[(b"cookie", cookie), ORIGIN, HOST])
     # then it is not authenticated
     assert connected
     assert (await conn.comm.receive_output(5))["code"] == 4001

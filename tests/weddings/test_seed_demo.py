@@ -274,32 +274,67 @@ def test_seed_demo__one_vendor_is_just_the_planner():
 # --- staff and re-runs ------------------------------------------------------------------
 
 
-def test_seed_demo__rerun_keeps_one_staff_user_with_the_new_password():
-    # given a first run
+def _account(username: str) -> dict:
+    """Every stored field of an account (password hash, flags, names, last login ...)."""
+    return User.objects.filter(username=username).values().get()
+
+
+def test_seed_demo__rerun_leaves_the_staff_account_and_its_password_alone():
+    # given a first run, which created staff with its password
     first = _seed_json(1, 2)
+    before = _account("staff")
 
     # when seeding again
     second = _seed_json(1, 2)
 
-    # then there are new weddings, but one staff user whose password is the new one
+    # then there are new weddings, one staff user, and nothing about it changed: the
+    # first run's password still logs in and the rerun gives none for it
     assert first["weddings"][0]["id"] != second["weddings"][0]["id"]
     assert User.objects.filter(username="staff").count() == 1
-    assert second["staff"]["password"] != first["staff"]["password"]  # a new one per run
-    staff = authenticate(username="staff", password=second["staff"]["password"])
+    assert _account("staff") == before
+    staff = authenticate(username="staff", password=first["staff"]["password"])
     assert staff is not None and staff.is_staff and staff.is_superuser
-    # and the first run's password no longer lets anybody in
-    assert authenticate(username="staff", password=first["staff"]["password"]) is None
+    assert second["staff"]["username"] == "staff" and second["staff"]["password"] is None
+    assert second["staff"]["user_id"] == staff.pk
     assert token_authenticate(second["staff"]["token"]) == staff
+    # and this run's password is not staff's
+    couple_password = second["weddings"][0]["couple"]["password"]
+    assert authenticate(username="staff", password=couple_password) is None
 
 
-def test_seed_demo__promotes_an_existing_staff_account():
-    make_user(username="staff")
+def test_seed_demo__leaves_an_existing_staff_account_exactly_as_it_is():
+    # given an account named "staff" that seed_demo did not make (not even staff)
+    make_user(username="staff", first_name="Real", email="ops@example.org")
+    before = _account("staff")
 
     document = _seed_json(1, 1)
 
-    staff = User.objects.get(username="staff")
-    assert staff.is_staff and staff.is_superuser and staff.is_active
-    assert staff.check_password(document["staff"]["password"])
+    # then it is neither promoted nor given a new password
+    assert _account("staff") == before
+    assert authenticate(username="staff", password="pw-staff") is not None
+    assert document["staff"]["password"] is None
+    assert not User.objects.get(username="staff").check_password(
+        document["weddings"][0]["couple"]["password"]
+    )
+
+
+def test_seed_demo__existing_staff__summary_says_its_password_is_unchanged():
+    make_user(username="staff", is_staff=True, is_superuser=True)
+    before = _account("staff")
+
+    out, _ = _seed("--weddings", "1", "--vendors-per-wedding", "2")
+
+    assert "staff: existing account, password unchanged" in out
+    assert _account("staff") == before
+    assert authenticate(username="staff", password="pw-staff") is not None
+
+
+def test_seed_demo__fresh_database__staff_is_created_with_this_runs_password():
+    document = _seed_json(1, 1)
+
+    staff = authenticate(username="staff", password=document["staff"]["password"])
+    assert staff is not None and staff.is_staff and staff.is_superuser and staff.is_active
+    assert document["staff"]["password"] == document["weddings"][0]["couple"]["password"]
 
 
 def test_seed_demo__human_summary_names_topics_and_logins():
@@ -325,7 +360,9 @@ def test_seed_demo__hashes_one_password_per_run():
 
 
 def test_seed_demo__query_count_does_not_grow_with_vendors():
-    # given the queries of a small run
+    # given a staff account made by an earlier run (read then, never written again)
+    seed_demo(weddings=1, vendors_per_wedding=1)
+    # and the queries of a small run
     with CaptureQueriesContext(connection) as small:
         seed_demo(weddings=1, vendors_per_wedding=3)
 

@@ -297,3 +297,34 @@ def test_runstack__redis_mode_reports_redis_ready_and_runs_tasks(
     assert all(check["ok"] for check in body["checks"].values()), body
     send_task_and_wait_until_consumed(stack)
     assert_stops_cleanly_on_sigint(stack)
+
+
+def test_demo_lines__an_existing_staff_account_shows_no_password_and_the_rest_share_one(
+    tmp_path: Path,
+) -> None:
+    # given seed_demo's JSON after a run that found the staff account already there
+    from wedsync.management.commands.runstack import _demo_lines
+
+    demo = {
+        "staff": {"username": "staff", "password": None, "user_id": 1},
+        "weddings": [
+            {
+                "id": 7, "topic": "wedding:7",
+                "couple": {"username": "w7-couple", "password": "pw-of-the-run"},
+                "suppliers": [
+                    {"category": "planner",
+                     "users": [{"username": "w7-planner", "password": "pw-of-the-run"}]},
+                ],
+            }
+        ],
+    }  # fmt: skip
+    path = tmp_path / "demo.json"
+    path.write_text(json.dumps(demo))
+
+    # when the logins are listed
+    text = "\n".join(_demo_lines(path))
+
+    # then the run's password is shown once, and staff keeps its own (never "None")
+    assert "pw-of-the-run  (the same for every login)" in text
+    assert "staff / (its own password)" in text
+    assert "None" not in text

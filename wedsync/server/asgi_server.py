@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -13,9 +15,10 @@ SERVERS = ("uvicorn", "daphne")
 
 
 def asgi_server_command(
-    host: str, port: int, server: str = "uvicorn", workers: int = 1
+    host: str, port: int, server: str = "uvicorn", workers: int = 1, log_level: str = "warning"
 ) -> list[str]:
-    """The argv of the ASGI server bound to host:port, with ``workers`` processes.
+    """The argv of the ASGI server bound to host:port, with ``workers`` processes, logging
+    at ``log_level`` (uvicorn's; ``info`` adds its access log).
 
     uvicorn is the default: its WebSocket send waits while the client's socket buffer is
     full, so a slow client backs up into its own bounded outbox (closed with 1013)
@@ -32,7 +35,7 @@ def asgi_server_command(
             sys.executable, "-m", "wedsync.serve",
             "--host", host, "--port", str(port),
             "--workers", str(workers),
-            "--log-level", "warning",
+            "--log-level", log_level,
         ]  # fmt: skip
     if server == "daphne":
         if workers != 1:
@@ -77,3 +80,34 @@ def exit_text(returncode: int) -> str:
         except ValueError:
             return f"was killed by signal {-returncode}"
     return f"exited with code {returncode}"
+
+
+# ``token=<value>`` anywhere (``?token=``, ``&access_token=``, ``csrftoken=`` alike; the
+# value runs to the next separator of a URL, header or log line), and a ``Bearer``
+# credential (at least 8 characters, so that prose such as "a Bearer token" stays).
+_TOKEN_VALUE = re.compile(r"((?i:token)=)[^\s&;,\"'<>#]+|(Bearer\s+)[A-Za-z0-9_\-.=~+/]{8,}")
+REDACTED = "[redacted]"
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` with the value of every ``token=`` parameter and ``Bearer`` credential
+    replaced by ``[redacted]``."""
+    return _TOKEN_VALUE.sub(lambda m: (m.group(1) or m.group(2)) + REDACTED, text)
+
+
+class RedactTokens(logging.Filter):
+    """A logging filter that keeps realtime tokens (credentials) out of every log line:
+    uvicorn's access log writes ``GET /ws/realtime/?token=...`` in full, and anything
+    else may log a URL or a header. Installed on the handlers of settings.LOGGING and of
+    uvicorn's log config (wedsync.serve), so it sees every record they write, whichever
+    logger it came from. The record keeps its level and logger; only its text changes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format: leave it to the handler to report
+            return True
+        redacted = redact_tokens(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True

@@ -114,8 +114,9 @@ def probe_healthz(host: str, port: int) -> int | None:
         connection.request(
             "GET",
             "/healthz",
-            # A Host that ALLOWED_HOSTS accepts, and the proxy's https marker so that
-            # SECURE_SSL_REDIRECT leaves the probe alone.
+            # A Host that ALLOWED_HOSTS accepts. SECURE_SSL_REDIRECT leaves /healthz alone
+            # (SECURE_REDIRECT_EXEMPT); the https marker counts only where the proxy
+            # header is trusted (DJANGO_SECURE_PROXY_SSL_HEADER).
             headers={"Host": _allowed_host(host), "X-Forwarded-Proto": "https"},
         )
         return connection.getresponse().status

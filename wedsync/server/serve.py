@@ -19,6 +19,8 @@ supervisor exits once all of them have.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import copy
 import logging
 import os
 import signal
@@ -28,7 +30,8 @@ import sys
 import time
 
 import uvicorn
-from uvicorn.config import STARTUP_FAILURE
+from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from wedsync.server.asgi_server import die_with_parent_hook, exit_text
 
@@ -64,14 +67,111 @@ class GracefulServer(uvicorn.Server):
         process_exiting()
 
 
+_SERVICE_UNAVAILABLE = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 19\r\n"
+    b"connection: close\r\n"
+    b"\r\n"
+    b"Service Unavailable"
+)
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with two limits it lacks (docs/operations.md,
+    transport limits):
+
+    * a header timeout: uvicorn arms no timer until a response has been sent, so a
+      client that connects and sends nothing, or half a request line, holds its socket
+      (and a slot of ``limit_concurrency``) forever. Here a client has ``header_timeout``
+      seconds from its connection, or from the first byte of a later request on a kept
+      connection, to complete the request's headers; then the socket is closed. Bodies,
+      responses and upgraded WebSockets (which have their own stale close, 4000) are not
+      timed by it.
+    * the concurrency cap for WebSocket handshakes: uvicorn answers 503 to an HTTP
+      request once ``limit_concurrency`` connections are open, but lets an upgrade
+      through whatever the count. The same test (``Config.limit_concurrency`` against
+      the open connections and tasks) now refuses a handshake with 503 too.
+    """
+
+    header_timeout: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        if self._over_limit():
+            self.logger.warning("Exceeded concurrency limit: WebSocket handshake refused.")
+            self.transport.write(_SERVICE_UNAVAILABLE)
+            self.transport.close()
+            return
+        super().handle_websocket_upgrade()
+
+    def _over_limit(self) -> bool:
+        limit = self.limit_concurrency
+        return limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None and self.header_timeout > 0:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def log_config() -> dict:
+    """uvicorn's own log config with ``RedactTokens`` on each of its handlers: its access
+    log (``GET /ws/realtime/?token=...``) and its error log (where WebSocket handshakes
+    are logged, URL and all) never write a token."""
+    log = copy.deepcopy(LOGGING_CONFIG)
+    log.setdefault("filters", {})["redact_tokens"] = {
+        "()": "wedsync.server.asgi_server.RedactTokens"
+    }
+    for handler in log["handlers"].values():
+        handler.setdefault("filters", []).append("redact_tokens")
+    return log
+
+
 def config(host: str, port: int, *, log_level: str = "warning") -> uvicorn.Config:
     """uvicorn's settings for WedSync (docs/adr/0003-asgi-server.md).
 
     permessage-deflate is off: it costs ~35 KB per connection and gains nothing on
     ~100-byte frames. Django has no lifespan handler, hence ``lifespan="off"``.
+
+    A WebSocket message over the protocol's frame limit (``MAX_FRAME_BYTES``) closes the
+    connection with 1009 as soon as its header is read: uvicorn's default would first
+    buffer up to 16 MiB of it for the application to refuse (PROTOCOL §1, §8).
     """
     from django.conf import settings
 
+    from realtime.protocol import MAX_FRAME_BYTES
+
+    http = type(
+        "GuardedHttpProtocol",
+        (GuardedHttpProtocol,),
+        {"header_timeout": float(settings.SERVER_HEADER_TIMEOUT)},
+    )
     return uvicorn.Config(
         "wedsync.asgi:application",
         host=host,
@@ -80,12 +180,16 @@ def config(host: str, port: int, *, log_level: str = "warning") -> uvicorn.Confi
         # (uvicorn 0.54: uvloop, httptools, and websockets-sansio whenever `websockets` is
         # importable): a missing one is then an error at start, not a slower fallback.
         loop="uvloop",
-        http="httptools",
+        # httptools, with a header timeout and the WebSocket concurrency cap.
+        http=http,
         ws="websockets-sansio",
+        ws_max_size=MAX_FRAME_BYTES,
+        limit_concurrency=settings.SERVER_LIMIT_CONCURRENCY or None,
         lifespan="off",
         ws_per_message_deflate=False,
         server_header=False,
         log_level=log_level,
+        log_config=log_config(),
         # After the drain, what is left (HTTP requests) gets this long as well.
         timeout_graceful_shutdown=int(settings.REALTIME_SHUTDOWN_GRACE) or 1,
     )

@@ -156,10 +156,15 @@ class Command(BaseCommand):
 _DEMO_WEDDINGS_SHOWN = 5
 
 
+_OWN_PASSWORD = "(its own password)"  # noqa: S105 (a label, not a password)
+
+
 def _user(user: Any) -> tuple[str, str] | None:
     """(username, password) of a user entry of the demo file, if it has them."""
     if isinstance(user, dict) and user.get("username"):
-        return str(user["username"]), str(user.get("password", "?"))
+        password = user.get("password", "?")
+        # None: an account that existed before seed_demo ran, whose password it left alone.
+        return str(user["username"]), _OWN_PASSWORD if password is None else str(password)
     return None
 
 
@@ -202,13 +207,13 @@ def _demo_lines(path: Path) -> list[str]:
                 ],
             )
         )
-    passwords = {user[1] for _, logins in rows for _, user in logins if user}
+    passwords = {user[1] for _, logins in rows for _, user in logins if user} - {_OWN_PASSWORD}
     shared = len(passwords) == 1
 
     def login(user: tuple[str, str] | None) -> str:
         if user is None:
             return "-"
-        return user[0] if shared else f"{user[0]} / {user[1]}"
+        return user[0] if shared and user[1] != _OWN_PASSWORD else f"{user[0]} / {user[1]}"
 
     lines = [f"Demo logins ({path}):"]
     if shared:

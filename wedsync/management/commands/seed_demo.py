@@ -2,7 +2,9 @@
 
 Without ``--json``: a summary for a person (weddings, logins, topics). With ``--json``:
 only the JSON document on stdout, for the load benchmark and ``make run``; progress of
-large runs goes to stderr either way.
+large runs goes to stderr either way. An existing "staff" account is never changed: its
+``password`` in the JSON is null and the summary says "existing account, password
+unchanged".
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class Command(BaseCommand):
     def _summary(self, result: dict[str, Any], vendors: int) -> None:
         weddings = result["weddings"]
         staff = result["staff"]
-        password = staff["password"]
+        password = weddings[0]["couple"]["password"]  # one password per run
         write = self.stdout.write
         write(
             self.style.SUCCESS(
@@ -82,7 +84,11 @@ class Command(BaseCommand):
             )
         )
         write(f"Every login of this run has the password: {password}")
-        write(f"Staff (admin, topic ops): {staff['username']}")
+        name = staff["username"]
+        if staff["password"] is None:  # an existing account is never changed
+            write(f"Staff (admin, topic ops): {name}: existing account, password unchanged")
+        else:
+            write(f"Staff (admin, topic ops): {name} (new, with this run's password)")
         for wedding in weddings[:_SUMMARY_WEDDINGS]:
             suppliers = wedding["suppliers"]
             write("")
