@@ -9,9 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from django.conf import settings
-from django.db import connection
 
 FULL = 2  # PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
 
@@ -49,15 +47,3 @@ def test_sqlite_configuration__connections_sync_every_commit_in_wal(tmp_path: Pa
     assert answer == {"vendor": "sqlite", "synchronous": FULL, "journal_mode": "wal"}
 
 
-@pytest.mark.django_db
-def test_this_runs_sqlite_connection__syncs_every_commit() -> None:
-    if connection.vendor != "sqlite":
-        pytest.skip("this run's database is not SQLite (the test above covers SQLite)")
-
-    with connection.cursor() as cursor:
-        cursor.execute("PRAGMA synchronous")
-        synchronous = cursor.fetchone()[0]
-        cursor.execute("PRAGMA journal_mode")
-        journal_mode = cursor.fetchone()[0]
-
-    assert (synchronous, journal_mode) == (FULL, "wal")
