@@ -335,6 +335,28 @@ def overdue_acks(*, now: dt.datetime, minutes: float) -> list[dict[str, Any]]:
     return out
 
 
+def overdue_acks_by_wedding(*, now: dt.datetime, minutes: float) -> list[dict[str, Any]]:
+    """``overdue_acks`` grouped per wedding topic, oldest event first: one alert (and one
+    planner notice) per wedding however many of its events wait. Each group has the
+    ``subject`` (the wedding topic), ``items`` (``overdue_acks`` entries, oldest first),
+    ``count``, ``oldest`` (the first item), ``minutes`` (the oldest's wait) and the
+    wedding's ``planner_supplier_ids``."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for item in overdue_acks(now=now, minutes=minutes):  # oldest first
+        groups.setdefault(item["event"].topic, []).append(item)
+    return [
+        {
+            "subject": topic,
+            "items": items,
+            "count": len(items),
+            "oldest": items[0],
+            "minutes": max(item["minutes"] for item in items),
+            "planner_supplier_ids": items[0]["planner_supplier_ids"],
+        }
+        for topic, items in groups.items()
+    ]
+
+
 def _resolved_emergencies(events: list[Event]) -> set[tuple[str, Any]]:
     topics = {e.topic for e in events if e.event == "emergency.raised"}
     if not topics:

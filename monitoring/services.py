@@ -258,32 +258,30 @@ def beat_check(*, now: dt.datetime | None = None) -> str | None:
 
 
 def acks_check(*, now: dt.datetime | None = None) -> dict[str, str | None]:
-    """Chase ``ack_required`` events nobody (of a supplier expected to) acknowledged: an
-    alert per event, notifying the wedding's planner on its topic and staff on ``ops``;
-    resolved as soon as every expected supplier acknowledged."""
+    """Chase ``ack_required`` events nobody (of a supplier expected to) acknowledged: one
+    alert per wedding (subject: its topic; the message counts the waiting events and names
+    the oldest, kept up to date as events come and go), notifying the wedding's planner on
+    its topic and staff on ``ops`` when it opens or turns critical; resolved as soon as
+    every expected supplier acknowledged every one of them."""
     now = now or timezone.now()
     alert_rules_ensure()
     thresholds = selectors.alert_thresholds()
     limits = thresholds["ack_overdue"]
-    overdue = (
-        selectors.overdue_acks(now=now, minutes=limits["warning"]) if limits["enabled"] else []
+    groups = (
+        selectors.overdue_acks_by_wedding(now=now, minutes=limits["warning"])
+        if limits["enabled"]
+        else []
     )
     changes: dict[str, str | None] = {}
-    for item in overdue:
-        event = item["event"]
-        names = ", ".join(m["name"] for m in item["missing"])
-        message = (
-            f"{event.event} #{event.seq} on {event.topic} waits {item['minutes']:.0f} min "
-            f"for: {names}"
-        )[:500]
+    for group in groups:
         alert, change = alert_observe(
-            "ack_overdue", item["minutes"], subject=item["subject"], message=message,
-            now=now, thresholds=thresholds,
+            "ack_overdue", group["minutes"], subject=group["subject"],
+            message=_overdue_message(group), now=now, thresholds=thresholds,
         )  # fmt: skip
-        changes[item["subject"]] = change
+        changes[group["subject"]] = change
         if change in (OPENED, RAISED) and alert is not None:
-            _notify_planner(alert, item)
-    chased = {item["subject"] for item in overdue}
+            _notify_planner(alert, group)
+    chased = {group["subject"] for group in groups}
     for alert in Alert.objects.filter(rule="ack_overdue", resolved_at__isnull=True).exclude(
         subject__in=chased
     ):
@@ -294,20 +292,41 @@ def acks_check(*, now: dt.datetime | None = None) -> dict[str, str | None]:
     return changes
 
 
-def _notify_planner(alert: Alert, item: dict[str, Any]) -> None:
-    event = item["event"]
+def _overdue_message(group: dict[str, Any]) -> str:
+    """The alert's message, e.g. '3 events wait for acknowledgement on wedding:7; the
+    oldest, emergency.raised #12, for 9 min, for: Bloom & Co'."""
+    oldest = group["oldest"]
+    event = oldest["event"]
+    names = ", ".join(m["name"] for m in oldest["missing"])
+    count = group["count"]
+    return (
+        f"{count} {'events wait' if count != 1 else 'event waits'} for acknowledgement on "
+        f"{event.topic}; "
+        f"the oldest, {event.event} #{event.seq}, for {oldest['minutes']:.0f} min, for: {names}"
+    )[:500]
+
+
+# At most this many seqs of waiting events in a planner notice (the count says how many).
+NOTICE_MAX_SEQS = 50
+
+
+def _notify_planner(alert: Alert, group: dict[str, Any]) -> None:
+    oldest = group["oldest"]
+    event = oldest["event"]
     payload = {
         "alert_id": alert.pk,
-        "seq": event.seq,
+        "seq": event.seq,  # the oldest waiting event
         "event": event.event,
-        "minutes": round(item["minutes"]),
-        "missing": item["missing"],
-        "planner_supplier_ids": item["planner_supplier_ids"],
+        "minutes": round(oldest["minutes"]),
+        "missing": oldest["missing"],
+        "planner_supplier_ids": group["planner_supplier_ids"],
         "severity": alert.severity,
+        "count": group["count"],
+        "seqs": [item["event"].seq for item in group["items"][:NOTICE_MAX_SEQS]],
     }
     priority = Event.Priority.CRITICAL if alert.severity == "critical" else Event.Priority.NORMAL
     event_publish_system(event.topic, "alert.ack_overdue", payload, priority)
-    emails = selectors.planner_emails(item["planner_supplier_ids"])
+    emails = selectors.planner_emails(group["planner_supplier_ids"])
     if emails:
         subject = f"[WedSync] acknowledgement overdue on {event.topic}"
         transaction.on_commit(partial(_send, subject, alert.message, emails))

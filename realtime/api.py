@@ -32,6 +32,7 @@ from weddings.models import Supplier, Wedding
 from . import selectors, services
 from .connection_counts import get_connection_counter, supplier_limit
 from .errors import RealtimeError, topic_forbidden
+from .limits import get_user_limits
 from .protocol import MAX_FRAME_BYTES, event_frame
 from .snapshots import snapshot_key, snapshot_load, wedding_summary
 from .tokens import (
@@ -97,6 +98,8 @@ def token_view(request: HttpRequest) -> HttpResponse:
     for ever, and a stolen one cannot be turned into a longer-lived one.
     """
     data = json_body(request, MAX_FRAME_BYTES)
+    # Per user (REALTIME_TOKEN_ISSUE_PER_MINUTE): 429 rate_limited with retry_after_ms.
+    async_to_sync(get_user_limits().check_token_issue)(request.user.pk)
     header = request.headers.get("Authorization", "")
     # api_authenticate has accepted this bearer token, so it has a valid expiry.
     not_after = token_expires_at(header[7:].strip()) if header.startswith("Bearer ") else None
@@ -215,6 +218,9 @@ def _publish(request: HttpRequest, wedding_id: int) -> HttpResponse:
         raise RealtimeError(
             "invalid_payload", "idempotency_key must be a string", field="idempotency_key"
         )
+    # The user's publish budget, shared with their WebSocket connections and every
+    # process (PROTOCOL §8): 429 rate_limited with retry_after_ms.
+    async_to_sync(get_user_limits().check_publish)(request.user.pk, data["event"])
     result = services.event_publish(
         topic=f"wedding:{wedding_id}",
         event=data["event"],

@@ -1,5 +1,12 @@
 """The live connections of one event loop (its node's, ``realtime.node``): the periodic
-sweep and the drain of a graceful shutdown.
+sweep, the periodic re-check of their access, and the drain of a graceful shutdown.
+
+The access re-check (every ``REALTIME_ACCESS_RECHECK`` seconds, and for the connections
+of one user on ``rt.user.recheck``) reads the database in one database-thread call, a
+few queries per 500 users (``access.connections_recheck``): a connection whose user is
+gone or inactive, or whose password or token version changed since it connected, closes
+with 4001; a topic it may no longer see ends with ``unsubscribed``. It catches what no
+signal reported (``QuerySet.update``), and drops the stale cached entries it finds.
 
 Not to be confused with the connection counter (``realtime.connection_counts``), which
 counts connections against the per-user and per-supplier limits across processes.
@@ -13,12 +20,17 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.db import DatabaseError
 
+from core.db import in_db_thread
+
+from .access import connections_recheck
 from .connection_counts import get_connection_counter
 from .delivery import topic_positions
 from .errors import RealtimeError
 from .presence import DiffBatcher, get_presence_store
-from .protocol import CLOSE_RESTARTING, CLOSE_STALE
+from .protocol import CLOSE_RESTARTING, CLOSE_STALE, CLOSE_UNAUTHENTICATED
+from .tokens import CONNECT_VERSION_ATTR
 
 if TYPE_CHECKING:
     from .consumers import RealtimeConsumer
@@ -40,11 +52,15 @@ class ConsumerRegistry:
         self._hub, self._diffs = hub, diffs
         self._consumers: set[RealtimeConsumer] = set()
         self._task: asyncio.Task | None = None
+        self._recheck_task: asyncio.Task | None = None
+        hub.recheck = self.recheck_access  # rt.user.recheck
 
     def add(self, consumer: RealtimeConsumer) -> None:
         self._consumers.add(consumer)
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._sweep_forever())
+        if self._recheck_task is None or self._recheck_task.done():
+            self._recheck_task = asyncio.ensure_future(self._recheck_forever())
 
     def discard(self, consumer: RealtimeConsumer) -> None:
         self._consumers.discard(consumer)
@@ -86,6 +102,37 @@ class ConsumerRegistry:
                 await self.sweep(topic_positions)
             except Exception:
                 logger.exception("sweep failed")
+
+    async def _recheck_forever(self) -> None:
+        while self._consumers:
+            await asyncio.sleep(settings.REALTIME_ACCESS_RECHECK)
+            try:
+                await self.recheck_access()
+            except DatabaseError:
+                logger.warning("access re-check skipped: the database is unreachable")
+            except Exception:
+                logger.exception("access re-check failed")
+
+    async def recheck_access(self, consumers: list[RealtimeConsumer] | None = None) -> None:
+        """Re-check the access of ``consumers`` (default: every connection of the loop)
+        against the database: close (4001) or unsubscribe what it no longer allows."""
+        live = [
+            c
+            for c in (self.consumers() if consumers is None else consumers)
+            if not c.closing and c.user is not None and c.user.is_authenticated
+        ]
+        if not live:
+            return
+        verdicts, now = await in_db_thread(connections_recheck)(
+            [(c.user, list(c.streams)) for c in live]
+        )
+        for consumer, verdict in zip(live, verdicts, strict=True):
+            if verdict is None:
+                await consumer.close(CLOSE_UNAUTHENTICATED, "credentials withdrawn")
+                continue
+            _take_fresh_user(consumer, now[consumer.user.pk])
+            if verdict:
+                await consumer.withdraw(verdict)
 
     async def _refresh_presence(self, consumers: list[RealtimeConsumer]) -> None:
         """Heartbeat the presence of every connection of the loop, in a few script
@@ -133,3 +180,12 @@ class ConsumerRegistry:
                 if stream.last_seq < stream.behind:
                     await consumer.rt_catch_up({"topic": topic, "seq": stream.behind})
                 stream.behind = current.get(topic, 0)
+
+
+def _take_fresh_user(consumer: RealtimeConsumer, user: Any) -> None:
+    """The connection acts as the user is now (a publish checks ``is_staff`` on it),
+    keeping what it connected with (the token version)."""
+    version = getattr(consumer.user, CONNECT_VERSION_ATTR, None)
+    if version is not None:
+        setattr(user, CONNECT_VERSION_ATTR, version)
+    consumer.user = user

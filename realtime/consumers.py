@@ -270,7 +270,7 @@ class RealtimeConsumer:
             case protocol.Publish():
                 if self.limiter is None:
                     self.limiter = PublishLimiter()
-                self.limiter.check(frame.event)
+                await self.limiter.acheck(frame.event, self.user.pk)
                 if process.draining:
                     raise RealtimeError(
                         "unavailable", "server restarting; send it again after reconnecting"
@@ -457,10 +457,17 @@ class RealtimeConsumer:
             return
         if await in_db_thread(still_allowed)(self.user.pk, topic):
             return
-        await self._drop_topic(topic)
-        await self._reply(
-            protocol.unsubscribed(topic, "forbidden", "access to this topic was withdrawn")
-        )
+        await self.withdraw([topic])
+
+    async def withdraw(self, topics: list[str]) -> None:
+        """End subscriptions whose access was withdrawn: ``unsubscribed`` (forbidden)."""
+        for topic in topics:
+            if topic not in self.streams or self.closing:
+                continue
+            await self._drop_topic(topic)
+            await self._reply(
+                protocol.unsubscribed(topic, "forbidden", "access to this topic was withdrawn")
+            )
 
     async def rt_user_revoked(self, message: dict) -> None:
         """The user was deactivated (or their credentials withdrawn): close 4001."""

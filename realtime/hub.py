@@ -10,7 +10,8 @@ sees a gap fills it from the event log before it takes later events (``delivery`
 
 Presence diffs and access re-checks sent to a topic's group arrive here too and are
 handed to the local connections of that topic. The notices about users (a user
-deactivated: close their connections) come through one group every hub joins
+deactivated: close their connections; a user's rights shrank: re-check all their topics)
+come through one group every hub joins
 (``ACCESS_GROUP``): a connection has no channel-layer channel or group of its own, and
 costs the layer nothing (docs/adr/0013-connections-without-a-layer-channel.md).
 
@@ -24,12 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 
 from .layer import group_join, group_leave
-from .messages import ACCESS_GROUP, EVENT, PRESENCE, RECHECK, USER_REVOKED, group_name
+from .messages import (
+    ACCESS_GROUP,
+    EVENT,
+    PRESENCE,
+    RECHECK,
+    USER_RECHECK,
+    USER_REVOKED,
+    group_name,
+)
 from .replay import RECENT_S, Recent, recent_bounds
 
 logger = logging.getLogger(__name__)
@@ -67,6 +77,9 @@ class TopicHub:
         self.channel: str | None = None
         self._reader: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        # Re-checks the access of some connections (``rt.user.recheck``); set by the
+        # node's ConsumerRegistry, which does the batched check.
+        self.recheck: Callable[[list[Any]], Awaitable[None]] | None = None
 
     async def join(self, topic: str, member: Member) -> None:
         """Deliver ``topic``'s events to ``member`` from now on."""
@@ -195,9 +208,8 @@ class TopicHub:
         """Hand one group message (``realtime.messages``) to the local connections of its
         topic (or user)."""
         kind = message.get("type")
-        if kind == USER_REVOKED:
-            for member in list(self.users.get(message.get("user_id"), ())):  # type: ignore[arg-type]
-                self.spawn(member.rt_user_revoked(message))
+        if kind in (USER_REVOKED, USER_RECHECK):
+            self._dispatch_user(kind, message)
             return
         topic = message.get("topic")
         members = self.topics.get(topic) if isinstance(topic, str) else None
@@ -216,6 +228,15 @@ class TopicHub:
         elif kind == RECHECK:
             for member in list(members):
                 self.spawn(member.rt_recheck(message))
+
+    def _dispatch_user(self, kind: str, message: dict[str, Any]) -> None:
+        """A notice about a user, to that user's local connections."""
+        members = list(self.users.get(message.get("user_id"), ()))  # type: ignore[arg-type]
+        if kind == USER_REVOKED:
+            for member in members:
+                self.spawn(member.rt_user_revoked(message))
+        elif members and self.recheck is not None:  # USER_RECHECK: one batched check
+            self.spawn(self.recheck(members))
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background, keeping a reference until it is done."""

@@ -1,8 +1,23 @@
-"""Per-connection publish limits of PROTOCOL §8: the publish rate, and strikes.
+"""Publish limits of PROTOCOL §8: per connection (with strikes) and per user (shared).
 
-The consumer keeps one ``PublishLimiter`` per connection and calls ``check(event)`` before a
-publish reaches the service; after a ``rate_limited`` error it looks at ``should_close`` and,
-when set, closes with 4008 (``realtime.protocol.CLOSE_POLICY``).
+Two layers, both token buckets:
+
+* ``PublishLimiter``, one per connection (the consumer keeps it): the connection's publish
+  rate (``REALTIME_PUBLISH_RATE``/``_BURST``) and its strikes. After a ``rate_limited``
+  error the consumer looks at ``should_close`` and, when set, closes with 4008
+  (``realtime.protocol.CLOSE_POLICY``). ``acheck(event, user_id)`` is the consumer's call:
+  the connection's bucket, then the user's.
+* ``UserLimits`` (``get_user_limits()``), per user: one budget shared by all of a user's
+  connections, the HTTP publish API (``POST /api/weddings/<id>/events``) and every server
+  process. In Redis when ``REDIS_URL`` is set (a Lua token bucket on Redis's clock, behind
+  the "rate-limits" circuit breaker); in this process's memory otherwise, and while Redis
+  is unreachable (limits then hold per process: degraded, never closed). Ordinary events
+  use ``REALTIME_USER_PUBLISH_RATE``/``_BURST``; critical events (``emergency.*``) have
+  their own, smaller budget (``REALTIME_CRITICAL_PUBLISH_RATE``/``_BURST``, 1/s, burst 5):
+  a flood of ordinary events cannot starve an emergency, and emergencies cannot be used to
+  flood (each opens an alert and e-mails the planner). A refused critical event is never
+  dropped silently: it gets ``rate_limited`` with ``retry_after_ms`` like any publish.
+  Realtime tokens (``POST /api/realtime/token``) have a per-user budget of their own.
 
 Strikes: a rejected publish is a strike. ``REALTIME_RATE_LIMIT_STRIKES`` (50) strikes within
 ``REALTIME_RATE_LIMIT_WINDOW`` (10 s) mean the client ignores ``rate_limited`` replies and
@@ -15,25 +30,31 @@ not disconnected, while a client that keeps sending over the limit trips it with
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 
+from cachetools import TTLCache
 from django.conf import settings
 
 from core import metrics
+from core.breaker import CircuitOpen, redis_breaker
+from core.redis import Script as LuaScript
+from core.redis import shared_client as get_redis
 from realtime.errors import RealtimeError
 
-# PROTOCOL §7: critical events are never rate-limited. The catalogue marks emergency.* as
-# priority critical; matched by prefix so that a new emergency event is exempt from day one.
-# The catalogue's critical events (PROTOCOL §5): named exactly, so that made-up names such
-# as "emergency.bogus" cannot use the exemption to flood the database.
+logger = logging.getLogger(__name__)
+
+# The catalogue's critical events (PROTOCOL §5), named exactly, so that made-up names such
+# as "emergency.bogus" cannot use the critical budget. PROTOCOL §7: they have a budget of
+# their own (per user), apart from ordinary events.
 CRITICAL_EVENTS = frozenset({"emergency.raised", "emergency.resolved"})
 # Tokens are floats: 0.05 s x 20/s may come to 0.9999999; that is a whole token.
 _EPSILON = 1e-9
 
 
 def is_critical(event: str) -> bool:
-    """Whether an event name is a critical (never rate-limited) one."""
+    """Whether an event name is a critical one (its own budget; PROTOCOL §7)."""
     return event in CRITICAL_EVENTS
 
 
@@ -72,6 +93,17 @@ class TokenBucket:
         return 0.0 if missing <= _EPSILON else missing / self.rate
 
 
+def rate_limited(what: str, rate: float, retry_after: float) -> RealtimeError:
+    """The ``rate_limited`` error (PROTOCOL §8) with ``retry_after_ms``; counted."""
+    metrics.rate_limited()
+    retry_ms = max(1, round(retry_after * 1000))
+    return RealtimeError(
+        "rate_limited",
+        f"more than {rate:g} {what} a second; retry in {retry_ms} ms",
+        retry_after_ms=retry_ms,
+    )
+
+
 class PublishLimiter:
     """One connection's publish rate limit (PROTOCOL §8: 20/s, burst 40), with strikes."""
 
@@ -101,21 +133,28 @@ class PublishLimiter:
         self.should_close = False
 
     def check(self, event: str, now: float | None = None) -> None:
-        """Let a publish of ``event`` through, or raise RealtimeError("rate_limited")."""
+        """The connection's own limit: let a publish of ``event`` through, or raise
+        RealtimeError("rate_limited") (a strike). A critical event takes no token from the
+        connection's bucket: its limit is the user's critical budget (``acheck``)."""
         if is_critical(event):
-            return  # never limited, and takes no token (PROTOCOL §7)
+            return
         if now is None:
             now = time.monotonic()
         if self._bucket.allow(now):
             return
         self._strike(now)
-        metrics.rate_limited()
-        retry_ms = max(1, round(self._bucket.retry_after(now) * 1000))
-        raise RealtimeError(
-            "rate_limited",
-            f"more than {self._bucket.rate:g} publishes a second; retry in {retry_ms} ms",
-            retry_after_ms=retry_ms,
-        )
+        raise rate_limited("publishes", self._bucket.rate, self._bucket.retry_after(now))
+
+    async def acheck(self, event: str, user_id: int, now: float | None = None) -> None:
+        """The consumer's check: the connection's limit, then the user's budget (shared by
+        the user's connections, the HTTP API and every process). A refusal by either is a
+        strike of this connection."""
+        self.check(event, now)
+        try:
+            await get_user_limits().check_publish(user_id, event)
+        except RealtimeError:
+            self._strike(time.monotonic() if now is None else now)
+            raise
 
     def _strike(self, now: float) -> None:
         self._strikes.append(now)
@@ -125,3 +164,134 @@ class PublishLimiter:
             and now - self._strikes[0] <= self.strike_window
         ):
             self.should_close = True
+
+
+# --- per user, shared ---------------------------------------------------------------------
+
+# KEYS[1]: the bucket (a hash: tokens, ts in s). ARGV: rate per s, burst. On Redis's clock,
+# so every process agrees. Returns {1, 0} when a token was taken, else {0, ms until one}.
+_TAKE = LuaScript(
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(v[1])
+local ts = tonumber(v[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate)
+  ts = now
+end
+local allowed = 0
+local wait = 0
+if tokens >= 1 - 1e-9 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait = math.ceil((1 - tokens) / rate * 1000)
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
+           'ts', string.format('%.6f', ts))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {allowed, wait}
+"""
+)
+
+# How many local buckets a process keeps, and how long (s): an evicted bucket starts full
+# again, which is what an idle one is anyway.
+_LOCAL_BUCKETS = 100_000
+_LOCAL_TTL_S = 3600
+
+
+class UserLimits:
+    """Per-user budgets: in Redis (``url``) shared by every process, else (and while Redis
+    is unreachable) in this process's memory."""
+
+    def __init__(self, url: str | None, key_prefix: str = "wedsync") -> None:
+        self.url = url
+        self.key_prefix = key_prefix
+        self.breaker = redis_breaker("rate-limits") if url else None
+        self._local: TTLCache[tuple[str, int], TokenBucket] = TTLCache(_LOCAL_BUCKETS, _LOCAL_TTL_S)
+
+    def key(self, budget: str, user_id: int) -> str:
+        return f"{self.key_prefix}:rl:{budget}:{user_id}"
+
+    async def take(self, budget: str, user_id: int, rate: float, burst: int) -> float:
+        """Take a token from ``user_id``'s ``budget``: 0 when taken, else the seconds until
+        one is there."""
+        if self.breaker is not None:
+            try:
+                allowed, wait_ms = await self.breaker.acall(
+                    _TAKE, get_redis(self.url), [self.key(budget, user_id)], [rate, burst]
+                )
+            except CircuitOpen:
+                pass
+            except Exception:
+                logger.warning("rate limits: Redis unreachable; limiting in this process")
+            else:
+                return 0.0 if int(allowed) else max(0.001, int(wait_ms) / 1000)
+        return self._take_local(budget, user_id, rate, burst)
+
+    def _take_local(self, budget: str, user_id: int, rate: float, burst: int) -> float:
+        bucket = self._local.get((budget, user_id))
+        if bucket is None or bucket.rate != rate or bucket.burst != burst:
+            bucket = self._local[(budget, user_id)] = TokenBucket(rate, burst)
+        now = time.monotonic()
+        return 0.0 if bucket.allow(now) else max(0.001, bucket.retry_after(now))
+
+    async def check_publish(self, user_id: int, event: str) -> None:
+        """Raise ``rate_limited`` when ``user_id`` is over its publish budget for ``event``
+        (critical events: the critical budget)."""
+        if is_critical(event):
+            budget, what = "critical", "critical publishes"
+            rate = settings.REALTIME_CRITICAL_PUBLISH_RATE
+            burst = settings.REALTIME_CRITICAL_PUBLISH_BURST
+        else:
+            budget, what = "publish", "publishes"
+            rate = settings.REALTIME_USER_PUBLISH_RATE
+            burst = settings.REALTIME_USER_PUBLISH_BURST
+        wait = await self.take(budget, user_id, rate, burst)
+        if wait:
+            raise rate_limited(what, rate, wait)
+
+    async def check_token_issue(self, user_id: int) -> None:
+        """Raise ``rate_limited`` when ``user_id`` asks for realtime tokens too often."""
+        rate = settings.REALTIME_TOKEN_ISSUE_PER_MINUTE / 60
+        wait = await self.take("token", user_id, rate, settings.REALTIME_TOKEN_ISSUE_BURST)
+        if wait:
+            metrics.rate_limited()
+            retry_ms = max(1, round(wait * 1000))
+            raise RealtimeError(
+                "rate_limited",
+                f"more than {settings.REALTIME_TOKEN_ISSUE_PER_MINUTE:g} tokens a minute; "
+                f"retry in {retry_ms} ms",
+                retry_after_ms=retry_ms,
+            )
+
+    def reset_local(self) -> None:
+        """Forget this process's buckets (tests)."""
+        self._local.clear()
+
+
+_limits: dict[tuple[str, str], UserLimits] = {}
+
+
+def get_user_limits() -> UserLimits:
+    """The process's per-user limits for the configured Redis (or none); keys start with
+    CACHE_NAMESPACE, so deployments sharing a Redis keep apart."""
+    url, prefix = settings.REDIS_URL or "", settings.CACHE_NAMESPACE
+    limits = _limits.get((url, prefix))
+    if limits is None:
+        limits = _limits[(url, prefix)] = UserLimits(url or None, prefix)
+    return limits
+
+
+def reset_user_limits() -> None:
+    """Forget every per-user budget of this process (tests); Redis keys expire by themselves."""
+    for limits in _limits.values():
+        limits.reset_local()

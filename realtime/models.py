@@ -114,3 +114,27 @@ class ReadOnlyModeChange(SwitchChange):
 
     class Meta(SwitchChange.Meta):
         verbose_name = "read-only mode change"
+
+
+class TokenVersion(models.Model):
+    """A user's realtime token version: part of every token's fingerprint.
+
+    "Sign out everywhere" (``realtime.tokens.tokens_revoke_all``) bumps it, which makes
+    every token issued before invalid. No row means version 0, whose fingerprint is the
+    one tokens had before versions existed, so those tokens stay valid.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="realtime_token_version",
+    )
+    version = models.PositiveIntegerField(default=0)
+    changed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "token version"
+
+    def __str__(self) -> str:
+        return f"tokens of user {self.user_id}: version {self.version}"

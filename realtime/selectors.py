@@ -32,12 +32,40 @@ def events_since(topic: str, since: int, limit: int = 500) -> list[Event]:
     )
 
 
+# Kinds of event retention may keep below what it pruned (services.events_prune keeps open
+# emergencies and each supplier's latest status): islands under a gap in the log.
+KEPT_PAST_RETENTION = ("emergency.raised", "vendor.status")
+
+
 def oldest_retained_seq(topic: str) -> int:
-    """The lowest seq still stored for a topic; ``topic_seq + 1`` when none is stored."""
-    oldest = (
-        Event.objects.filter(topic=str(topic)).order_by("seq").values_list("seq", flat=True).first()
+    """The lowest seq from which the topic's log is whole up to its newest stored event;
+    ``topic_seq + 1`` when none is stored.
+
+    Usually the lowest stored seq. Retention keeps a few events (open emergencies, latest
+    statuses) below what it pruned; when the lowest stored event is of such a kind, the
+    whole run is found from the lowest event of any other kind (pruning deleted every
+    other kind below it) downwards to the first gap.
+    """
+    rows = Event.objects.filter(topic=str(topic))
+    first = rows.order_by("seq").values_list("seq", "event").first()
+    if first is None:
+        return topic_seq(topic) + 1
+    if first[1] not in KEPT_PAST_RETENTION:
+        return first[0]
+    start = (
+        rows.exclude(event__in=KEPT_PAST_RETENTION)
+        .order_by("seq")
+        .values_list("seq", flat=True)
+        .first()
     )
-    return oldest if oldest is not None else topic_seq(topic) + 1
+    below = rows.order_by("-seq")
+    if start is not None:
+        below = below.filter(seq__lt=start)
+    for seq in below.values_list("seq", flat=True).iterator(chunk_size=1000):
+        if start is not None and seq != start - 1:
+            break
+        start = seq
+    return start if start is not None else first[0]
 
 
 def replay_covers(topic: str, since: int) -> bool:

@@ -27,6 +27,8 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Max
+from django.db.models.fields.json import KT
 from django.utils import timezone
 
 from core import metrics
@@ -448,20 +450,52 @@ def _delete_events(queryset: Any) -> int:
     return deleted
 
 
+def _kept_past_retention(topic: str) -> list[int]:
+    """The seqs retention never prunes on a wedding topic: each open emergency (an
+    ``emergency.raised`` without its ``emergency.resolved``) and each supplier's latest
+    ``vendor.status``. A flood cannot push the state a wedding runs on out of the log."""
+    if not topic.startswith("wedding:"):
+        return []
+    rows = Event.objects.filter(topic=topic).order_by()
+    resolved = selectors.resolved_emergencies([topic])
+    kept = [
+        seq
+        for seq, payload in rows.filter(event="emergency.raised").values_list("seq", "payload")
+        if (topic, (payload or {}).get("id")) not in resolved
+    ]
+    kept += (
+        rows.filter(event="vendor.status")
+        .values(supplier=KT("payload__supplier_id"))
+        .annotate(last=Max("seq"))
+        .values_list("last", flat=True)
+    )
+    return kept
+
+
 def events_prune(*, now: dt.datetime | None = None) -> int:
     """Delete events past retention (age, and count per topic) and expired idempotency keys.
 
     Run hourly by ``realtime.tasks.prune_event_log``. Cursors are kept, so a topic's seq
-    never starts again. Returns the number of events deleted.
+    never starts again. Open emergencies and each supplier's latest status on a wedding
+    topic are kept whatever their age or number (``_kept_past_retention``; PROTOCOL §7);
+    ``selectors.oldest_retained_seq`` tells replay where the whole log starts above them.
+    Returns the number of events deleted.
     """
     now = now or timezone.now()
     cutoff = now - dt.timedelta(days=settings.REALTIME_RETENTION_DAYS)
-    deleted = _delete_events(Event.objects.filter(created_at__lt=cutoff))
+    deleted = 0
+    old = Event.objects.filter(created_at__lt=cutoff)
+    for topic in old.order_by().values_list("topic", flat=True).distinct():
+        kept = _kept_past_retention(topic)
+        deleted += _delete_events(old.filter(topic=topic).exclude(seq__in=kept))
     keep = settings.REALTIME_RETENTION_EVENTS
     for topic, last_seq in TopicCursor.objects.filter(last_seq__gt=keep).values_list(
         "topic", "last_seq"
     ):
-        deleted += _delete_events(Event.objects.filter(topic=topic, seq__lte=last_seq - keep))
+        beyond = Event.objects.filter(topic=topic, seq__lte=last_seq - keep)
+        if beyond.exists():
+            kept = _kept_past_retention(topic)
+            deleted += _delete_events(beyond.exclude(seq__in=kept))
     keys, _ = IdempotencyKey.objects.filter(created_at__lt=now - IDEMPOTENCY_TTL).delete()
     logger.info("event log pruned: %d events, %d idempotency keys", deleted, keys)
     return deleted

@@ -3,28 +3,45 @@
 A token is ``<base64url JSON payload>.<base64url HMAC-SHA256>`` made with
 ``django.core.signing`` under a salt of its own, so no other signed value of the site
 (sessions, password-reset links) is ever accepted as a token. The payload holds the
-user id, the expiry (Unix seconds) and a short fingerprint of the user's password hash:
-changing the password, like deactivating the user, revokes every token already issued.
+user id, the expiry (Unix seconds) and a short fingerprint of the user's password hash
+and token version (``TokenVersion``): changing the password, deactivating the user or
+"sign out everywhere" (``tokens_revoke_all``, which bumps the version) revokes every
+token already issued. Version 0 (no row) gives the fingerprint of the password hash
+alone, as tokens had before versions existed, so those stay valid.
 Tokens are compact and URL-safe; they travel in ``?token=`` and ``Authorization: Bearer``.
 They are credentials: never log them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core import signing
-from django.utils.crypto import constant_time_compare
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils.crypto import constant_time_compare, salted_hmac
 
-from weddings.caching import auser_cached, user_cached
+from core.cache import get_cache
+from core.db import in_db_thread
+from weddings.caching import access_ttl, auser_cached, user_cached
+
+from .layer import group_send_bounded
+from .messages import ACCESS_GROUP, user_revoked_message
+from .models import TokenVersion
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser as User
+
+logger = logging.getLogger(__name__)
 
 _SALT = "wedsync.realtime.token.v1"
 # "." is not in the base64url alphabet, so the token needs no escaping in a URL.
@@ -76,18 +93,108 @@ def _signer() -> signing.Signer:
     return signing.Signer(salt=_SALT, sep=_SEP)
 
 
-def _fingerprint(user: User) -> str:
-    return user.get_session_auth_hash()[:_FINGERPRINT_LEN]
+# Where token authentication leaves the version it checked on the user it returns: the
+# periodic access re-check (``access.connections_recheck``) compares it with the current.
+CONNECT_VERSION_ATTR = "_realtime_token_version"
+_VERSION_SALT = "wedsync.realtime.token.version"
 
 
-def _fingerprint_matches(user: User, fingerprint: str) -> bool:
-    if constant_time_compare(fingerprint, _fingerprint(user)):
+def _versioned(auth_hash: str, version: int) -> str:
+    if version:  # 0: the hash alone, as before versions existed
+        mixed = salted_hmac(_VERSION_SALT, f"{auth_hash}:{version}", algorithm="sha256")
+        auth_hash = mixed.hexdigest()
+    return auth_hash[:_FINGERPRINT_LEN]
+
+
+def _fingerprint(user: User, version: int = 0) -> str:
+    return _versioned(user.get_session_auth_hash(), version)
+
+
+def _fingerprint_matches(user: User, fingerprint: str, version: int = 0) -> bool:
+    if constant_time_compare(fingerprint, _fingerprint(user, version)):
         return True
     # While SECRET_KEY is being rotated, tokens issued under a fallback key stay valid.
     return any(
-        constant_time_compare(fingerprint, fallback[:_FINGERPRINT_LEN])
+        constant_time_compare(fingerprint, _versioned(fallback, version))
         for fallback in user.get_session_auth_fallback_hash()
     )
+
+
+# --- token versions ("sign out everywhere") -----------------------------------------------
+
+
+def token_version_key(user_id: int) -> str:
+    """The cache key of a user's token version (dropped when it is bumped)."""
+    return f"token_version:{user_id}"
+
+
+def token_version_load(user_id: int) -> int:
+    """A user's token version from the database (0 when there is no row)."""
+    version = TokenVersion.objects.filter(user_id=user_id).values_list("version", flat=True).first()
+    return int(version or 0)
+
+
+def token_version(user_id: int) -> int:
+    """A user's token version through the two-tier cache, like the user row itself."""
+    return get_cache().get_or_load(
+        token_version_key(user_id), lambda: _load_off_the_loop(user_id), ttl=access_ttl()
+    )
+
+
+def _load_off_the_loop(user_id: int) -> int:
+    """``token_version_load``; called on an event loop's thread (async code calling
+    ``token_issue``, as tests do), in a short-lived thread of its own, since Django
+    refuses database work on a loop's thread. The product issues tokens in sync views
+    and commands, where this is a plain query."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return token_version_load(user_id)
+
+    def load() -> int:
+        try:
+            return token_version_load(user_id)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(load).result()
+
+
+async def atoken_version(user_id: int) -> int:
+    """``token_version`` for async code: a hit costs no thread."""
+    return await get_cache().aget_or_load(
+        token_version_key(user_id),
+        lambda: in_db_thread(token_version_load)(user_id),
+        ttl=access_ttl(),
+    )
+
+
+def token_version_invalidate(user_id: int) -> None:
+    """Drop the cached version now and after the current commit."""
+    cache, key = get_cache(), token_version_key(user_id)
+    cache.delete(key)
+    transaction.on_commit(lambda: cache.delete(key))
+
+
+def tokens_revoke_all(user: User) -> int:
+    """Sign ``user`` out of realtime everywhere: every token issued so far stops working
+    (its fingerprint no longer matches) and, after commit, every open connection of the
+    user, in every server process, closes with 4001. Returns the new version."""
+    with transaction.atomic():
+        TokenVersion.objects.get_or_create(user_id=user.pk)
+        TokenVersion.objects.filter(user_id=user.pk).update(version=F("version") + 1)
+        version = token_version_load(user.pk)
+        token_version_invalidate(user.pk)
+
+        def notify() -> None:
+            try:
+                async_to_sync(group_send_bounded)(ACCESS_GROUP, user_revoked_message(user.pk))
+            except Exception:  # the tokens are dead anyway; the periodic re-check closes
+                logger.warning("could not notify %s", ACCESS_GROUP, exc_info=True)
+
+        transaction.on_commit(notify)
+    return version
 
 
 def token_ttl_validate(ttl: int | None) -> int:
@@ -129,7 +236,7 @@ def token_issue(*, user: User, ttl: int | None = None, not_after: int | None = N
     if not_after is not None:
         expires = min(expires, not_after)
     user_id = user.pk if isinstance(user.pk, int) else str(user.pk)  # a UUID key, say
-    payload = {"u": user_id, "e": expires, "f": _fingerprint(user)}
+    payload = {"u": user_id, "e": expires, "f": _fingerprint(user, token_version(user.pk))}
     return _signer().sign_object(payload)
 
 
@@ -168,7 +275,8 @@ def token_authenticate(token: str) -> User:
     user_id, expires, fingerprint = _payload(token)
     if _now() >= expires:
         raise TokenExpired()
-    return _token_user(user_cached(user_id), fingerprint)  # a connect-path read: cached
+    user = user_cached(user_id)  # a connect-path read: cached, like the version
+    return _token_user(user, fingerprint, token_version(user_id) if user is not None else 0)
 
 
 async def atoken_authenticate(token: str) -> User:
@@ -177,12 +285,15 @@ async def atoken_authenticate(token: str) -> User:
     user_id, expires, fingerprint = _payload(token)
     if _now() >= expires:
         raise TokenExpired()
-    return _token_user(await auser_cached(user_id), fingerprint)
+    user = await auser_cached(user_id)
+    version = await atoken_version(user.pk) if user is not None else 0
+    return _token_user(user, fingerprint, version)
 
 
-def _token_user(user: User | None, fingerprint: str) -> User:
-    if user is None or not _fingerprint_matches(user, fingerprint):
+def _token_user(user: User | None, fingerprint: str, version: int) -> User:
+    if user is None or not _fingerprint_matches(user, fingerprint, version):
         raise TokenInvalid()
     if not user.is_active:
         raise TokenUserInactive()
+    setattr(user, CONNECT_VERSION_ATTR, version)  # a fresh instance of the cached row
     return user

@@ -10,6 +10,7 @@ urlpatterns = [
     path("", views.saturday, name="home"),
     path("accounts/login/", views.SignInView.as_view(), name="login"),
     path("accounts/logout/", views.SignOutView.as_view(), name="logout"),
+    path("accounts/logout/everywhere/", views.sign_out_everywhere, name="logout-everywhere"),
     path("weddings/<int:wedding_id>/", views.wedding, name="wedding"),
     path("weddings/<int:wedding_id>/state", views.wedding_state, name="wedding-state"),
 ]

@@ -5,24 +5,32 @@ and one that does not exist get the same 404 page (and the same JSON 404 from th
 endpoint), so a page reveals nothing of other weddings. Every POST (sign-in, sign-out)
 is CSRF-protected by Django's middleware; everything else the pages do goes over the
 realtime WebSocket.
+
+"Sign out everywhere" (``POST /accounts/logout/everywhere/``) ends every session of the
+user (this browser's and the others') and every realtime token: their open WebSockets
+close with 4001 (``realtime.tokens.tokens_revoke_all``, docs/security.md).
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import SESSION_KEY, logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from core.http import json_error, json_response
 from realtime.errors import topic_forbidden
+from realtime.tokens import tokens_revoke_all
 
 from . import selectors
 
@@ -67,6 +75,37 @@ class SignOutView(auth_views.LogoutView):
     """Sign-out (POST only, with the CSRF token), back to the sign-in page."""
 
     next_page = "web:login"
+
+
+def _end_sessions(user_id: int) -> int:
+    """Delete every unexpired session of a user (database and cache: ``cached_db``).
+
+    Sessions are not indexed by user, so this decodes each unexpired one: a rare,
+    deliberate action, not a hot path. Returns how many were ended.
+    """
+    from django.contrib.sessions.models import Session
+
+    engine = import_module(settings.SESSION_ENGINE)
+    ended = 0
+    for session in Session.objects.filter(expire_date__gt=timezone.now()).iterator():
+        if session.get_decoded().get(SESSION_KEY) == str(user_id):
+            engine.SessionStore(session_key=session.session_key).delete()
+            ended += 1
+    return ended
+
+
+@require_POST
+@never_cache
+@login_required(login_url=LOGIN_URL)
+def sign_out_everywhere(request: HttpRequest) -> HttpResponse:
+    """Sign out on every device: every realtime token stops working and every open
+    WebSocket of the user closes with 4001, every session of the user ends (this one
+    last, with ``logout``). POST with the CSRF token, like sign-out."""
+    user_id = request.user.pk
+    tokens_revoke_all(request.user)
+    _end_sessions(user_id)
+    logout(request)
+    return redirect("web:login")
 
 
 @require_GET

@@ -13,8 +13,15 @@ loop, a miss loads in a realtime database thread (``core.db.in_db_thread``).
 
 Every write that can change a value drops it twice: at once (later reads in the same
 transaction see the change) and after commit (a reader that loaded the old rows in
-between cannot keep them). ``QuerySet.update``/``bulk_create`` send no signals; the
-L1 TTL bounds what they leave stale, or call ``access_invalidate`` yourself.
+between cannot keep them), in every process (the cache's invalidation channel, within
+``CACHE_L1_TTL`` if a message is lost). ``QuerySet.update``/``bulk_create`` send no
+signals: what they change stays cached until the entry expires, and ``user:`` and
+``access:`` entries (and realtime's ``token_version:``) expire after
+``CACHE_ACCESS_TTL`` seconds (default 300), not the 30 minutes of other entries
+(``CACHE_L2_TTL``). Call ``access_invalidate``/``user_invalidate`` after such an update
+to end it at once. Open WebSocket connections do not wait for either: the realtime
+re-check (``REALTIME_ACCESS_RECHECK``, 60 s) reads the database and drops the stale
+entries it finds.
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ from django.dispatch import receiver
 from core.cache import get_cache
 from core.db import in_db_thread
 from weddings.models import Booking, Supplier, SupplierMembership, Wedding
+
+
+def access_ttl() -> float:
+    """How long a ``user:`` or ``access:`` entry lives (``CACHE_ACCESS_TTL``, seconds): the
+    bound on what a bulk update that sends no signal leaves stale for them."""
+    return float(settings.CACHE_ACCESS_TTL)
 
 
 def access_key(user_id: int) -> str:
@@ -80,14 +93,16 @@ def user_access_load(user_id: int) -> dict[str, Any]:
 
 def user_access(user_id: int) -> dict[str, Any]:
     """``{"active", "staff", "weddings": [ids], "suppliers": [ids]}`` through the cache."""
-    return get_cache().get_or_load(access_key(user_id), lambda: user_access_load(user_id))
+    return get_cache().get_or_load(
+        access_key(user_id), lambda: user_access_load(user_id), ttl=access_ttl()
+    )
 
 
 async def auser_access(user_id: int) -> dict[str, Any]:
     """``user_access`` for async code: a hit costs no thread, a miss loads in a realtime
     database thread (``DatabaseError`` while the database is unreachable)."""
     return await get_cache().aget_or_load(
-        access_key(user_id), lambda: in_db_thread(user_access_load)(user_id)
+        access_key(user_id), lambda: in_db_thread(user_access_load)(user_id), ttl=access_ttl()
     )
 
 
@@ -112,7 +127,9 @@ def user_cached(user_id: Any) -> Any:
         user_id = int(user_id)
     except (TypeError, ValueError):
         return None
-    row = get_cache().get_or_load(user_key(user_id), lambda: user_row_load(user_id))
+    row = get_cache().get_or_load(
+        user_key(user_id), lambda: user_row_load(user_id), ttl=access_ttl()
+    )
     return _user_from_row(row)
 
 
@@ -124,7 +141,7 @@ async def auser_cached(user_id: Any) -> Any:
     except (TypeError, ValueError):
         return None
     row = await get_cache().aget_or_load(
-        user_key(user_id), lambda: in_db_thread(user_row_load)(user_id)
+        user_key(user_id), lambda: in_db_thread(user_row_load)(user_id), ttl=access_ttl()
     )
     return _user_from_row(row)
 
@@ -167,6 +184,12 @@ def _invalidate(keys: list[str]) -> None:
 def access_invalidate(user_ids: Iterable[int]) -> None:
     """Drop the cached access of these users, now and after the current commit."""
     _invalidate([access_key(user_id) for user_id in sorted(set(user_ids))])
+
+
+def user_invalidate(user_ids: Iterable[int]) -> None:
+    """Drop the cached rows and access of these users, now and after the current commit."""
+    ids = sorted(set(user_ids))
+    _invalidate([access_key(user_id) for user_id in ids] + [user_key(user_id) for user_id in ids])
 
 
 def supplier_invalidate(supplier_id: int) -> None:

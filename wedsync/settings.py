@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_celery_beat",
+    "axes",  # sign-in throttling (AXES_* below; docs/security.md)
     # The project's apps, lowest layer first (imports point down this list; `make lint`
     # holds it with import-linter): core <- weddings <- realtime <- scaling <- monitoring
     # <- web <- wedsync (the composition root). README "Where things are" and ADR 0014.
@@ -88,6 +89,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out sign-in into its 429 response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "wedsync.urls"
@@ -204,7 +207,24 @@ LOGIN_URL = "admin:login"
 # not turn into two queries per connection, and a signed-in user keeps being recognised
 # while the database is briefly unreachable.
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
-AUTHENTICATION_BACKENDS = ["wedsync.auth_backends.CachedModelBackend"]
+# django-axes first: it refuses a locked-out sign-in before any password is checked (the
+# web app's form and the admin's). CachedModelBackend stays: sessions store its path.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "wedsync.auth_backends.CachedModelBackend",
+]
+
+# Sign-in throttling (django-axes; docs/security.md): this many wrong passwords for one
+# username from one IP address lock that pair out for the cool-off (hours); a right
+# password is then refused too (429). Other users, and the same user from elsewhere, are
+# unaffected. The client IP is REMOTE_ADDR (axes' default); behind a proxy set
+# AXES_IPWARE_PROXY_COUNT etc. so that a forged X-Forwarded-For cannot pick the address.
+AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_TIME", default=0.25)  # hours: 15 minutes
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_VERBOSE = False  # no start-up banner on every command
+AXES_RESET_ON_SUCCESS = True  # a right password (when not locked) forgets earlier failures
 
 # --- Redis: channel layer, cache tier, Celery broker -----------------------------------
 
@@ -273,6 +293,9 @@ CACHE_L1_MAX_BYTES = env.int("CACHE_L1_MAX_BYTES", default=64 * 2**20)  # approx
 # Every write invalidates L2 at once, so the TTL bounds memory, not staleness; 30 min is
 # two warming periods (scaling-warm-cache runs every 15 min), so warmed keys stay warm.
 CACHE_L2_TTL = env.float("CACHE_L2_TTL", default=1800.0)  # seconds in Redis
+# The user rows and access (`user:`, `access:`, `token_version:` entries) live shorter:
+# a bulk update (QuerySet.update) sends no signal, and this bounds what it leaves stale.
+CACHE_ACCESS_TTL = env.float("CACHE_ACCESS_TTL", default=300.0)  # seconds
 # Prefix of the two-tier cache's keys and invalidation channel: deployments (or test
 # runs) sharing one Redis keep apart by it.
 CACHE_NAMESPACE = env.str("CACHE_NAMESPACE", default="wedsync")
@@ -377,6 +400,17 @@ REALTIME_IDLE_TIMEOUT = 60  # seconds without a frame before close 4000
 # signal drop must not be cut off; a client ignoring the limit still trips it in seconds.
 REALTIME_RATE_LIMIT_STRIKES = env.int("REALTIME_RATE_LIMIT_STRIKES", default=50)
 REALTIME_RATE_LIMIT_WINDOW = env.float("REALTIME_RATE_LIMIT_WINDOW", default=10.0)  # seconds
+# Per-user publish limits (PROTOCOL §8; realtime/limits.py): one budget per user across
+# all their connections, the HTTP publish API and every server process (in Redis when
+# REDIS_URL is set). Critical events (emergency.*) have their own, smaller budget, so
+# that an ordinary flood cannot starve them and they cannot be used to flood.
+REALTIME_USER_PUBLISH_RATE = env.float("REALTIME_USER_PUBLISH_RATE", default=20.0)  # per s
+REALTIME_USER_PUBLISH_BURST = env.int("REALTIME_USER_PUBLISH_BURST", default=40)
+REALTIME_CRITICAL_PUBLISH_RATE = env.float("REALTIME_CRITICAL_PUBLISH_RATE", default=1.0)
+REALTIME_CRITICAL_PUBLISH_BURST = env.int("REALTIME_CRITICAL_PUBLISH_BURST", default=5)
+# Realtime tokens issued per user (POST /api/realtime/token): burst, refilled per minute.
+REALTIME_TOKEN_ISSUE_PER_MINUTE = env.float("REALTIME_TOKEN_ISSUE_PER_MINUTE", default=10.0)
+REALTIME_TOKEN_ISSUE_BURST = env.int("REALTIME_TOKEN_ISSUE_BURST", default=10)
 
 # Event log retention (PROTOCOL §7): replay with `since` reaches back this far; older
 # events are pruned hourly (realtime.tasks.prune_event_log). Topic seqs never restart.
@@ -390,6 +424,9 @@ REALTIME_OUTBOX_PUT_TIMEOUT = env.float("REALTIME_OUTBOX_PUT_TIMEOUT", default=1
 # Seconds between sweeps of a server process's connections: stale ones are closed,
 # presence refreshed, and events the channel layer lost are delivered from the log.
 REALTIME_SWEEP_INTERVAL = env.float("REALTIME_SWEEP_INTERVAL", default=5.0)
+# Seconds between re-checks of every open connection's access against the database
+# (realtime.consumer_registry): what no signal reported (a bulk update) ends within it.
+REALTIME_ACCESS_RECHECK = env.float("REALTIME_ACCESS_RECHECK", default=60.0)
 
 # Threads per process for the realtime path's database work (core/db.py): publishes
 # of different topics run side by side. Each holds one pooled connection while it works,

@@ -192,8 +192,8 @@ def test_ack_overdue__after_5_min_planner_on_the_wedding_topic_and_staff_on_ops(
     assert services.acks_check(now=minutes(4)) == {}
     changes = services.acks_check(now=minutes(6))
 
-    # then: one alert for the event; the planner's supplier named on the wedding topic
-    subject = f"{wedding.topic}#{raised.seq}"
+    # then: one alert for the wedding; the planner's supplier named on the wedding topic
+    subject = wedding.topic
     assert changes == {subject: "opened"}
     notice = Event.objects.get(topic=wedding.topic, event="alert.ack_overdue")
     assert notice.payload["planner_supplier_ids"] == [day["planner_co"].pk]
@@ -223,9 +223,9 @@ def test_ack_overdue__shift_needs_only_the_suppliers_whose_items_moved() -> None
         created_at=T0,
     )  # fmt: skip
 
-    assert services.acks_check(now=minutes(6)) == {f"{wedding.topic}#1": "opened"}
+    assert services.acks_check(now=minutes(6)) == {wedding.topic: "opened"}
     ack_record(user=day["photographer"], topic=wedding.topic, seq=stored.seq)
-    assert services.acks_check(now=minutes(7)) == {f"{wedding.topic}#1": "resolved"}
+    assert services.acks_check(now=minutes(7)) == {wedding.topic: "resolved"}
 
 
 # --- snapshots -----------------------------------------------------------------------------

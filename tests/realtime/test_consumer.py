@@ -379,7 +379,9 @@ async def test_too_large_frame__error_then_close_4009(opened):
     assert out["type"] == "websocket.close" and out["code"] == 4009
 
 
-async def test_rate_limit__normal_events_limited_critical_never(opened, settings):
+async def test_rate_limit__a_critical_event_passes_when_the_normal_budget_is_spent(
+    opened, settings
+):
     settings.REALTIME_PUBLISH_RATE = 1.0
     settings.REALTIME_PUBLISH_BURST = 2
     w = await world()

@@ -36,9 +36,12 @@ STUCK_EVENTS = 1500
 @pytest.fixture
 def servers(request, redis_url):
     kinds = getattr(request, "param", ("uvicorn", "uvicorn"))
-    # The publishers send back to back, past the default per-connection rate on a fast
-    # machine; the rate limit is not what these tests are about.
-    fast = {"REALTIME_PUBLISH_RATE": "1000", "REALTIME_PUBLISH_BURST": "1000"}
+    # The publishers send back to back, past the default per-connection and per-user
+    # rates on a fast machine; the rate limits are not what these tests are about.
+    fast = {
+        "REALTIME_PUBLISH_RATE": "1000", "REALTIME_PUBLISH_BURST": "1000",
+        "REALTIME_USER_PUBLISH_RATE": "1000", "REALTIME_USER_PUBLISH_BURST": "1000",
+    }  # fmt: skip
     running = [Server(kind, **fast) for kind in kinds]
     yield running
     for server in running:
@@ -269,6 +272,8 @@ async def test_stuck_client__closed_1013_while_others_get_everything(redis_url):
         REALTIME_OUTBOX_SIZE="16",
         REALTIME_PUBLISH_RATE="10000",
         REALTIME_PUBLISH_BURST="10000",
+        REALTIME_USER_PUBLISH_RATE="10000",
+        REALTIME_USER_PUBLISH_BURST="10000",
     )
     try:
         world = await seed()

@@ -41,8 +41,11 @@ pytestmark = [
 # Clients of the crashed process that reconnect at once (the 1,000-client storm is the
 # load benchmark's reconnect-storm scenario; this keeps the suite's share small).
 STORM = 60
-# Publishers may go well past the per-connection rate limit in these tests.
-FAST = {"REALTIME_PUBLISH_RATE": "1000", "REALTIME_PUBLISH_BURST": "1000"}
+# Publishers may go well past the per-connection and per-user rate limits in these tests.
+FAST = {
+    "REALTIME_PUBLISH_RATE": "1000", "REALTIME_PUBLISH_BURST": "1000",
+    "REALTIME_USER_PUBLISH_RATE": "1000", "REALTIME_USER_PUBLISH_BURST": "1000",
+}  # fmt: skip
 
 
 @database_sync_to_async

@@ -133,11 +133,18 @@ def test_prune__takes_the_acks_of_pruned_events_along():
         user=world.couple,
     ).event
     ack_record(user=world.planner, topic=world.topic, seq=raised.seq)
+    # resolved: retention keeps open emergencies whatever their age
+    event_publish(
+        topic=world.topic,
+        event="emergency.resolved",
+        payload={"id": raised.payload["id"]},
+        user=world.couple,
+    )
     _age(world.topic, [raised.seq], dt.timedelta(days=8))
 
     assert events_prune() == 1
     assert not Ack.objects.exists()
-    assert _seqs(world.topic) == [2]  # the ack.updated event is recent and stays
+    assert _seqs(world.topic) == [2, 3]  # ack.updated and the resolution are recent and stay
 
 
 # --- idempotency keys -----------------------------------------------------------------

@@ -8,10 +8,12 @@ import re
 
 import orjson
 import pytest
-from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth import authenticate as _authenticate
+from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import MD5PasswordHasher
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -20,6 +22,12 @@ from tests.factories import make_user
 from weddings import demo
 from weddings.demo import DemoSeedError, coming_saturday, seed_demo
 from weddings.models import Booking, Supplier, SupplierMembership, TimelineItem, Wedding
+
+
+def authenticate(**credentials: str):
+    """A sign-in as the login form makes it: with a request (django-axes needs one)."""
+    return _authenticate(RequestFactory().post("/accounts/login/"), **credentials)
+
 
 pytestmark = pytest.mark.django_db
 

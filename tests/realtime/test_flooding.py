@@ -1,0 +1,289 @@
+"""No member can flood a wedding (docs/security.md): per-user publish budgets shared by the
+WebSocket and the HTTP API (critical events with their own, smaller one), the token
+endpoint's budget, and retention that a flood cannot use to prune a wedding's state."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+from channels.db import database_sync_to_async
+from django.test import Client
+
+from realtime import selectors
+from realtime.errors import RealtimeError
+from realtime.limits import PublishLimiter, UserLimits, get_user_limits
+from realtime.models import Event
+from realtime.services import event_publish, event_publish_system, events_prune
+from realtime.tokens import token_issue
+from tests.realtime.test_consumer import opened, world  # noqa: F401 - fixtures
+from tests.realtime.test_topics import make_world
+
+JSON = "application/json"
+
+
+def _emergency(text: str = "x" * 4000) -> dict[str, Any]:
+    return {"kind": "medical", "text": text}
+
+
+# --- WebSocket ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(60)
+async def test_flood__emergencies_from_one_socket_get_their_own_small_budget(opened):  # noqa: F811
+    # given: defaults (critical: 1/s, burst 5)
+    w = await world()
+    conn, _, _ = await opened(user=w["photographer"])
+    topic = w["a"].topic
+
+    # when: 30 emergencies with 4,000-character texts as fast as the socket takes them
+    started = time.monotonic()
+    frame = {"type": "publish", "topic": topic, "event": "emergency.raised"}
+    replies = [await conn.request({**frame, "payload": _emergency()}) for _ in range(30)]
+    elapsed = time.monotonic() - started
+
+    # then: the burst and what refilled passed; every other one was told to retry later
+    ok = [r for r in replies if r["status"] == "ok"]
+    refused = [r for r in replies if r["status"] != "ok"]
+    assert 5 <= len(ok) <= 5 + int(elapsed) + 1
+    assert {r["code"] for r in refused} == {"rate_limited"}
+    assert all(r["retry_after_ms"] > 0 for r in refused)
+    stored = await database_sync_to_async(
+        Event.objects.filter(topic=topic, event="emergency.raised").count
+    )()
+    assert stored == len(ok)
+    # and ordinary events still go through: their budget is another one
+    reply = await conn.request(
+        {"type": "publish", "topic": topic, "event": "message.posted", "payload": {"text": "hi"}}
+    )
+    assert reply["status"] == "ok"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(60)
+async def test_flood__the_budget_is_per_user_across_connections_and_the_http_api(
+    opened,  # noqa: F811
+    settings,
+):
+    # given: a user budget of 5 that does not refill during the test
+    settings.REALTIME_USER_PUBLISH_RATE = 0.001
+    settings.REALTIME_USER_PUBLISH_BURST = 5
+    w = await world()
+    first, _, _ = await opened(user=w["photographer"])
+    second, _, _ = await opened(user=w["photographer"])
+    topic = w["a"].topic
+    frame = {"type": "publish", "topic": topic, "event": "message.posted"}
+
+    # when: 3 publishes on each connection
+    codes = []
+    for conn in (first, second):
+        for i in range(3):
+            reply = await conn.request({**frame, "payload": {"text": str(i)}})
+            codes.append(reply.get("code", "ok"))
+
+    # then: 5 in all passed, the 6th (on the second connection) was refused
+    assert codes == ["ok"] * 5 + ["rate_limited"]
+
+    # and the HTTP API draws on the same budget
+    def http_publish() -> Any:
+        return _bearer_client(w["photographer"]).post(
+            f"/api/weddings/{w['a'].pk}/events",
+            orjson.dumps({"event": "message.posted", "payload": {"text": "http"}}),
+            content_type=JSON,
+        )
+
+    response = await database_sync_to_async(http_publish)()
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limited"
+    # while another user has a budget of their own
+    reply = await (await opened(user=w["planner"]))[0].request(
+        {**frame, "payload": {"text": "planner"}}
+    )
+    assert reply["status"] == "ok"
+
+
+async def test_flood__a_refusal_of_the_user_budget_is_a_strike_of_the_connection(settings):
+    settings.REALTIME_USER_PUBLISH_RATE = 0.001
+    settings.REALTIME_USER_PUBLISH_BURST = 1
+    settings.REDIS_URL = ""  # this process's budget
+    limiter = PublishLimiter(strikes=3, window=10)
+    user_id = 10**9 + 1
+
+    await limiter.acheck("message.posted", user_id, now=0.0)
+    for i in range(3):
+        with pytest.raises(RealtimeError) as info:
+            await limiter.acheck("message.posted", user_id, now=0.1 * (i + 1))
+        assert info.value.code == "rate_limited"
+
+    assert limiter.should_close is True
+
+
+# --- HTTP --------------------------------------------------------------------------------
+
+
+def _bearer_client(user: Any) -> Client:
+    """A client that sends ``user``'s realtime token with every request."""
+    return Client(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=user)}")
+
+
+@pytest.mark.django_db
+def test_flood__http_publish_answers_429_over_the_user_budget():
+    # given: defaults (20/s, burst 40)
+    world_ = make_world()
+    client = _bearer_client(world_.photographer)
+    path = f"/api/weddings/{world_.wedding.pk}/events"
+
+    # when: 60 publishes at once
+    started = time.monotonic()
+    statuses = []
+    for i in range(60):
+        response = client.post(
+            path,
+            orjson.dumps({"event": "message.posted", "payload": {"text": str(i)}}),
+            content_type=JSON,
+        )
+        statuses.append(response.status_code)
+    elapsed = time.monotonic() - started
+
+    # then: the burst and what refilled were stored, the rest refused with 429
+    created = statuses.count(201)
+    assert 40 <= created <= 40 + int(20 * elapsed) + 1
+    assert statuses.count(429) == 60 - created
+    body = response.json() if response.status_code == 429 else None
+    if body is not None:
+        assert body["error"]["code"] == "rate_limited" and body["error"]["retry_after_ms"] > 0
+
+
+@pytest.mark.django_db
+def test_flood__http_emergencies_have_the_critical_budget():
+    world_ = make_world()
+    client = _bearer_client(world_.photographer)
+    path = f"/api/weddings/{world_.wedding.pk}/events"
+
+    statuses = [
+        client.post(
+            path,
+            orjson.dumps({"event": "emergency.raised", "payload": _emergency()}),
+            content_type=JSON,
+        ).status_code
+        for _ in range(10)
+    ]
+
+    assert 5 <= statuses.count(201) <= 7
+    assert statuses.count(429) == 10 - statuses.count(201)
+
+
+@pytest.mark.django_db
+def test_flood__token_issues_are_limited_per_user():
+    world_ = make_world()
+    client = _bearer_client(world_.photographer)
+
+    statuses = [
+        client.post("/api/realtime/token", b"{}", content_type=JSON).status_code for _ in range(12)
+    ]
+
+    assert statuses[:10] == [200] * 10
+    assert statuses[10:] == [429, 429]
+    other = _bearer_client(world_.planner)
+    assert other.post("/api/realtime/token", b"{}", content_type=JSON).status_code == 200
+
+
+# --- shared across processes, and Redis down --------------------------------------------
+
+
+@pytest.mark.redis
+async def test_user_limits__two_processes_share_one_budget_in_redis(redis_url, redis_key_prefix):
+    # two UserLimits on one Redis: two server processes
+    one = UserLimits(redis_url, redis_key_prefix)
+    two = UserLimits(redis_url, redis_key_prefix)
+
+    waits = [await (one, two)[i % 2].take("publish", 7, 0.001, 4) for i in range(6)]
+
+    assert waits[:4] == [0.0] * 4
+    assert all(wait > 1 for wait in waits[4:])  # retry after, in seconds
+    # another user is not affected
+    assert await two.take("publish", 8, 0.001, 4) == 0.0
+
+
+async def test_user_limits__redis_down_degrades_to_this_process(settings):
+    # given: a Redis that refuses connections
+    limits = UserLimits("redis://127.0.0.1:1/0", "test-down")
+
+    # when: takes never raise, and the local bucket still limits
+    waits = [await limits.take("publish", 7, 0.001, 3) for _ in range(5)]
+
+    assert waits[:3] == [0.0] * 3
+    assert all(wait > 0 for wait in waits[3:])
+    assert limits.breaker is not None and limits.breaker.state == "open"
+
+
+def test_user_limits__local_without_redis(settings):
+    settings.REDIS_URL = ""
+    assert get_user_limits().breaker is None
+
+
+# --- retention ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_flood__retention_never_prunes_open_emergencies_or_latest_statuses(settings):
+    # given: a small cap, an open and a resolved emergency, statuses of two suppliers
+    settings.REALTIME_RETENTION_EVENTS = 20
+    world_ = make_world()
+    topic = world_.topic
+    planner_co, photo_co = world_.planner_supplier.pk, world_.photo_supplier.pk
+
+    def status(supplier_id: int, name: str) -> Event:
+        return event_publish_system(
+            topic, "vendor.status", {"supplier_id": supplier_id, "status": name}
+        )
+
+    open_one = event_publish(
+        topic=topic, event="emergency.raised", payload=_emergency("fire"), user=world_.couple
+    ).event
+    resolved = event_publish(
+        topic=topic, event="emergency.raised", payload=_emergency("rain"), user=world_.couple
+    ).event
+    event_publish(
+        topic=topic, event="emergency.resolved", payload={"id": resolved.payload["id"]},
+        user=world_.couple,
+    )  # fmt: skip
+    old_status = status(planner_co, "on_way")
+    latest_planner = status(planner_co, "arrived")
+    latest_photo = status(photo_co, "arrived")
+
+    # when: a flood of messages, far past the cap, then the hourly prune
+    for n in range(100):
+        event_publish_system(topic, "message.posted", {"text": f"spam {n}"})
+    events_prune()
+
+    # then: the open emergency and each supplier's latest status are kept; the rest went
+    kept = set(Event.objects.filter(topic=topic).values_list("seq", flat=True))
+    last = selectors.topic_seq(topic)
+    assert {open_one.seq, latest_planner.seq, latest_photo.seq} <= kept
+    assert resolved.seq not in kept and old_status.seq not in kept
+    assert kept - {open_one.seq, latest_planner.seq, latest_photo.seq} == set(
+        range(last - 19, last + 1)
+    )
+    # and replay knows the log is whole only from the cap on, not from the kept islands
+    assert selectors.oldest_retained_seq(topic) == last - 19
+    assert not selectors.replay_covers(topic, open_one.seq)
+    assert selectors.replay_covers(topic, last - 20)
+    # a second prune deletes nothing more
+    assert events_prune() == 0
+
+
+@pytest.mark.django_db
+def test_flood__oldest_retained_seq_without_pruning_starts_at_the_first_status():
+    world_ = make_world()
+    first = event_publish_system(
+        world_.topic, "vendor.status",
+        {"supplier_id": world_.photo_supplier.pk, "status": "arrived"},
+    )  # fmt: skip
+    event_publish_system(world_.topic, "message.posted", {"text": "hi"})
+
+    assert selectors.oldest_retained_seq(world_.topic) == first.seq == 1
+    assert selectors.replay_covers(world_.topic, 0)
