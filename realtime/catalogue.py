@@ -25,6 +25,7 @@ from django.core.exceptions import ValidationError
 from msgspec import UNSET, Meta, UnsetType
 
 from realtime.errors import RealtimeError
+from realtime.models import Event
 from weddings import selectors as wedsync_selectors
 from weddings import services as wedsync_services
 from weddings.models import TimelineItem, Wedding
@@ -134,7 +135,8 @@ class MessagePosted(Payload):
 class EmergencyRaised(Payload):
     kind: Annotated[str, Meta(min_length=1, max_length=40)]
     text: Text
-    id: EmergencyId | UnsetType = UNSET  # chosen by the server when missing
+    # Made by the server when missing; a client's own is kept only if unused on the topic.
+    id: EmergencyId | UnsetType = UNSET
 
     def check(self) -> None:
         if not self.kind.strip():
@@ -294,9 +296,52 @@ def _apply_vendor_status(ctx: PublishContext, data: VendorStatus) -> dict[str, A
     return msgspec.to_builtins(data)
 
 
+_EMERGENCY_EVENTS = ("emergency.raised", "emergency.resolved")
+
+
+def _emergency_events(ctx: PublishContext, emergency_id: str) -> Any:
+    """The wedding topic's ``emergency.*`` events naming ``emergency_id``. Read under the
+    topic's lock (emergencies take the general publish path, never the one-statement one),
+    so no other publish of the topic can add one between this read and the store."""
+    return Event.objects.filter(
+        topic=f"wedding:{ctx.wedding_id}", event__in=_EMERGENCY_EVENTS, payload__id=emergency_id
+    ).order_by()
+
+
 def _apply_emergency_raised(ctx: PublishContext, data: EmergencyRaised) -> dict[str, Any]:
-    emergency_id = uuid.uuid4().hex if data.id is UNSET else data.id
+    # The server makes the id. A v1 client's own id is kept only when no emergency of the
+    # topic (raised or resolved, still in the log) has used it: an id names one emergency.
+    if data.id is UNSET:
+        emergency_id = uuid.uuid4().hex
+    elif _emergency_events(ctx, data.id).exists():
+        raise invalid("payload.id", "already used by an emergency on this wedding")
+    else:
+        emergency_id = data.id
     return {"id": emergency_id, "kind": data.kind, "text": data.text}
+
+
+def _may_resolve(ctx: PublishContext, raiser_id: int | None) -> bool:
+    """The raiser, the wedding's planners and coordinators (who may edit its timeline, the
+    same role notion) and staff may resolve an emergency."""
+    if ctx.user.is_staff or (raiser_id is not None and raiser_id == ctx.user.pk):
+        return True
+    return wedsync_selectors.user_can_edit_timeline(ctx.user, ctx.wedding_id)
+
+
+def _apply_emergency_resolved(ctx: PublishContext, data: EmergencyResolved) -> dict[str, Any]:
+    rows = list(
+        _emergency_events(ctx, data.id).order_by("seq").values_list("event", "actor_user_id")
+    )
+    if not rows or any(event == "emergency.resolved" for event, _ in rows):
+        raise invalid("payload.id", "no open emergency with this id on this wedding")
+    if not _may_resolve(ctx, rows[0][1]):
+        raise RealtimeError(
+            "forbidden",
+            "only whoever raised this emergency, the wedding's planner or coordinator,"
+            " or staff may resolve it",
+            field="payload.id",
+        )
+    return msgspec.to_builtins(data)
 
 
 def _apply_wedding_updated(ctx: PublishContext, data: WeddingUpdated) -> dict[str, Any]:
@@ -362,15 +407,13 @@ CATALOGUE: dict[str, EventSpec] = {
             _apply_emergency_raised,
             priority="critical",
             ack_required=True,
-            stores_only=True,
         ),
         EventSpec(
             "emergency.resolved",
             EmergencyResolved,
             _any_member,
-            _as_stored,
+            _apply_emergency_resolved,
             priority="critical",
-            stores_only=True,
         ),
         EventSpec("wedding.updated", WeddingUpdated, _timeline_editor, _apply_wedding_updated),
     )

@@ -268,9 +268,7 @@ class RealtimeConsumer:
                     await self._drop_topic(topic)
                 await self._reply(protocol.reply_ok(frame.ref, topics=list(frame.topics)))
             case protocol.Publish():
-                if self.limiter is None:
-                    self.limiter = PublishLimiter()
-                await self.limiter.acheck(frame.event, self.user.pk)
+                await self._limiter().acheck(frame.event, self.user.pk)
                 if process.draining:
                     raise RealtimeError(
                         "unavailable", "server restarting; send it again after reconnecting"
@@ -287,19 +285,29 @@ class RealtimeConsumer:
                     fields["duplicate"] = True
                 await self._reply(protocol.reply_ok(frame.ref, **fields))
             case protocol.Presence():
+                await self._limiter().acheck_frame("presence", self.user.pk)
                 if frame.topic not in self.streams:
                     await in_db_thread(authorize_topics)(self.user, [frame.topic])
                 members = await self.presence.members(frame.topic)
                 await self._reply(protocol.reply_ok(frame.ref, topic=frame.topic, members=members))
             case protocol.Ack():
+                await self._limiter().acheck_frame("ack", self.user.pk)
                 result = await in_db_thread(services.ack_record)(
                     user=self.user, topic=frame.topic, seq=frame.seq
                 )
                 await self._reply(protocol.reply_ok(frame.ref, topic=frame.topic, seq=result.seq))
 
+    def _limiter(self) -> PublishLimiter:
+        """The connection's limiter (its strikes), made by the first limited frame."""
+        if self.limiter is None:
+            self.limiter = PublishLimiter()
+        return self.limiter
+
     async def _subscribe(self, frame: protocol.Subscribe) -> None:
         requested = dict(frame.topics)
         statuses, fresh = self._admit(requested)
+        # The user's budgets (PROTOCOL §8): a token per topic added, before any access check.
+        await self._limiter().acheck_frame("subscribe", self.user.pk, len(fresh))
         # One database-thread call for the check and the presence cards, one for the
         # positions and the first page of the replay: a reconnect storm multiplies them.
         allowed, refused, infos = await in_db_thread(authorize_and_describe)(self.user, fresh)
@@ -309,12 +317,24 @@ class RealtimeConsumer:
         await self._open_streams(hub, allowed)
         since = {t: requested[t].since for t in allowed}
         syncs = await plan_syncs(hub, since)
+        await self._check_replay(since, syncs)
         self._start_streams(since, syncs, statuses)
         await self._reply(protocol.subscribe_reply(frame.ref, statuses))
         for topic in allowed:
             await send_replay(self.streams[topic], self.outbox, syncs[topic])
         for topic in allowed:
             await self._join_presence(topic, infos[topic])
+
+    async def _check_replay(self, since: dict[str, int | None], syncs: dict[str, Sync]) -> None:
+        """A token of the user's replay budget per event the subscribe would replay; over
+        it, the frame's new topics are dropped again and the frame is refused."""
+        cost = sum(s.seq - s.start for t, s in syncs.items() if since[t] is not None)
+        try:
+            await self._limiter().acheck_frame("replay", self.user.pk, cost)
+        except RealtimeError:
+            for topic in since:
+                await self._drop_topic(topic)
+            raise
 
     def _admit(self, requested: dict[str, Any]) -> tuple[dict[str, dict], list[str]]:
         """The topics of a subscribe already subscribed (ok, at their seq) or beyond the

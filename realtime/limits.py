@@ -1,4 +1,4 @@
-"""Publish limits of PROTOCOL §8: per connection (with strikes) and per user (shared).
+"""Frame limits of PROTOCOL §8: per connection (with strikes) and per user (shared).
 
 Two layers, both token buckets:
 
@@ -18,6 +18,15 @@ Two layers, both token buckets:
   flood (each opens an alert and e-mails the planner). A refused critical event is never
   dropped silently: it gets ``rate_limited`` with ``retry_after_ms`` like any publish.
   Realtime tokens (``POST /api/realtime/token``) have a per-user budget of their own.
+* Per-user budgets for the other costly frames (``FRAME_BUDGETS``, ``UserLimits.check_frame``,
+  called through ``PublishLimiter.acheck_frame`` so a refusal is a strike): ``subscribe``
+  (one token per topic a subscribe adds to the connection, taken before the access check),
+  ``replay`` (one token per event a subscribe with ``since`` replays, taken once the
+  replay's size is known and before any of it is sent; refused: the frame's new topics are
+  dropped again), ``presence`` and ``ack`` (one per frame). A cost above a budget's burst
+  (a 100-topic resubscribe, a replay of thousands of events) passes on a full bucket and
+  leaves it in debt, so a single reconnect is never refused however large, while a storm of
+  them is held to the budget's rate.
 
 Strikes: a rejected publish is a strike. ``REALTIME_RATE_LIMIT_STRIKES`` (50) strikes within
 ``REALTIME_RATE_LIMIT_WINDOW`` (10 s) mean the client ignores ``rate_limited`` replies and
@@ -78,18 +87,20 @@ class TokenBucket:
                 self._tokens = min(self.burst, self._tokens + (now - last) * self.rate)
             self._last = now
 
-    def allow(self, now: float | None = None) -> bool:
-        """Take a token if one is there (``now``: monotonic seconds; injected by tests)."""
+    def allow(self, now: float | None = None, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens if they are there (``now``: monotonic seconds; injected by
+        tests). A cost above the burst passes on a full bucket and leaves it in debt
+        (below zero): later actions wait until the debt is paid back."""
         self._refill(time.monotonic() if now is None else now)
-        if self._tokens >= 1.0 - _EPSILON:
-            self._tokens -= 1.0
+        if self._tokens >= min(cost, self.burst) - _EPSILON:
+            self._tokens -= cost
             return True
         return False
 
-    def retry_after(self, now: float | None = None) -> float:
-        """Seconds until the next token (0 when one is there now)."""
+    def retry_after(self, now: float | None = None, cost: float = 1.0) -> float:
+        """Seconds until ``cost`` tokens are there (0 when they are there now)."""
         self._refill(time.monotonic() if now is None else now)
-        missing = 1.0 - self._tokens
+        missing = min(cost, self.burst) - self._tokens
         return 0.0 if missing <= _EPSILON else missing / self.rate
 
 
@@ -156,6 +167,19 @@ class PublishLimiter:
             self._strike(time.monotonic() if now is None else now)
             raise
 
+    async def acheck_frame(
+        self, budget: str, user_id: int, cost: int = 1, now: float | None = None
+    ) -> None:
+        """The user's budget for a subscribe (``"subscribe"``: topics, ``"replay"``:
+        replayed events), ``"presence"`` or ``"ack"`` frame (``FRAME_BUDGETS``): shared
+        by the user's connections and every process; a refusal is a strike of this
+        connection, as for publishes."""
+        try:
+            await get_user_limits().check_frame(budget, user_id, cost)
+        except RealtimeError:
+            self._strike(time.monotonic() if now is None else now)
+            raise
+
     def _strike(self, now: float) -> None:
         self._strikes.append(now)
         if (
@@ -168,14 +192,18 @@ class PublishLimiter:
 
 # --- per user, shared ---------------------------------------------------------------------
 
-# KEYS[1]: the bucket (a hash: tokens, ts in s). ARGV: rate per s, burst. On Redis's clock,
-# so every process agrees. Returns {1, 0} when a token was taken, else {0, ms until one}.
+# KEYS[1]: the bucket (a hash: tokens, ts in s). ARGV: rate per s, burst, cost (tokens taken;
+# 1 when absent). On Redis's clock, so every process agrees. Returns {1, 0} when the tokens
+# were taken, else {0, ms until they are there}. As ``TokenBucket.allow``: a cost above the
+# burst passes on a full bucket and leaves it in debt (below zero).
 _TAKE = LuaScript(
     """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3] or '1')
+local need = math.min(cost, burst)
 local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(v[1])
 local ts = tonumber(v[2])
@@ -189,18 +217,29 @@ if now > ts then
 end
 local allowed = 0
 local wait = 0
-if tokens >= 1 - 1e-9 then
-  tokens = tokens - 1
+if tokens >= need - 1e-9 then
+  tokens = tokens - cost
   allowed = 1
 else
-  wait = math.ceil((1 - tokens) / rate * 1000)
+  wait = math.ceil((need - tokens) / rate * 1000)
 end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
            'ts', string.format('%.6f', ts))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - math.min(tokens, 0)) / rate * 1000) + 1000)
 return {allowed, wait}
 """
 )
+
+# The per-user budgets of frames other than publish (PROTOCOL §8): budget -> (what the
+# rate_limited message counts, the settings' prefix: <prefix>_RATE per s, <prefix>_BURST).
+# A subscribe takes one "subscribe" token per topic it adds to the connection, then, when
+# it replays, one "replay" token per event replayed; presence and ack frames take one each.
+FRAME_BUDGETS: dict[str, tuple[str, str]] = {
+    "subscribe": ("topics subscribed", "REALTIME_USER_SUBSCRIBE"),
+    "replay": ("events replayed", "REALTIME_USER_REPLAY"),
+    "presence": ("presence requests", "REALTIME_USER_PRESENCE"),
+    "ack": ("acks", "REALTIME_USER_ACK"),
+}
 
 # How many local buckets a process keeps, and how long (s): an evicted bucket starts full
 # again, which is what an idle one is anyway.
@@ -221,13 +260,15 @@ class UserLimits:
     def key(self, budget: str, user_id: int) -> str:
         return f"{self.key_prefix}:rl:{budget}:{user_id}"
 
-    async def take(self, budget: str, user_id: int, rate: float, burst: int) -> float:
-        """Take a token from ``user_id``'s ``budget``: 0 when taken, else the seconds until
-        one is there."""
+    async def take(
+        self, budget: str, user_id: int, rate: float, burst: int, cost: int = 1
+    ) -> float:
+        """Take ``cost`` tokens from ``user_id``'s ``budget``: 0 when taken, else the
+        seconds until they are there."""
         if self.breaker is not None:
             try:
                 allowed, wait_ms = await self.breaker.acall(
-                    _TAKE, get_redis(self.url), [self.key(budget, user_id)], [rate, burst]
+                    _TAKE, get_redis(self.url), [self.key(budget, user_id)], [rate, burst, cost]
                 )
             except CircuitOpen:
                 pass
@@ -235,14 +276,18 @@ class UserLimits:
                 logger.warning("rate limits: Redis unreachable; limiting in this process")
             else:
                 return 0.0 if int(allowed) else max(0.001, int(wait_ms) / 1000)
-        return self._take_local(budget, user_id, rate, burst)
+        return self._take_local(budget, user_id, rate, burst, cost)
 
-    def _take_local(self, budget: str, user_id: int, rate: float, burst: int) -> float:
+    def _take_local(
+        self, budget: str, user_id: int, rate: float, burst: int, cost: int = 1
+    ) -> float:
         bucket = self._local.get((budget, user_id))
         if bucket is None or bucket.rate != rate or bucket.burst != burst:
             bucket = self._local[(budget, user_id)] = TokenBucket(rate, burst)
         now = time.monotonic()
-        return 0.0 if bucket.allow(now) else max(0.001, bucket.retry_after(now))
+        if bucket.allow(now, cost):
+            return 0.0
+        return max(0.001, bucket.retry_after(now, cost))
 
     async def check_publish(self, user_id: int, event: str) -> None:
         """Raise ``rate_limited`` when ``user_id`` is over its publish budget for ``event``
@@ -256,6 +301,17 @@ class UserLimits:
             rate = settings.REALTIME_USER_PUBLISH_RATE
             burst = settings.REALTIME_USER_PUBLISH_BURST
         wait = await self.take(budget, user_id, rate, burst)
+        if wait:
+            raise rate_limited(what, rate, wait)
+
+    async def check_frame(self, budget: str, user_id: int, cost: int = 1) -> None:
+        """Raise ``rate_limited`` when ``user_id`` is over its ``budget`` (a key of
+        ``FRAME_BUDGETS``) for ``cost`` units; a cost of 0 takes nothing."""
+        if cost <= 0:
+            return
+        what, prefix = FRAME_BUDGETS[budget]
+        rate = getattr(settings, f"{prefix}_RATE")
+        wait = await self.take(budget, user_id, rate, getattr(settings, f"{prefix}_BURST"), cost)
         if wait:
             raise rate_limited(what, rate, wait)
 

@@ -9,7 +9,7 @@ Seq allocation: the topic's ``TopicCursor`` row is locked (``SELECT ... FOR UPDA
 PostgreSQL; SQLite's IMMEDIATE transactions take the database write lock at BEGIN) and
 kept locked until commit, so publishes of one topic are serialised: seqs are gapless,
 commit in seq order, and the effects on the wedding happen in seq order too. Events
-that only store (``EventSpec.stores_only``: messages, statuses, emergencies) take the
+that only store (``EventSpec.stores_only``: messages and statuses) take the
 same lock inside one statement on PostgreSQL (``_append_one_statement``, ADR 0010).
 """
 

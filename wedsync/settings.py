@@ -408,6 +408,21 @@ REALTIME_USER_PUBLISH_RATE = env.float("REALTIME_USER_PUBLISH_RATE", default=20.
 REALTIME_USER_PUBLISH_BURST = env.int("REALTIME_USER_PUBLISH_BURST", default=40)
 REALTIME_CRITICAL_PUBLISH_RATE = env.float("REALTIME_CRITICAL_PUBLISH_RATE", default=1.0)
 REALTIME_CRITICAL_PUBLISH_BURST = env.int("REALTIME_CRITICAL_PUBLISH_BURST", default=5)
+# Per-user budgets of the other costly frames (PROTOCOL §8; realtime/limits.py), shared the
+# same way; over one: rate_limited with retry_after_ms, a strike of the connection. Topics
+# added by subscribes (a client's full resubscribe: at most 200 per connection, 2 frames);
+# events replayed by subscribes with since (a cost above the burst passes on a full bucket,
+# so one reconnect is never refused; retention caps a topic's replay at 10,000); presence
+# and ack frames (the web app asks presence once per connection and acks by hand; its
+# outbox flushes queued acks at once after a signal drop).
+REALTIME_USER_SUBSCRIBE_RATE = env.float("REALTIME_USER_SUBSCRIBE_RATE", default=20.0)  # topics/s
+REALTIME_USER_SUBSCRIBE_BURST = env.int("REALTIME_USER_SUBSCRIBE_BURST", default=400)
+REALTIME_USER_REPLAY_RATE = env.float("REALTIME_USER_REPLAY_RATE", default=500.0)  # events/s
+REALTIME_USER_REPLAY_BURST = env.int("REALTIME_USER_REPLAY_BURST", default=10_000)
+REALTIME_USER_PRESENCE_RATE = env.float("REALTIME_USER_PRESENCE_RATE", default=10.0)  # per s
+REALTIME_USER_PRESENCE_BURST = env.int("REALTIME_USER_PRESENCE_BURST", default=100)
+REALTIME_USER_ACK_RATE = env.float("REALTIME_USER_ACK_RATE", default=10.0)  # per s
+REALTIME_USER_ACK_BURST = env.int("REALTIME_USER_ACK_BURST", default=100)
 # Realtime tokens issued per user (POST /api/realtime/token): burst, refilled per minute.
 REALTIME_TOKEN_ISSUE_PER_MINUTE = env.float("REALTIME_TOKEN_ISSUE_PER_MINUTE", default=10.0)
 REALTIME_TOKEN_ISSUE_BURST = env.int("REALTIME_TOKEN_ISSUE_BURST", default=10)

@@ -35,7 +35,7 @@ from realtime import protocol, tokens
 from realtime import urls as realtime_urls
 from realtime.catalogue import CATALOGUE
 from realtime.models import Ack, Event
-from realtime.services import event_publish_system
+from realtime.services import event_publish, event_publish_system
 from realtime.tokens import token_issue
 from tests.factories import make_booking, make_item, make_supplier, make_user, make_wedding
 from weddings.models import Supplier, SupplierMembership, TimelineItem, Wedding
@@ -128,7 +128,7 @@ MATRIX: dict[str, tuple[str, ...]] = {
     "ws_publish:vendor.status":         (OK,  OK,  OK,  OK,  NO,  NO,  OK,  AUTH, AUTH, AUTH),
     "ws_publish:message.posted":        (OK,  OK,  OK,  OK,  NO,  OK,  OK,  AUTH, AUTH, AUTH),
     "ws_publish:emergency.raised":      (OK,  OK,  OK,  OK,  NO,  OK,  OK,  AUTH, AUTH, AUTH),
-    "ws_publish:emergency.resolved":    (OK,  OK,  OK,  OK,  NO,  OK,  OK,  AUTH, AUTH, AUTH),
+    "ws_publish:emergency.resolved":    (OK,  NO,  OK,  OK,  NO,  NO,  OK,  AUTH, AUTH, AUTH),
     "ws_publish:wedding.updated":       (NO,  NO,  OK,  OK,  NO,  NO,  OK,  AUTH, AUTH, AUTH),
     "http_snapshot":                    (OK,  OK,  OK,  OK,  NO,  OK,  OK,  AUTH, AUTH, AUTH),
     "http_history":                     (OK,  OK,  OK,  OK,  NO,  OK,  OK,  AUTH, AUTH, AUTH),
@@ -181,6 +181,13 @@ def _build_world(role: str, operation: str) -> World:
         event_publish_system(
             a.topic, "emergency.raised", {"id": "e0", "kind": "fire", "text": "drill"},
             ack_required=True,
+        )  # fmt: skip
+    if operation == "ws_publish:emergency.resolved":
+        # something to resolve: seq 1, emergency "e1" raised by the photographer (the
+        # raiser, planners, coordinators and staff may resolve it)
+        event_publish(
+            topic=a.topic, event="emergency.raised", user=photographer,
+            payload={"id": "e1", "kind": "fire", "text": "drill"},
         )  # fmt: skip
     supplier_id = planner_co.pk if role == "planner_a" else photo_co.pk
     return World(a=a, item=item, credential=credential, supplier_id=supplier_id)
@@ -255,8 +262,9 @@ async def _ws(world: World, operation: str) -> str:
         assert reply["topics"] == {topic: {"status": "ok", "seq": 0}}, reply
     elif spec.frame == "presence":
         assert reply["topic"] == topic and isinstance(reply["members"], list), reply
-    else:  # publish: the first event of A; ack: of the emergency at seq 1
-        assert reply == {"type": "reply", "ref": "r1", "status": "ok", "topic": topic, "seq": 1}
+    else:  # publish: the first event of A (after the emergency it resolves); ack: seq 1
+        seq = 2 if spec.event == "emergency.resolved" else 1
+        assert reply == {"type": "reply", "ref": "r1", "status": "ok", "topic": topic, "seq": seq}
     return OK
 
 

@@ -471,7 +471,7 @@ def test_emergency_raised__is_critical_needs_ack_and_gets_an_id(world):
         world, "emergency.raised", {"kind": "medical", "text": "Guest fainted"}, world.couple
     )
     named = _publish(world, "emergency.raised", {"id": "e1", "kind": "fire", "text": "Smoke"})
-    resolved = _publish(world, "emergency.resolved", {"id": "e1"}, world.photographer)
+    resolved = _publish(world, "emergency.resolved", {"id": "e1"})  # by its raiser
 
     assert (raised.priority, raised.ack_required) == ("critical", True)
     assert isinstance(raised.payload["id"], str) and raised.payload["id"]
