@@ -187,6 +187,9 @@ def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     seq = selectors.topic_seq(wedding.topic)
     recovered = since <= seq and selectors.replay_covers(wedding.topic, since)
     events = selectors.events_since(wedding.topic, since, limit=limit) if recovered else []
+    # The same per-user replay budget as a subscribe with ``since`` (PROTOCOL §8): paging
+    # through the history is a replay too. 429 ``rate_limited`` over it.
+    async_to_sync(get_user_limits().check_frame)("replay", request.user.pk, len(events))
     last = events[-1].seq if events else since
     return json_response(
         {

@@ -287,3 +287,26 @@ def test_flood__oldest_retained_seq_without_pruning_starts_at_the_first_status()
 
     assert selectors.oldest_retained_seq(world_.topic) == first.seq == 1
     assert selectors.replay_covers(world_.topic, 0)
+
+
+@pytest.mark.django_db
+def test_flood__http_history_pages_take_from_the_replay_budget(settings):
+    # given: a wedding with 30 events and a replay budget of 25 events (slow refill)
+    settings.REALTIME_USER_REPLAY_RATE = 0.01
+    settings.REALTIME_USER_REPLAY_BURST = 25
+    world_ = make_world()
+    for i in range(30):
+        event_publish_system(world_.wedding.topic, "note.added", {"i": i})
+    client = _bearer_client(world_.photographer)
+    path = f"/api/weddings/{world_.wedding.pk}/events"
+
+    # when: the history is read in pages of 10 from the start, again and again
+    statuses = [client.get(path, {"since": 0, "limit": 10}).status_code for _ in range(4)]
+
+    # then: two pages of 10 fit in the budget of 25, the third does not (5 left), nor
+    # the fourth; another user's budget is their own
+    assert statuses == [200, 200, 429, 429]
+    refused = client.get(path, {"since": 0, "limit": 10}).json()
+    assert refused["error"]["code"] == "rate_limited"
+    other = _bearer_client(world_.planner)
+    assert other.get(path, {"since": 0, "limit": 10}).status_code == 200
