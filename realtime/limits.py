@@ -104,13 +104,15 @@ class TokenBucket:
         return 0.0 if missing <= _EPSILON else missing / self.rate
 
 
-def rate_limited(what: str, rate: float, retry_after: float) -> RealtimeError:
+def rate_limited(
+    what: str, rate: float, retry_after: float, per: str = "a second"
+) -> RealtimeError:
     """The ``rate_limited`` error (PROTOCOL §8) with ``retry_after_ms``; counted."""
     metrics.rate_limited()
     retry_ms = max(1, round(retry_after * 1000))
     return RealtimeError(
         "rate_limited",
-        f"more than {rate:g} {what} a second; retry in {retry_ms} ms",
+        f"more than {rate:g} {what} {per}; retry in {retry_ms} ms",
         retry_after_ms=retry_ms,
     )
 
@@ -320,13 +322,8 @@ class UserLimits:
         rate = settings.REALTIME_TOKEN_ISSUE_PER_MINUTE / 60
         wait = await self.take("token", user_id, rate, settings.REALTIME_TOKEN_ISSUE_BURST)
         if wait:
-            metrics.rate_limited()
-            retry_ms = max(1, round(wait * 1000))
-            raise RealtimeError(
-                "rate_limited",
-                f"more than {settings.REALTIME_TOKEN_ISSUE_PER_MINUTE:g} tokens a minute; "
-                f"retry in {retry_ms} ms",
-                retry_after_ms=retry_ms,
+            raise rate_limited(
+                "tokens", settings.REALTIME_TOKEN_ISSUE_PER_MINUTE, wait, per="a minute"
             )
 
     def reset_local(self) -> None:

@@ -14,19 +14,17 @@ They are credentials: never log them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core import signing
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils.crypto import constant_time_compare, salted_hmac
 
@@ -137,28 +135,8 @@ def token_version_load(user_id: int) -> int:
 def token_version(user_id: int) -> int:
     """A user's token version through the two-tier cache, like the user row itself."""
     return get_cache().get_or_load(
-        token_version_key(user_id), lambda: _load_off_the_loop(user_id), ttl=access_ttl()
+        token_version_key(user_id), lambda: token_version_load(user_id), ttl=access_ttl()
     )
-
-
-def _load_off_the_loop(user_id: int) -> int:
-    """``token_version_load``; called on an event loop's thread (async code calling
-    ``token_issue``, as tests do), in a short-lived thread of its own, since Django
-    refuses database work on a loop's thread. The product issues tokens in sync views
-    and commands, where this is a plain query."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return token_version_load(user_id)
-
-    def load() -> int:
-        try:
-            return token_version_load(user_id)
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(load).result()
 
 
 async def atoken_version(user_id: int) -> int:

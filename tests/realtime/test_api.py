@@ -483,7 +483,7 @@ def session_of(user: Any) -> str:
 @SNAPSHOT_DB
 async def test_snapshot_asgi__bearer_and_session_reads_return_the_same_snapshot(w):
     path = w.path(w.a)
-    token = token_issue(user=w.photographer)
+    token = await database_sync_to_async(token_issue)(user=w.photographer)
     session = await database_sync_to_async(session_of)(w.photographer)
 
     by_token = await Asgi.get(path, token=token)
@@ -498,7 +498,7 @@ async def test_snapshot_asgi__bearer_and_session_reads_return_the_same_snapshot(
 @SNAPSHOT_DB
 @pytest.mark.parametrize("reader", ["florist", "lapsed"])
 async def test_snapshot_asgi__no_access_is_404_identical_to_a_missing_wedding(w, reader):
-    token = token_issue(user=getattr(w, reader))
+    token = await database_sync_to_async(token_issue)(user=getattr(w, reader))
 
     hidden = await Asgi.get(w.path(w.a), token=token)
     missing = await Asgi.get(w.path(MISSING_ID), token=token)
@@ -512,7 +512,7 @@ async def test_snapshot_asgi__no_access_is_404_identical_to_a_missing_wedding(w,
 
 @SNAPSHOT_DB
 async def test_snapshot_asgi__staff_read_any_wedding_and_a_missing_one_is_404(w):
-    token = token_issue(user=w.staff)
+    token = await database_sync_to_async(token_issue)(user=w.staff)
 
     assert (await Asgi.get(w.path(w.b), token=token))[0] == 200
     assert (await Asgi.get(w.path(MISSING_ID), token=token))[0] == 404
@@ -520,7 +520,7 @@ async def test_snapshot_asgi__staff_read_any_wedding_and_a_missing_one_is_404(w)
 
 @SNAPSHOT_DB
 async def test_snapshot_asgi__bad_or_expired_token_is_401_json(w, monkeypatch):
-    token = token_issue(user=w.planner, ttl=60)
+    token = await database_sync_to_async(token_issue)(user=w.planner, ttl=60)
 
     bad = await Asgi.get(w.path(w.a), token=token + "x")
     monkeypatch.setattr("realtime.tokens._now", lambda: time.time() + 120)
@@ -556,7 +556,7 @@ def _revoke_couple(w: World) -> None:
 )
 async def test_snapshot_asgi__revoked_access_stops_the_next_read(w, reader, revoke):
     # given a reader whose access is cached by a first read
-    token = token_issue(user=getattr(w, reader))
+    token = await database_sync_to_async(token_issue)(user=getattr(w, reader))
     assert (await Asgi.get(w.path(w.a), token=token))[0] == 200
 
     # when the access is revoked
@@ -569,7 +569,7 @@ async def test_snapshot_asgi__revoked_access_stops_the_next_read(w, reader, revo
 
 @SNAPSHOT_DB
 async def test_snapshot_asgi__deactivated_user_is_refused_by_token_and_session(w):
-    token = token_issue(user=w.planner)
+    token = await database_sync_to_async(token_issue)(user=w.planner)
     session = await database_sync_to_async(session_of)(w.planner)
     assert (await Asgi.get(w.path(w.a), token=token))[0] == 200
 
@@ -583,7 +583,7 @@ async def test_snapshot_asgi__deactivated_user_is_refused_by_token_and_session(w
 @SNAPSHOT_DB
 async def test_snapshot_asgi__warm_bearer_read_makes_no_query(w, monkeypatch):
     # given a warm cache (user, access, snapshot) and a fresh database probe
-    token = token_issue(user=w.photographer)
+    token = await database_sync_to_async(token_issue)(user=w.photographer)
     assert (await Asgi.get(w.path(w.a), token=token))[0] == 200
     monkeypatch.setattr(realtime_db, "REACHABLE_MAX_AGE_S", 3600.0)
     await asyncio.gather(*realtime_db._probes.values())  # one started by that read

@@ -372,7 +372,7 @@ def test_token_issue__refuses_an_unsaved_user():
 async def test_atoken_authenticate__resolves_the_user_in_async_code():
     # given
     user = await database_sync_to_async(make_user)(username="carol")
-    token = token_issue(user=user)
+    token = await database_sync_to_async(token_issue)(user=user)
 
     # when / then
     assert (await atoken_authenticate(token)).pk == user.pk

@@ -163,6 +163,7 @@ def config(host: str, port: int, *, log_level: str = "warning") -> uvicorn.Confi
     connection with 1009 as soon as its header is read: uvicorn's default would first
     buffer up to 16 MiB of it for the application to refuse (PROTOCOL §1, §8).
     """
+    # Here, not at the top: the supervisor imports this module and never loads Django.
     from django.conf import settings
 
     from realtime.protocol import MAX_FRAME_BYTES
