@@ -22,6 +22,7 @@ from django.contrib.auth import get_user_model
 
 from core import switches
 from core.cache import get_cache
+from weddings import roles
 from weddings import selectors as domain
 from weddings.caching import auser_access, user_access, user_invalidate
 from weddings.models import Booking, Supplier, SupplierMembership, Wedding
@@ -48,26 +49,71 @@ def authorize_topics(user: Any, names: list[str]) -> tuple[list[str], dict[str, 
     return allowed, refused
 
 
-def still_allowed(user_id: int, topic: str) -> bool:
-    """Re-check a live subscription after a booking or membership change."""
+def still_allowed(user_id: int, topic: str, *, full_view: bool = False) -> bool:
+    """Re-check a live subscription after a booking or membership change; with
+    ``full_view``, also that the user still reads the wedding's coordination (a vendor
+    taken off a wedding whose couple they are in keeps the run sheet, not the feed: the
+    subscription ends, and a new one gets the couple's view)."""
     user = get_user_model().objects.filter(pk=user_id).first()
     if user is None:
         return False
     try:
         # Uncached: this runs right after an access change and must see it exactly.
-        topics.authorize_subscribe(user, topic, cached=False)
+        parsed = topics.authorize_subscribe(user, topic, cached=False)
     except RealtimeError:
         return False
+    if full_view and parsed.kind == "wedding":
+        acting = bool(domain.user_acting_supplier_ids(user, parsed.id))  # type: ignore[arg-type]
+        return _reads_coordination(bool(user.is_staff), acting)
     return True
+
+
+def _reads_coordination(staff: bool, acting: bool) -> bool:
+    """The matrix's ``read.coordination`` for a member of a wedding."""
+    # Vendors and planners alike: never asks which (``editor``).
+    return roles.may("read.coordination", staff=staff, acting=acting, editor=bool)
+
+
+def plan_only_on(user: Any, wedding_id: int) -> bool:
+    """Whether ``user``, who may see the wedding, reads its run sheet only (the couple):
+    from the database, for the HTTP history."""
+    acting = bool(domain.user_acting_supplier_ids(user, wedding_id))
+    return not _reads_coordination(bool(user.is_staff), acting)
+
+
+def snapshot_view(state: dict[str, Any], *, staff: bool, supplier_ids: Any) -> dict[str, Any]:
+    """A wedding snapshot as a user with these suppliers sees it: the statuses without
+    their coordination fields for a reader of the run sheet only. ``state`` (shared, from
+    the cache) is not changed."""
+    booked = {supplier["id"] for supplier in state["suppliers"]}
+    if _reads_coordination(staff, bool(booked.intersection(supplier_ids))):
+        return state
+    statuses = [roles.redacted_payload("vendor.status", status) for status in state["statuses"]]
+    return {**state, "statuses": statuses}
 
 
 def authorize_and_describe(
     user: Any, names: list[str]
-) -> tuple[list[str], dict[str, RealtimeError], dict[str, dict[str, Any]]]:
-    """``authorize_topics``, and the ``member_infos`` of the allowed topics: what a
+) -> tuple[list[str], dict[str, RealtimeError], dict[str, dict[str, Any]], set[str]]:
+    """``authorize_topics``, the ``member_infos`` of the allowed topics, and those of
+    them the user sees only the run sheet of (the couple's view, ``plan_only``): what a
     subscribe needs before it reads the log, in one database-thread call."""
     allowed, refused = authorize_topics(user, names)
-    return allowed, refused, member_infos(user, allowed) if allowed else {}
+    infos = member_infos(user, allowed) if allowed else {}
+    return allowed, refused, infos, plan_only(user, infos)
+
+
+def plan_only(user: Any, infos: dict[str, dict[str, Any]]) -> set[str]:
+    """The wedding topics of ``infos`` (``member_infos``) whose coordination the user may
+    not read (``weddings.roles``): their events reach them through
+    ``protocol.plan_view_text``. From the cached access, like the subscribe check."""
+    staff = bool(user.is_staff and user_access(user.pk)["staff"])
+    return {
+        topic
+        for topic, info in infos.items()
+        if topic.startswith("wedding:")
+        and not _reads_coordination(staff, info["supplier_id"] is not None)
+    }
 
 
 def booked_suppliers_key(wedding_id: int) -> str:
@@ -176,16 +222,28 @@ class _Facts:
                 ).values_list("supplier_id", "wedding_id")
             )
 
-    def verdict(self, user: Any, names: list[str]) -> list[str] | None:
+    def verdict(
+        self, user: Any, names: list[str], full_view: frozenset[str] = frozenset()
+    ) -> list[str] | None:
         """None when the connection must close (user gone or inactive, password or
-        token version changed since it connected), else the topics it lost."""
+        token version changed since it connected), else the topics it lost: those it may
+        no longer join, and those of ``full_view`` whose coordination it no longer reads."""
         now = self.users.get(user.pk)
         if now is None or not now.is_active or now.password != user.password:
             return None
         at_connect = getattr(user, CONNECT_VERSION_ATTR, None)  # token connections
         if at_connect is not None and at_connect != self.versions.get(user.pk, 0):
             return None
-        return [name for name in names if not self._may(now, topics.parse_topic(name))]
+        return [
+            name
+            for name in names
+            if not self._may(now, topics.parse_topic(name))
+            or (name in full_view and not self._reads_coordination(now, topics.parse_topic(name)))
+        ]
+
+    def _reads_coordination(self, user: Any, topic: topics.Topic) -> bool:
+        acting = any((s, topic.id) in self.booked for s in self.suppliers.get(user.pk, ()))
+        return _reads_coordination(bool(user.is_staff), acting)
 
     def _may(self, user: Any, topic: topics.Topic) -> bool:
         """``topics._may_subscribe`` on these facts (the user is active)."""
@@ -203,17 +261,18 @@ class _Facts:
 
 
 def connections_recheck(
-    connections: list[tuple[Any, list[str]]],
+    connections: list[tuple[Any, list[str]] | tuple[Any, list[str], frozenset[str]]],
 ) -> tuple[list[list[str] | None], dict[int, Any]]:
     """Re-check open connections against the database (runs in a database thread).
 
-    ``connections``: each connection's user as it connected, and its topics. Returns,
+    ``connections``: each connection's user as it connected, its topics, and optionally
+    the wedding topics it reads in full (not ``plan_only``). Returns,
     in the same order, None for a connection that must close with 4001 (see
     ``_Facts.verdict``) or the topics it may no longer see; and the users as they are
     now, by id. A few queries per RECHECK_BATCH users, however many connections.
     """
     by_user: dict[int, list[int]] = defaultdict(list)
-    for index, (user, _) in enumerate(connections):
+    for index, (user, *_) in enumerate(connections):
         by_user[user.pk].append(index)
     verdicts: list[list[str] | None] = [None] * len(connections)
     fresh: dict[int, Any] = {}
@@ -226,8 +285,8 @@ def connections_recheck(
         facts = _Facts.load(batch, names)
         fresh.update(facts.users)
         for index in indexes:
-            user, topic_names = connections[index]
-            verdicts[index] = verdict = facts.verdict(user, topic_names)
+            user, topic_names, *full_view = connections[index]
+            verdicts[index] = verdict = facts.verdict(user, topic_names, *full_view)
             now = facts.users.get(user.pk)
             if verdict is None or verdict or now is None or now.is_staff != user.is_staff:
                 changed.add(user.pk)

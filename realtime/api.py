@@ -30,10 +30,11 @@ from weddings.caching import auser_access
 from weddings.models import Supplier, Wedding
 
 from . import selectors, services
+from .access import plan_only_on, snapshot_view
 from .connection_counts import get_connection_counter, supplier_limit
 from .errors import RealtimeError, topic_forbidden
 from .limits import get_user_limits
-from .protocol import MAX_FRAME_BYTES, event_frame
+from .protocol import MAX_FRAME_BYTES, event_frame, plan_view_frame
 from .snapshots import snapshot_key, snapshot_load, wedding_summary
 from .tokens import (
     TokenError,
@@ -134,7 +135,9 @@ async def wedding_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     state = await _snapshot_aget(wedding_id)
     if state is None:  # no such wedding (staff), or deleted since the access was cached
         raise ApiError("not_found", topic_forbidden(f"wedding:{wedding_id}").message, 404)
-    response = json_response(state)
+    access = await auser_access(request.user.pk)
+    staff = bool(request.user.is_staff and access["staff"])
+    response = json_response(snapshot_view(state, staff=staff, supplier_ids=access["suppliers"]))
     if not await database_reachable():
         response["X-WedSync-Read-Only"] = "database unreachable; served from the cache"
     return response
@@ -187,6 +190,7 @@ def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     seq = selectors.topic_seq(wedding.topic)
     recovered = since <= seq and selectors.replay_covers(wedding.topic, since)
     events = selectors.events_since(wedding.topic, since, limit=limit) if recovered else []
+    view = plan_view_frame if plan_only_on(request.user, wedding.pk) else None  # the couple
     # The same per-user replay budget as a subscribe with ``since`` (PROTOCOL §8): paging
     # through the history is a replay too. 429 ``rate_limited`` over it.
     async_to_sync(get_user_limits().check_frame)("replay", request.user.pk, len(events))
@@ -196,7 +200,7 @@ def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
             "topic": wedding.topic,
             "seq": seq,
             "recovered": recovered,
-            "events": [event_frame(e) for e in events],
+            "events": [view(event_frame(e)) if view else event_frame(e) for e in events],
             "next_since": last if recovered and last < seq else None,
         }
     )

@@ -24,8 +24,9 @@ import orjson
 from django.core.exceptions import ValidationError
 from msgspec import UNSET, Meta, UnsetType
 
-from realtime.errors import RealtimeError
+from realtime.errors import RealtimeError, role_forbidden
 from realtime.models import Event
+from weddings import roles
 from weddings import selectors as wedsync_selectors
 from weddings import services as wedsync_services
 from weddings.models import TimelineItem, Wedding
@@ -160,7 +161,7 @@ class WeddingUpdated(Payload):
             raise invalid("payload", "name at least one of guest_count, venue, notes")
 
 
-# --- who may publish ----------------------------------------------------------------------
+# --- who may publish: the role matrix (weddings.roles), rows ``publish.<event>`` ----------
 
 
 @dataclass
@@ -185,6 +186,10 @@ class PublishContext:
     def user_supplier_ids(self) -> set[int]:
         return wedsync_selectors.user_supplier_ids(self.user)
 
+    def is_editor(self) -> bool:
+        """Whether the user is a planner or coordinator of the wedding (a query)."""
+        return wedsync_selectors.user_can_edit_timeline(self.user, self.wedding_id)
+
     @cached_property
     def acting_supplier_ids(self) -> set[int]:
         """The user's suppliers that are actively booked on this wedding (one query, or
@@ -192,14 +197,6 @@ class PublishContext:
         if "user_supplier_ids" in self.__dict__ and "booked_supplier_ids" in self.__dict__:
             return self.user_supplier_ids & self.booked_supplier_ids
         return wedsync_selectors.user_acting_supplier_ids(self.user, self.wedding_id)
-
-
-def _any_member(user: Any, wedding_id: int) -> bool:
-    return True  # membership of the topic is checked before the catalogue
-
-
-def _timeline_editor(user: Any, wedding_id: int) -> bool:
-    return wedsync_selectors.user_can_edit_timeline(user, wedding_id)
 
 
 # --- effects ------------------------------------------------------------------------------
@@ -285,9 +282,11 @@ def _apply_shifted(ctx: PublishContext, data: TimelineShifted) -> dict[str, Any]
 
 
 def _apply_vendor_status(ctx: PublishContext, data: VendorStatus) -> dict[str, Any]:
-    if not ctx.user.is_staff and data.supplier_id not in ctx.user_supplier_ids:
-        raise RealtimeError(
-            "forbidden",
+    any_supplier = roles.may(
+        "status.any_supplier", staff=ctx.user.is_staff, acting=True, editor=ctx.is_editor
+    )
+    if not any_supplier and data.supplier_id not in ctx.user_supplier_ids:
+        raise role_forbidden(
             "you may post the status of your own supplier only",
             field="payload.supplier_id",
         )
@@ -321,11 +320,16 @@ def _apply_emergency_raised(ctx: PublishContext, data: EmergencyRaised) -> dict[
 
 
 def _may_resolve(ctx: PublishContext, raiser_id: int | None) -> bool:
-    """The raiser, the wedding's planners and coordinators (who may edit its timeline, the
-    same role notion) and staff may resolve an emergency."""
-    if ctx.user.is_staff or (raiser_id is not None and raiser_id == ctx.user.pk):
+    """The raiser may resolve their emergency (``publish.emergency.resolved``, checked
+    before), and whoever the matrix lets resolve anyone's (``emergency.resolve_any``)."""
+    if raiser_id is not None and raiser_id == ctx.user.pk:
         return True
-    return wedsync_selectors.user_can_edit_timeline(ctx.user, ctx.wedding_id)
+    return roles.may(
+        "emergency.resolve_any",
+        staff=ctx.user.is_staff,
+        acting=bool(ctx.acting_supplier_ids),
+        editor=ctx.is_editor,
+    )
 
 
 def _apply_emergency_resolved(ctx: PublishContext, data: EmergencyResolved) -> dict[str, Any]:
@@ -335,8 +339,7 @@ def _apply_emergency_resolved(ctx: PublishContext, data: EmergencyResolved) -> d
     if not rows or any(event == "emergency.resolved" for event, _ in rows):
         raise invalid("payload.id", "no open emergency with this id on this wedding")
     if not _may_resolve(ctx, rows[0][1]):
-        raise RealtimeError(
-            "forbidden",
+        raise role_forbidden(
             "only whoever raised this emergency, the wedding's planner or coordinator,"
             " or staff may resolve it",
             field="payload.id",
@@ -363,11 +366,11 @@ def _as_stored(ctx: PublishContext, data: Payload) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class EventSpec:
-    """One catalogue row: payload type, role rule, effect, priority, acknowledgement."""
+    """One catalogue row: payload type, effect, priority, acknowledgement. Who may
+    publish it is the matrix's row ``publish.<name>`` (``weddings.roles``)."""
 
     name: str
     payload_type: type[Payload]
-    role_allows: Callable[[Any, int], bool]
     apply: Callable[[PublishContext, Any], dict[str, Any]]
     priority: str = "normal"
     ack_required: bool = False
@@ -384,26 +387,15 @@ class EventSpec:
 CATALOGUE: dict[str, EventSpec] = {
     spec.name: spec
     for spec in (
-        EventSpec(
-            "timeline.item.created", TimelineItemCreated, _timeline_editor, _apply_item_created
-        ),
-        EventSpec(
-            "timeline.item.updated", TimelineItemUpdated, _timeline_editor, _apply_item_updated
-        ),
-        EventSpec(
-            "timeline.item.deleted", TimelineItemDeleted, _timeline_editor, _apply_item_deleted
-        ),
-        EventSpec(
-            "timeline.shifted", TimelineShifted, _timeline_editor, _apply_shifted, ack_required=True
-        ),
-        EventSpec(
-            "vendor.status", VendorStatus, _any_member, _apply_vendor_status, stores_only=True
-        ),
-        EventSpec("message.posted", MessagePosted, _any_member, _as_stored, stores_only=True),
+        EventSpec("timeline.item.created", TimelineItemCreated, _apply_item_created),
+        EventSpec("timeline.item.updated", TimelineItemUpdated, _apply_item_updated),
+        EventSpec("timeline.item.deleted", TimelineItemDeleted, _apply_item_deleted),
+        EventSpec("timeline.shifted", TimelineShifted, _apply_shifted, ack_required=True),
+        EventSpec("vendor.status", VendorStatus, _apply_vendor_status, stores_only=True),
+        EventSpec("message.posted", MessagePosted, _as_stored, stores_only=True),
         EventSpec(
             "emergency.raised",
             EmergencyRaised,
-            _any_member,
             _apply_emergency_raised,
             priority="critical",
             ack_required=True,
@@ -411,11 +403,10 @@ CATALOGUE: dict[str, EventSpec] = {
         EventSpec(
             "emergency.resolved",
             EmergencyResolved,
-            _any_member,
             _apply_emergency_resolved,
             priority="critical",
         ),
-        EventSpec("wedding.updated", WeddingUpdated, _timeline_editor, _apply_wedding_updated),
+        EventSpec("wedding.updated", WeddingUpdated, _apply_wedding_updated),
     )
 }
 

@@ -124,7 +124,7 @@ class ConsumerRegistry:
         if not live:
             return
         verdicts, now = await in_db_thread(connections_recheck)(
-            [(c.user, list(c.streams)) for c in live]
+            [(c.user, list(c.streams), c.full_view()) for c in live]
         )
         for consumer, verdict in zip(live, verdicts, strict=True):
             if verdict is None:

@@ -310,11 +310,13 @@ class RealtimeConsumer:
         await self._limiter().acheck_frame("subscribe", self.user.pk, len(fresh))
         # One database-thread call for the check and the presence cards, one for the
         # positions and the first page of the replay: a reconnect storm multiplies them.
-        allowed, refused, infos = await in_db_thread(authorize_and_describe)(self.user, fresh)
+        allowed, refused, infos, plan_only = await in_db_thread(authorize_and_describe)(
+            self.user, fresh
+        )
         for topic, err in refused.items():
             statuses[topic] = protocol.topic_refused(err)
         hub = get_node().hub
-        await self._open_streams(hub, allowed)
+        await self._open_streams(hub, allowed, plan_only)
         since = {t: requested[t].since for t in allowed}
         syncs = await plan_syncs(hub, since)
         await self._check_replay(since, syncs)
@@ -353,11 +355,13 @@ class RealtimeConsumer:
                 statuses[topic] = protocol.topic_limit_reached(limit)
         return statuses, fresh
 
-    async def _open_streams(self, hub: TopicHub, topics: list[str]) -> None:
+    async def _open_streams(
+        self, hub: TopicHub, topics: list[str], plan_only: set[str] = frozenset()
+    ) -> None:
         # Join the groups first, then read the log: an event stored in between arrives
         # both ways and the duplicate is dropped; none can fall between the two.
         for topic in topics:
-            self.streams[topic] = TopicStream(topic)
+            self.streams[topic] = TopicStream(topic, plan_only=topic in plan_only)
             await hub.join(topic, self)
         if self.connection is not None:
             await get_connection_counter().track_weddings(self.connection, _wedding_ids(topics))
@@ -437,7 +441,7 @@ class RealtimeConsumer:
             return
         if seq == stream.last_seq + 1:
             try:
-                self.outbox.put_nowait(text, stored_at)
+                self.outbox.put_nowait(stream.view(text), stored_at)
             except OutboxFull:
                 get_node().hub.spawn(self.close(CLOSE_OVERLOADED, "client too slow"))
                 return
@@ -473,11 +477,21 @@ class RealtimeConsumer:
     async def rt_recheck(self, message: dict) -> None:
         """A booking or membership changed: drop the topic if this user lost access."""
         topic = message["topic"]
-        if topic not in self.streams or self.closing:
+        stream = self.streams.get(topic)
+        if stream is None or self.closing:
             return
-        if await in_db_thread(still_allowed)(self.user.pk, topic):
+        full_view = not stream.plan_only
+        if await in_db_thread(still_allowed)(self.user.pk, topic, full_view=full_view):
             return
         await self.withdraw([topic])
+
+    def full_view(self) -> frozenset[str]:
+        """The wedding topics this connection reads in full (not the run sheet only)."""
+        return frozenset(
+            topic
+            for topic, stream in self.streams.items()
+            if not stream.plan_only and topic.startswith("wedding:")
+        )
 
     async def withdraw(self, topics: list[str]) -> None:
         """End subscriptions whose access was withdrawn: ``unsubscribed`` (forbidden)."""

@@ -20,7 +20,7 @@ from core.db import in_db_thread
 
 from . import selectors
 from .models import TopicCursor
-from .protocol import event_frame_text
+from .protocol import event_frame_text, plan_view_text
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,13 @@ class TopicStream:
     # The topic's seq seen by the previous sweep: still undelivered at the next sweep
     # means the layer lost it, and the sweep fills it from the log.
     behind: int = 0
+    # The reader sees the run sheet only (``access.plan_only``): every frame of the topic
+    # goes out through ``view``.
+    plan_only: bool = False
+
+    def view(self, text: str) -> str:
+        """An event frame as this stream's reader may see it (``protocol.plan_view_text``)."""
+        return plan_view_text(text) if self.plan_only else text
 
 
 def _events_after(topic: str, after: int, upto: int | None) -> list[tuple[int, str]]:
@@ -210,6 +217,7 @@ async def fill(stream: TopicStream, outbox: Outbox, upto: int | None, *, live: b
         for seq, text in page:
             if seq <= stream.last_seq:
                 continue
+            text = stream.view(text)
             if live:
                 outbox.put_nowait(text)
                 metrics.delivered()
@@ -231,7 +239,7 @@ async def deliver(stream: TopicStream, outbox: Outbox, seq: int, text: str) -> N
         await fill(stream, outbox, seq - 1, live=True)
         if seq <= stream.last_seq:
             return
-    outbox.put_nowait(text)
+    outbox.put_nowait(stream.view(text))
     metrics.delivered()
     stream.last_seq = seq
 

@@ -41,3 +41,12 @@ class RealtimeError(ApiError):
 def topic_forbidden(topic: str) -> RealtimeError:
     """The one reply for a topic that does not exist or may not be seen (PROTOCOL §3)."""
     return RealtimeError("forbidden", f"topic {topic!r} is not available")
+
+
+def role_forbidden(message: str, /, **extra: Any) -> RealtimeError:
+    """A refusal by the role matrix (``weddings.roles``) on a topic the user may see:
+    nothing is hidden there, so over HTTP it is a 403 (the code is ``forbidden`` either
+    way, as on the WebSocket)."""
+    err = RealtimeError("forbidden", message, **extra)
+    err.status = 403
+    return err

@@ -38,6 +38,7 @@ Server → client frames are built by the encoders below as ``str`` (orjson), re
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -46,6 +47,7 @@ import orjson
 
 from core.wire import wire_time
 from realtime.errors import RealtimeError
+from weddings import roles
 
 if TYPE_CHECKING:
     from realtime.models import Event
@@ -384,3 +386,37 @@ def event_frame(event: Event) -> dict[str, Any]:
 def event_frame_text(event: Event) -> str:
     """The event frame encoded once, so consumers forward it without re-encoding."""
     return orjson.dumps(event_frame(event)).decode()
+
+
+# The event name of a placeholder: an event of a wedding topic the reader's role may not
+# read (docs/protocol.md §6, ``weddings.roles``). Its seq keeps the stream contiguous.
+HIDDEN_EVENT = "hidden"
+
+
+def plan_view_frame(frame: dict[str, Any]) -> dict[str, Any]:
+    """An event frame as a reader of the run sheet only (the couple) receives it: the
+    coordination events as ``hidden`` placeholders (seq and time kept, nothing else), the
+    coordination fields of the others left out. The frame itself is not changed."""
+    if frame["event"] in roles.COORDINATION_EVENTS:
+        return {
+            "type": "event",
+            "topic": frame["topic"],
+            "seq": frame["seq"],
+            "event": HIDDEN_EVENT,
+            "priority": "normal",
+            "payload": {},
+            "actor": {"user_id": None, "supplier_id": None},
+            "ts": frame["ts"],
+        }
+    payload = roles.redacted_payload(frame["event"], frame["payload"])
+    return frame if payload is frame["payload"] else {**frame, "payload": payload}
+
+
+@functools.lru_cache(maxsize=2048)
+def plan_view_text(text: str) -> str:
+    """``plan_view_frame`` of an encoded event frame. The hub hands one string object to
+    every local subscriber of an event: each process decodes it once for all the
+    run-sheet readers of the topic (the cache holds the latest 2,048)."""
+    frame = orjson.loads(text)
+    view = plan_view_frame(frame)
+    return text if view is frame else orjson.dumps(view).decode()

@@ -177,7 +177,7 @@ async def send_replay(stream: TopicStream, outbox: Outbox, sync: Sync) -> None:
     """Send what a new subscriber missed of a topic: the sync's events, the rest of the
     log page by page when there is more, then the live events held meanwhile."""
     for seq, text in sync.events:
-        await outbox.put(text)
+        await outbox.put(stream.view(text))
         stream.last_seq = seq
     if stream.last_seq < sync.seq:  # more than a page: the rest page by page
         await fill(stream, outbox, sync.seq, live=False)

@@ -37,9 +37,11 @@ from core.switches import switch_reason_clean
 from realtime import catalogue, selectors, snapshots
 from realtime.broadcast import broadcast_event
 from realtime.catalogue import invalid
-from realtime.errors import RealtimeError
+from realtime.errors import RealtimeError, role_forbidden
 from realtime.models import Ack, Event, IdempotencyKey, ReadOnlyModeChange, TopicCursor
 from realtime.topics import authorize_subscribe, parse_topic, publish_access
+from weddings import roles
+from weddings import selectors as wedsync_selectors
 
 logger = logging.getLogger(__name__)
 
@@ -404,6 +406,13 @@ def ack_record(*, user: Any, topic: str, seq: Any) -> AckResult:
     acknowledgement also publishes ``ack.updated`` on the topic with who has acked.
     """
     parsed = authorize_subscribe(user, topic, cached=False)  # a write: checked exactly
+    if parsed.kind == "wedding" and not roles.may(
+        "ack",
+        staff=bool(user.is_staff),
+        acting=bool(wedsync_selectors.user_acting_supplier_ids(user, parsed.id)),
+        editor=lambda: wedsync_selectors.user_can_edit_timeline(user, parsed.id),
+    ):
+        raise role_forbidden("you may not acknowledge events of this wedding")
     topic_name = str(parsed)
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise invalid("seq", "must be a positive integer")

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from realtime import catalogue
-from realtime.errors import RealtimeError, topic_forbidden
+from realtime.errors import RealtimeError, role_forbidden, topic_forbidden
+from weddings import roles
 from weddings import selectors as wedsync_selectors
 from weddings.caching import user_access
 from weddings.models import Supplier, Wedding
@@ -109,7 +110,8 @@ def authorize_subscribe(user: Any, topic: str | Topic, *, cached: bool = True) -
 
 
 def authorize_publish(user: Any, topic: str | Topic, event: str) -> Topic:
-    """Check that ``user`` may publish ``event`` on ``topic`` (PROTOCOL §5 roles).
+    """Check that ``user`` may publish ``event`` on ``topic``: the matrix's row
+    ``publish.<event>`` (``weddings.roles``; PROTOCOL §5).
 
     Always against the database, never the cache: authorising a write must be exact.
 
@@ -133,7 +135,13 @@ def publish_access(
     access = wedsync_selectors.user_wedding_access(user, parsed.id)
     if not access.visible:
         raise topic_forbidden(str(parsed))
-    spec = catalogue.spec_for(event)
-    if not spec.role_allows(user, parsed.id):
-        raise RealtimeError("forbidden", f"you may not publish {event!r} on this wedding")
+    catalogue.spec_for(event)  # invalid_payload (field ``event``) outside the catalogue
+    allowed = roles.may(
+        f"publish.{event}",
+        staff=bool(user.is_staff),
+        acting=bool(access.acting_supplier_ids),
+        editor=lambda: wedsync_selectors.user_can_edit_timeline(user, parsed.id),
+    )
+    if not allowed:
+        raise role_forbidden(f"you may not publish {event!r} on this wedding")
     return parsed, access

@@ -17,9 +17,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from realtime import selectors as realtime_selectors
+from realtime.access import snapshot_view
 from realtime.models import Ack, Event, TopicCursor
 from realtime.protocol import event_frame
 from realtime.snapshots import snapshot_get
+from weddings import roles
 from weddings import selectors as domain
 from weddings.models import Booking, SupplierMembership, Wedding
 
@@ -145,8 +147,11 @@ def _viewer(user: Any, wedding: Wedding, booked: set[int]) -> dict[str, Any]:
         "supplier_ids": mine,
         "can_edit": can_edit,
         "is_staff": bool(user.is_staff),
-        # The couple follow their day's progress; they do not coordinate the vendors.
-        "read_only": not (user.is_staff or mine),
+        # The couple follow their day's progress; they do not coordinate the vendors
+        # (the role matrix, weddings.roles: read.coordination).
+        "read_only": not roles.may(
+            "read.coordination", staff=bool(user.is_staff), acting=bool(mine), editor=bool
+        ),
     }
 
 
@@ -178,9 +183,9 @@ def _open_emergencies(topic: str, seq: int) -> list[dict[str, Any]]:
     raised.reverse()
     acked: dict[int, list[int]] = {event.pk: [] for event in raised}
     for event_id, user_id in (
-        Ack.objects.filter(event_id__in=acked).order_by("created_at", "id").values_list(
-            "event_id", "user_id"
-        )
+        Ack.objects.filter(event_id__in=acked)
+        .order_by("created_at", "id")
+        .values_list("event_id", "user_id")
     ):
         acked[event_id].append(user_id)
     return [{"frame": event_frame(event), "acked": acked[event.pk]} for event in raised]
@@ -195,14 +200,8 @@ def _shift_notices(user: Any, topic: str, seq: int, mine: list[int]) -> list[dic
         topic=topic, seq__lte=seq, event="timeline.shifted", ack_required=True,
         created_at__gte=since,
     ).order_by("-seq")[:50]  # fmt: skip
-    wanted = [
-        event
-        for event in shifts
-        if set(event.payload.get("ack_suppliers", ())) & set(mine)
-    ]
-    acked = set(
-        Ack.objects.filter(user=user, event__in=wanted).values_list("event_id", flat=True)
-    )
+    wanted = [event for event in shifts if set(event.payload.get("ack_suppliers", ())) & set(mine)]
+    acked = set(Ack.objects.filter(user=user, event__in=wanted).values_list("event_id", flat=True))
     notices = [event_frame(event) for event in wanted if event.pk not in acked]
     return list(reversed(notices[:SHIFT_NOTICE_LIMIT]))
 
@@ -238,6 +237,8 @@ def wedding_page_state(*, user: Any, wedding: Wedding) -> dict[str, Any] | None:
     actors |= {
         e["frame"]["actor"]["user_id"] for e in emergencies if e["frame"]["actor"]["user_id"]
     }
+    if viewer["read_only"]:  # the statuses without what only the vendors read
+        snapshot = snapshot_view(snapshot, staff=False, supplier_ids=())
     return {
         **snapshot,
         "topic": topic,

@@ -253,5 +253,3 @@ def timeline_shift(
     moved.sort(key=lambda item: (item.starts_at, item.pk))
     prefetch_related_objects(moved, "suppliers")
     return moved
-
-

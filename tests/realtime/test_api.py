@@ -326,7 +326,7 @@ def test_snapshot__has_wedding_timeline_suppliers_statuses_and_seq(w):
 def test_snapshot__seq_is_the_topics_current_seq(w):
     for i in range(3):
         event_publish(topic=w.a.topic, event="message.posted", payload={"text": f"m{i}"},
-                      user=w.couple)  # fmt: skip
+                      user=w.photographer)  # fmt: skip
 
     body = ok_json(Client().get(w.path(w.a), **bearer(w.couple)))
 
@@ -387,7 +387,7 @@ def test_snapshot_state__snapshot_plus_events_since_its_seq_is_a_fresh_snapshot(
     topic, client, auth = w.a.topic, Client(), bearer(w.couple)
     event_publish(topic=topic, event="vendor.status", user=w.photographer,
                   payload={"supplier_id": w.photo_co.pk, "status": "en_route"})  # fmt: skip
-    event_publish(topic=topic, event="message.posted", payload={"text": "hi"}, user=w.couple)
+    event_publish(topic=topic, event="message.posted", payload={"text": "hi"}, user=w.photographer)
     s0 = ok_json(client.get(w.path(w.a), **auth))
     assert s0["seq"] == 2 and len(s0["statuses"]) == 1
 
@@ -612,7 +612,7 @@ def test_history__pages_with_next_since_until_null(w):
     for i in range(7):
         event_publish(topic=w.a.topic, event="message.posted", payload={"text": f"m{i}"},
                       user=w.photographer)  # fmt: skip
-    client, auth = Client(), bearer(w.couple)
+    client, auth = Client(), bearer(w.planner)
     # when paging three at a time
     pages, since = [], 0
     while since is not None:
@@ -646,7 +646,9 @@ def test_history__default_limit_is_100(w):
 
 @pytest.mark.parametrize("query", ["limit=1", "limit=1000", "since=0&limit=1000"])
 def test_history__limit_within_bounds_is_accepted(w, query):
-    event_publish(topic=w.a.topic, event="message.posted", payload={"text": "x"}, user=w.couple)
+    event_publish(
+        topic=w.a.topic, event="message.posted", payload={"text": "x"}, user=w.photographer
+    )
 
     page = ok_json(Client().get(w.path(w.a, f"events?{query}"), **bearer(w.couple)))
 
@@ -665,7 +667,7 @@ def test_history__bad_limit_or_since_is_400(w, query):
 def test_history__since_beyond_seq_is_not_recovered_and_has_no_events(w):
     for text in ("a", "b"):
         event_publish(topic=w.a.topic, event="message.posted", payload={"text": text},
-                      user=w.couple)  # fmt: skip
+                      user=w.photographer)  # fmt: skip
 
     page = ok_json(Client().get(w.path(w.a, "events?since=5"), **bearer(w.couple)))
 
@@ -675,7 +677,9 @@ def test_history__since_beyond_seq_is_not_recovered_and_has_no_events(w):
 
 
 def test_history__since_at_seq_is_recovered_with_no_events(w):
-    event_publish(topic=w.a.topic, event="message.posted", payload={"text": "a"}, user=w.couple)
+    event_publish(
+        topic=w.a.topic, event="message.posted", payload={"text": "a"}, user=w.photographer
+    )
 
     page = ok_json(Client().get(w.path(w.a, "events?since=1"), **bearer(w.couple)))
 
@@ -802,7 +806,7 @@ def test_publish__hidden_wedding_is_404_identical_to_missing_one(w, body):
 
 
 def test_publish__session_without_csrf_is_403_and_with_csrf_is_201(w):
-    client = logged_in(w.couple)
+    client = logged_in(w.photographer)
 
     refused = post(client, w.path(w.a, "events"), message("no csrf"))
     accepted = post(client, w.path(w.a, "events"), message("with csrf"), **with_csrf(client))

@@ -468,7 +468,7 @@ def test_wedding_updated__couple_may_not(world):
 
 def test_emergency_raised__is_critical_needs_ack_and_gets_an_id(world):
     raised = _publish(
-        world, "emergency.raised", {"kind": "medical", "text": "Guest fainted"}, world.couple
+        world, "emergency.raised", {"kind": "medical", "text": "Guest fainted"}, world.photographer
     )
     named = _publish(world, "emergency.raised", {"id": "e1", "kind": "fire", "text": "Smoke"})
     resolved = _publish(world, "emergency.resolved", {"id": "e1"})  # by its raiser

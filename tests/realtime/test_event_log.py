@@ -115,7 +115,7 @@ def _publish_concurrently(world: World, *, per_thread: int) -> tuple[list[int], 
             _post(world, f"{user.pk}-{i}", user=user).event.seq for i in range(per_thread)
         ]
 
-    users = [world.planner, world.photographer, world.couple, world.staff]
+    users = [world.planner, world.photographer, make_user(is_staff=True), world.staff]
     results, errors = _at_once(*[publisher(user) for user in users])
     return [seq for seqs in results for seq in seqs], errors
 
@@ -187,9 +187,9 @@ def test_ack__concurrent_acks_each_count_all_earlier_ones(settings):
         topic=world.topic,
         event="emergency.raised",
         payload={"kind": "medical", "text": "help"},
-        user=world.couple,
+        user=world.photographer,
     ).event
-    users = [world.planner, world.photographer, world.couple, world.staff]
+    users = [world.planner, world.photographer, make_user(is_staff=True), world.staff]
 
     # when
     results, errors = _at_once(
@@ -229,7 +229,7 @@ def test_publish__failure_stores_nothing_and_keeps_the_cursor(world, event, payl
 
     # when
     with pytest.raises(RealtimeError) as info:
-        event_publish(topic=world.topic, event=event, payload=payload, user=world.couple)
+        event_publish(topic=world.topic, event=event, payload=payload, user=world.photographer)
 
     # then
     assert info.value.code == code
@@ -546,13 +546,13 @@ def test_event_frame__marks_ack_required_and_system_actor(world):
         topic=world.topic,
         event="emergency.raised",
         payload={"kind": "medical", "text": "help"},
-        user=world.couple,
+        user=world.staff,
     ).event
     system = event_publish_system("ops", "alert.raised", {"text": "x"}, priority="critical")
 
     assert event_frame(raised)["ack_required"] is True
     assert event_frame(raised)["priority"] == "critical"
-    assert event_frame(raised)["actor"] == {"user_id": world.couple.pk, "supplier_id": None}
+    assert event_frame(raised)["actor"] == {"user_id": world.staff.pk, "supplier_id": None}
     assert event_frame(system)["actor"] == {"user_id": None, "supplier_id": None}
     assert "ack_required" not in event_frame(system)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event_frame(system)["ts"])
@@ -610,7 +610,7 @@ def _raise_emergency(world: World) -> Event:
         topic=world.topic,
         event="emergency.raised",
         payload={"kind": "medical", "text": "Guest fainted"},
-        user=world.couple,
+        user=world.planner,
     ).event
 
 
@@ -658,9 +658,9 @@ def test_ack__each_new_ack_updates_the_count(world):
 def test_ack__of_an_event_without_ack_required_is_stored_silently(world):
     message = _post(world, "fyi").event
 
-    result = ack_record(user=world.couple, topic=world.topic, seq=message.seq)
+    result = ack_record(user=world.photographer, topic=world.topic, seq=message.seq)
 
-    assert (result.created, result.update, result.acked) == (True, None, [world.couple.pk])
+    assert (result.created, result.update, result.acked) == (True, None, [world.photographer.pk])
     assert _seqs(world.topic) == [1]
 
 
@@ -747,12 +747,9 @@ def test_vendor_statuses__latest_per_booked_supplier(world):
 
 
 def test_user_without_suppliers_has_no_actor_supplier(world):
-    couple_event = _post(world, "from the couple", user=world.couple).event
-    solo = make_user()
-    world.wedding.couple.add(solo)
+    staff_event = _post(world, "from staff", user=world.staff).event
 
-    assert couple_event.actor_supplier_id is None
-    assert _post(world, "solo", user=solo).event.actor_supplier_id is None
+    assert staff_event.actor_supplier_id is None
 
 
 # --- admin ----------------------------------------------------------------------------

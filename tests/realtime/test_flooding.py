@@ -242,14 +242,14 @@ def test_flood__retention_never_prunes_open_emergencies_or_latest_statuses(setti
         )
 
     open_one = event_publish(
-        topic=topic, event="emergency.raised", payload=_emergency("fire"), user=world_.couple
+        topic=topic, event="emergency.raised", payload=_emergency("fire"), user=world_.photographer
     ).event
     resolved = event_publish(
-        topic=topic, event="emergency.raised", payload=_emergency("rain"), user=world_.couple
+        topic=topic, event="emergency.raised", payload=_emergency("rain"), user=world_.photographer
     ).event
     event_publish(
         topic=topic, event="emergency.resolved", payload={"id": resolved.payload["id"]},
-        user=world_.couple,
+        user=world_.photographer,
     )  # fmt: skip
     old_status = status(planner_co, "on_way")
     latest_planner = status(planner_co, "arrived")

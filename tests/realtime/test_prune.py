@@ -130,7 +130,7 @@ def test_prune__takes_the_acks_of_pruned_events_along():
         topic=world.topic,
         event="emergency.raised",
         payload={"kind": "fire", "text": "smoke"},
-        user=world.couple,
+        user=world.photographer,
     ).event
     ack_record(user=world.planner, topic=world.topic, seq=raised.seq)
     # resolved: retention keeps open emergencies whatever their age
@@ -138,7 +138,7 @@ def test_prune__takes_the_acks_of_pruned_events_along():
         topic=world.topic,
         event="emergency.resolved",
         payload={"id": raised.payload["id"]},
-        user=world.couple,
+        user=world.photographer,
     )
     _age(world.topic, [raised.seq], dt.timedelta(days=8))
 

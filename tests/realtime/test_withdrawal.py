@@ -25,7 +25,7 @@ from tests.factories import make_booking, make_supplier, make_user, make_wedding
 from tests.realtime import test_consumer, test_e2e
 from tests.realtime.test_consumer import Conn, world
 from tests.realtime.test_e2e import open_ws
-from weddings.models import Booking
+from weddings.models import Booking, SupplierMembership
 
 # The fixtures of the consumer and end-to-end tests, used here as they are.
 opened = test_consumer.opened
@@ -130,10 +130,10 @@ async def test_staff_removed__staff_only_topics_unsubscribed_own_kept_publish_re
     staff = w["staff"]
 
     @database_sync_to_async
-    def also_couple() -> None:
-        w["a"].couple.add(staff)
+    def also_photographer() -> None:  # a vendor of A too
+        SupplierMembership.objects.create(supplier=w["photo_co"], user=staff)
 
-    await also_couple()
+    await also_photographer()
     conn, _, _ = await opened(user=staff)
     await subscribed(conn, "ops", w["a"].topic, w["b"].topic)
 
