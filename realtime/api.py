@@ -1,5 +1,5 @@
-"""HTTP API of PROTOCOL §9 (rows 1 to 5): token, weddings, snapshot, history, publish; and
-the staff view of open connections.
+"""HTTP API of PROTOCOL §9 (rows 1 to 5): token, weddings, snapshot, history, publish; the
+connect ticket (v1.1); and the staff view of open connections.
 
 Every endpoint accepts the Django session (with CSRF for writes) or a token as
 ``Authorization: Bearer <token>``. Errors are JSON ``{"error": {"code", "message"}}``;
@@ -36,6 +36,7 @@ from .errors import RealtimeError, topic_forbidden
 from .limits import get_user_limits
 from .protocol import MAX_FRAME_BYTES, event_frame, plan_view_frame
 from .snapshots import snapshot_key, snapshot_load, wedding_summary
+from .tickets import TicketUnavailable, ticket_issue
 from .tokens import (
     TokenError,
     atoken_authenticate,
@@ -109,6 +110,29 @@ def token_view(request: HttpRequest) -> HttpResponse:
     except (TypeError, ValueError) as exc:
         raise ApiError("bad_request", str(exc), 400) from None
     return json_response({"token": token, "expires_at": token_expires_at(token)})
+
+
+@async_api_view("POST")
+async def ticket_view(request: HttpRequest) -> HttpResponse:
+    """A single-use connect ticket for the signed-in user (PROTOCOL §2, v1.1), for
+    ``/ws/realtime/?ticket=``: what a client sends in the handshake URL instead of its
+    long-lived token.
+
+    It takes from the same per-user budget as token issues (429 ``rate_limited``); bought
+    with a bearer token, it expires no later than that token. The body is ignored. The
+    answer is a credential: ``Cache-Control: no-store``.
+    """
+    await get_user_limits().check_token_issue(request.user.pk)
+    header = request.headers.get("Authorization", "")
+    # aapi_authenticate has accepted this bearer token, so it has a valid expiry.
+    not_after = token_expires_at(header[7:].strip()) if header.startswith("Bearer ") else None
+    try:
+        ticket, expires_in = await ticket_issue(user=request.user, not_after=not_after)
+    except TicketUnavailable as exc:
+        raise RealtimeError("unavailable", str(exc)) from None
+    response = json_response({"ticket": ticket, "expires_in": expires_in})
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @api_view("GET")

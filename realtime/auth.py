@@ -7,7 +7,10 @@
 * With an allowed ``Origin`` (a browser), the Django session authenticates.
 * With no ``Origin`` (not a browser), only ``?token=`` authenticates; a session cookie
   alone is ignored.
-* A valid ``?token=`` authenticates in either case.
+* A valid ``?token=`` authenticates in either case; so does a valid ``?ticket=`` (a
+  single-use connect ticket, ``realtime.tickets``, PROTOCOL §2 v1.1), which the
+  handshake uses up whether it then authenticates or not. With both, the token
+  authenticates and the ticket is left unused.
 
 The consumer closes with 4001 when ``scope["user"]`` is not authenticated.
 
@@ -35,6 +38,7 @@ from django.http.request import split_domain_port, validate_host
 
 from core.db import in_db_thread
 
+from .tickets import aticket_authenticate
 from .tokens import TokenError, atoken_authenticate
 
 
@@ -141,8 +145,8 @@ session_user = in_db_thread(_session_user)
 
 
 class RealtimeAuthMiddleware:
-    """The origin check, the path, and ``scope["user"]`` from ``?token=`` or, for a
-    browser, the session cookie; then the consumer."""
+    """The origin check, the path, and ``scope["user"]`` from ``?token=``, ``?ticket=``
+    or, for a browser, the session cookie; then the consumer."""
 
     def __init__(self, app: Any, *, path: str) -> None:
         self.app = app
@@ -167,10 +171,14 @@ class RealtimeAuthMiddleware:
         scope["user"] = AnonymousUser()
         query = parse_qs(scope.get("query_string", b"").decode("latin1"))
         token = (query.get("token") or [None])[0]
-        if token:
+        ticket = (query.get("ticket") or [None])[0]
+        if token or ticket:
             try:
-                scope["user"] = await atoken_authenticate(token)
-            except TokenError as exc:
+                if token:
+                    scope["user"] = await atoken_authenticate(token)
+                else:
+                    scope["user"] = await aticket_authenticate(ticket)
+            except TokenError as exc:  # tickets' errors are TokenErrors too
                 scope["auth_error"] = exc.code
         elif origin is not None:
             # A browser: its session. Without an Origin a session cookie alone does not

@@ -138,3 +138,26 @@ class TokenVersion(models.Model):
 
     def __str__(self) -> str:
         return f"tokens of user {self.user_id}: version {self.version}"
+
+
+class ConnectTicket(models.Model):
+    """A connect ticket not used yet, on the embedded default (with ``REDIS_URL`` tickets
+    live in Redis): ``realtime.tickets``, PROTOCOL §2 (v1.1).
+
+    Keyed by the SHA-256 of the ticket, never the ticket itself, so a row (a backup, a
+    query log) is no credential. Using a ticket deletes its row in the same statement
+    that reads it; rows nobody used are deleted once expired, when the next is issued.
+    """
+
+    digest = models.CharField(max_length=64, primary_key=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # The token version and password fingerprint the ticket was bought with (as a token's).
+    version = models.PositiveIntegerField()
+    fingerprint = models.CharField(max_length=32)
+    expires = models.FloatField(db_index=True)  # Unix seconds
+
+    class Meta:
+        verbose_name = "connect ticket"
+
+    def __str__(self) -> str:
+        return f"connect ticket of user {self.user_id}"

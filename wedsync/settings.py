@@ -387,6 +387,10 @@ CONTENT_SECURITY_POLICY = {
 # Realtime tokens (PROTOCOL §2): default lifetime, and the longest one may ask for.
 REALTIME_TOKEN_TTL = env.int("REALTIME_TOKEN_TTL", default=3600)
 REALTIME_TOKEN_MAX_TTL = env.int("REALTIME_TOKEN_MAX_TTL", default=60 * 60 * 24 * 7)
+# Connect tickets (PROTOCOL §2, v1.1; realtime/tickets.py): single-use, this many seconds.
+# Short on purpose: a client buys one just before it connects; one seen later in a URL,
+# a log or a history is long dead.
+REALTIME_TICKET_TTL = env.int("REALTIME_TICKET_TTL", default=30)
 
 # Per-connection limits (PROTOCOL §4, §8; enforced by realtime/limits.py and the consumer).
 REALTIME_PUBLISH_RATE = env.float("REALTIME_PUBLISH_RATE", default=20.0)  # publishes/s
