@@ -217,8 +217,8 @@ AUTHENTICATION_BACKENDS = [
 # Sign-in throttling (django-axes; docs/security.md): this many wrong passwords for one
 # username from one IP address lock that pair out for the cool-off (hours); a right
 # password is then refused too (429). Other users, and the same user from elsewhere, are
-# unaffected. The client IP is REMOTE_ADDR (axes' default); behind a proxy set
-# AXES_IPWARE_PROXY_COUNT etc. so that a forged X-Forwarded-For cannot pick the address.
+# unaffected. The client IP is REMOTE_ADDR (axes' default), which uvicorn takes from
+# X-Forwarded-For only for requests from FORWARDED_ALLOW_IPS (a trusted proxy).
 AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_TIME", default=0.25)  # hours: 15 minutes
