@@ -96,7 +96,9 @@ class ConsumerRegistry:
 
     async def _sweep_forever(self) -> None:
         interval = settings.REALTIME_SWEEP_INTERVAL
-        while self._consumers:
+        # On while the hub remembers topics too: a lingering topic's memory is checked
+        # against the log's head like any other (``TopicHub.check_heads``).
+        while self._consumers or self._hub.recent:
             await asyncio.sleep(interval)
             try:
                 await self.sweep(topic_positions)
@@ -167,10 +169,13 @@ class ConsumerRegistry:
             c.connection for c in consumers if c.connection is not None and not c.closing
         )
         await self._hub.retry_joins()
+        topics.update(self._hub.recent)  # the hub's memory of lingering topics too
         if not topics:
             return
-        # One query for the whole loop: the current seq of every subscribed topic.
+        # One query for the whole loop: the current seq of every topic it follows.
         current = await topic_positions(sorted(topics))
+        # The hub's memory must never answer a subscribe with a seq below the log's head.
+        self._hub.check_heads(current)
         for consumer in consumers:
             for topic, stream in list(consumer.streams.items()):
                 if stream.syncing:

@@ -455,6 +455,7 @@ class RealtimeConsumer:
     async def _refill(self, stream: TopicStream, upto: int) -> None:
         try:
             await fill(stream, self.outbox, upto, live=True)
+            get_node().hub.saw(stream.topic, stream.last_seq)
             await finish_sync(stream, self.outbox)
         except OutboxFull:
             await self.close(CLOSE_OVERLOADED, "client too slow")
@@ -515,6 +516,7 @@ class RealtimeConsumer:
         if message["seq"] > stream.last_seq:
             try:
                 await fill(stream, self.outbox, message["seq"], live=True)
+                get_node().hub.saw(stream.topic, stream.last_seq)
             except OutboxFull:
                 await self.close(CLOSE_OVERLOADED, "client too slow")
 

@@ -121,6 +121,17 @@ class TopicHub:
         """``topic``'s recent events when the hub is in its group, else None."""
         return None if topic in self.unjoined else self.recent.get(topic)
 
+    def saw(self, topic: str, seq: int) -> None:
+        """A local connection got ``topic``'s event ``seq`` from the log (``Recent.saw``)."""
+        recent = self.recent.get(topic)
+        if recent is not None:
+            recent.saw(seq)
+
+    def check_heads(self, heads: dict[str, int]) -> None:
+        """The topics' heads in the log, read by the sweep (``Recent.check_head``)."""
+        for topic, recent in self.recent.items():
+            recent.check_head(heads.get(topic, 0))
+
     def in_group(self, topic: str) -> bool:
         """Whether the hub is in ``topic``'s group now (joined, not joining or failed)."""
         return topic in self.recent and topic not in self._joining and topic not in self.unjoined

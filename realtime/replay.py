@@ -97,12 +97,14 @@ class Recent:
     the gap; a repeat is ignored.
     """
 
-    __slots__ = ("frames", "last", "max_age", "max_events")
+    __slots__ = ("behind", "frames", "last", "max_age", "max_events")
 
     def __init__(self, max_events: int = RECENT_MAX, max_age: float = RECENT_S) -> None:
         self.frames: deque[tuple[int, str, float]] = deque()  # (seq, frame text, received)
         self.last: int | None = None
         self.max_events, self.max_age = max_events, max_age
+        # The topic's head in the log at the previous sweep (``check_head``).
+        self.behind = 0
 
     @property
     def first(self) -> int:
@@ -119,6 +121,22 @@ class Recent:
         """Forget everything (the hub may have missed events)."""
         self.frames.clear()
         self.last = None
+
+    def saw(self, seq: int) -> None:
+        """Event ``seq`` reached a connection from the log, not through the hub (a gap
+        fill, the sweep's catch-up): beyond ``last``, the hub missed it, and its memory is
+        not the topic's head any more. Forget it: the next subscribe reads the log."""
+        if self.last is not None and seq > self.last:
+            self.reset()
+
+    def check_head(self, head: int) -> None:
+        """The sweep read the topic's head from the log: when the memory is still short of
+        the head the previous sweep read, the hub missed events (the layer lost them, as
+        in a Redis outage) and its memory is forgotten, as in ``saw``. A head that is
+        ahead only by events still in flight to the hub is left alone until then."""
+        if self.last is not None and self.last < self.behind:
+            self.reset()
+        self.behind = head
 
     def add(self, seq: int, text: str, now: float | None = None) -> None:
         """Record the event ``seq`` received from the layer."""
