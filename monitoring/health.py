@@ -1,11 +1,26 @@
-"""Readiness probes of the parts a server process needs: database, Redis, channel layer,
-and the process itself (draining, circuit breakers).
+"""Readiness of a server process: can *this process* serve, and in which mode.
 
-``GET /readyz`` is public (load balancers probe it without credentials), so its public
-answer is the status only: 200 ``{"status": "ready"}`` or 503 ``{"status": "not_ready"}``.
-The details (each probe, its error text, the breakers) name hosts, ports and internals:
-they go only to whoever may read ``/metrics`` (``exporter.refusal``: an allowed network,
-the scrape token, or a staff user by token or admin session).
+``GET /readyz`` answers (PROTOCOL §9, v1.1; docs/operations.md "Probes"):
+
+* 200 ``{"status": "ready"}``: everything answers;
+* 200 ``{"status": "degraded"}``: the process serves, in a degraded mode the code is built
+  for: a shared dependency is down (Redis, the channel layer: events are stored and
+  acknowledged, subscribers catch up from the log; presence, limits and counts are
+  local) or a Redis circuit breaker is open, or the database is unreachable while
+  read-only mode is engaged (reads from the cache, writes refused by design);
+* 503 ``{"status": "not_ready"}``: the process cannot serve: it is draining after SIGTERM,
+  or its database does not answer through its own pool of database threads (a hung or
+  exhausted pool counts) and read-only mode is not engaged.
+
+A shared dependency never fails readiness: every host would fail it at once, and a load
+balancer would take them all out of the pool, turning a Redis blip into an outage.
+Liveness (``/healthz``) touches nothing.
+
+``/readyz`` is public (load balancers probe it without credentials), so its public answer
+is the status only. The details (each probe, its error text, the breakers) name hosts,
+ports and internals: they go only to whoever may read ``/metrics``
+(``exporter.refusal``: an allowed network, the scrape token, or a staff user by token or
+admin session).
 """
 
 from __future__ import annotations
@@ -16,13 +31,14 @@ import uuid
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest
 
+from core import switches
 from core.breaker import breaker_states
+from core.db import in_db_thread
 from core.redis import shared_client
 from realtime.node import process as registry
 
@@ -77,7 +93,7 @@ async def _run(probe: Any) -> dict[str, Any]:
 
 
 def _process_state() -> dict[str, Any]:
-    """This process's own state: draining after SIGTERM, and its Redis breakers (an open
+    """This process's own state: draining after SIGTERM, and its circuit breakers (an open
     one means the process is serving in degraded mode: events from the log, presence
     and connection counts local)."""
     states = breaker_states()
@@ -86,20 +102,47 @@ def _process_state() -> dict[str, Any]:
     if registry.draining:
         result["error"] = "shutting down: draining connections"
     elif open_:
-        result["error"] = f"Redis circuit breaker open: {', '.join(open_)}"
+        result["error"] = f"circuit breaker open: {', '.join(open_)}"
     return result
 
 
+async def _read_only_engaged() -> bool:
+    """Whether read-only mode is on, from the cached switch; False when it cannot be read
+    within the probe timeout (the database down and the switch not cached, a hung cache:
+    nothing says it is on)."""
+    try:
+        state = await asyncio.wait_for(switches.astate("read_only_mode"), PROBE_TIMEOUT_S)
+    except Exception:
+        return False
+    return bool(state["enabled"])
+
+
 async def readiness() -> dict[str, dict[str, Any]]:
-    """Run every probe concurrently; each entry says ok, or the error."""
+    """Run every probe concurrently; each entry says ok, or the error. The database is
+    probed through the realtime database threads, the pool requests use."""
     probes: dict[str, Any] = {
-        "database": database_sync_to_async(_database_probe),
+        "database": in_db_thread(_database_probe),
         "channel_layer": _channel_layer_probe,
     }
     if settings.REDIS_URL:
         probes["redis"] = _redis_probe
-    results = await asyncio.gather(*(_run(p) for p in probes.values()))
-    return {**dict(zip(probes, results, strict=True)), "process": _process_state()}
+    *results, read_only = await asyncio.gather(
+        *(_run(p) for p in probes.values()), _read_only_engaged()
+    )
+    checks = {**dict(zip(probes, results, strict=True)), "process": _process_state()}
+    checks["read_only_mode"] = {"ok": True, "enabled": read_only}
+    return checks
+
+
+def readiness_status(checks: dict[str, dict[str, Any]]) -> str:
+    """``ready``, ``degraded`` or ``not_ready`` (the module doc)."""
+    if registry.draining:
+        return "not_ready"
+    if not checks["database"]["ok"] and not checks["read_only_mode"]["enabled"]:
+        return "not_ready"
+    if all(check["ok"] for check in checks.values()):
+        return "ready"
+    return "degraded"
 
 
 async def may_see_details(request: HttpRequest) -> bool:
@@ -110,10 +153,11 @@ async def may_see_details(request: HttpRequest) -> bool:
 
 async def readiness_answer(request: HttpRequest) -> tuple[dict[str, Any], int]:
     """The body and status of GET /readyz: the status for everyone, the checks only for
-    those who may see them (see the module doc). The status code is the same for both."""
+    those who may see them (see the module doc). The status code is the same for both:
+    503 only for ``not_ready``."""
     checks = await readiness()
-    ready = all(check["ok"] for check in checks.values())
-    body: dict[str, Any] = {"status": "ready" if ready else "not_ready"}
+    status = readiness_status(checks)
+    body: dict[str, Any] = {"status": status}
     if await may_see_details(request):
         body["checks"] = checks
-    return body, 200 if ready else 503
+    return body, 503 if status == "not_ready" else 200

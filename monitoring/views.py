@@ -17,7 +17,8 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 
 
 async def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: the database, Redis and the channel layer answer (503 when one does not).
+    """Readiness of this process: 200 ready or degraded (a shared dependency down), 503
+    when it cannot serve (draining, or its database unreachable outside read-only mode).
     The probes' details only for who may read /metrics (monitoring/health.py)."""
     body, status = await readiness_answer(request)
     return JsonResponse(body, status=status)

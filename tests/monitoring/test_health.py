@@ -15,7 +15,6 @@ from monitoring.health import PROBE_TIMEOUT_S
 IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
-
 @pytest.fixture(autouse=True)
 def from_an_allowed_network(settings) -> None:
     """The test client's 127.0.0.1 may read the details (the /metrics access rule); the
@@ -84,15 +83,16 @@ def test_readyz__embedded_default_reports_database_and_channel_layer_ok(client: 
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["status"] == "ready"
-    assert set(body["checks"]) == {"database", "channel_layer", "process"}
+    assert set(body["checks"]) == {"database", "channel_layer", "process", "read_only_mode"}
     for name, check in body["checks"].items():
         assert check["ok"] is True, name
-        if name != "process":
+        if name not in ("process", "read_only_mode"):
             assert check["ms"] >= 0
+    assert body["checks"]["read_only_mode"]["enabled"] is False
 
 
 @pytest.mark.django_db(transaction=True)
-def test_readyz__unreachable_redis_is_503_with_the_error_and_no_traceback(
+def test_readyz__unreachable_redis_is_200_degraded_with_the_error_and_no_traceback(
     client: Client,
 ) -> None:
     # given: Redis configured on a port where nothing listens; the in-process layer, so that
@@ -103,10 +103,10 @@ def test_readyz__unreachable_redis_is_503_with_the_error_and_no_traceback(
         response = client.get("/readyz")
         elapsed = time.monotonic() - started
 
-    # then
-    assert response.status_code == 503
+    # then: still ready (a shared dependency never fails readiness), degraded
+    assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "not_ready"
+    assert body["status"] == "degraded"
     assert body["checks"]["redis"]["ok"] is False
     assert body["checks"]["redis"]["error"]  # names what went wrong
     assert "ConnectionError" in body["checks"]["redis"]["error"]
@@ -149,9 +149,9 @@ def test_readyz__redis_layer_on_unreachable_redis_fails_within_the_probe_timeout
     assert "response" in answered, f"/readyz did not answer within {elapsed:.1f} s"
     assert elapsed >= PROBE_TIMEOUT_S * 0.9  # the probes did hang: the timeout ended them
     response = answered["response"]
-    assert response.status_code == 503
+    assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "not_ready"
+    assert body["status"] == "degraded"
     checks = body["checks"]
     assert checks["redis"]["ok"] is False
     assert checks["redis"]["error"].startswith("TimeoutError")
@@ -170,13 +170,13 @@ def test_readyz__real_redis_reports_redis_and_the_redis_layer_ok(
 
     assert response.status_code == 200, response.content
     checks = response.json()["checks"]
-    assert set(checks) == {"database", "redis", "channel_layer", "process"}
+    assert set(checks) == {"database", "redis", "channel_layer", "process", "read_only_mode"}
     assert all(check["ok"] for check in checks.values()), checks
 
 
 @pytest.mark.django_db(transaction=True)
 @override_settings(REDIS_URL="", CHANNEL_LAYERS=IN_MEMORY)
-def test_readyz__open_breaker__503_naming_it(client: Client) -> None:
+def test_readyz__open_breaker__200_degraded_naming_it(client: Client) -> None:
     from core.breaker import redis_breaker
 
     breaker = redis_breaker("channel-layer")
@@ -184,9 +184,11 @@ def test_readyz__open_breaker__503_naming_it(client: Client) -> None:
         with pytest.raises(OSError):
             breaker.call(_refuse)
 
-    body = client.get("/readyz").json()
+    response = client.get("/readyz")
+    body = response.json()
 
-    assert body["status"] == "not_ready"
+    assert response.status_code == 200
+    assert body["status"] == "degraded"
     assert body["checks"]["process"]["ok"] is False
     assert body["checks"]["process"]["breakers"]["channel-layer"] == "open"
     assert "channel-layer" in body["checks"]["process"]["error"]
@@ -202,6 +204,7 @@ def test_readyz__draining__503_shutting_down(client: Client, monkeypatch) -> Non
     response = client.get("/readyz")
 
     assert response.status_code == 503
+    assert response.json()["status"] == "not_ready"
     assert response.json()["checks"]["process"]["error"] == "shutting down: draining connections"
 
 

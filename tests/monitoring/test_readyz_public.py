@@ -1,4 +1,5 @@
-"""``GET /readyz`` in public: the status only (200/503, same codes as the detailed answer);
+"""``GET /readyz`` in public: the status only (200 ready or degraded, 503 not ready: the same
+codes as the detailed answer);
 the probes, their errors and the breakers only for whoever may read /metrics (an allowed
 network, the scrape token, a staff user by session or token)."""
 
@@ -18,8 +19,8 @@ OUTSIDER = "203.0.113.7"  # TEST-NET-3: not in any allowed network
 
 @pytest.fixture(autouse=True)
 def probes(settings) -> str:
-    """Redis on a port where nothing listens: /readyz is 503 and its error names the host
-    and port; only 127.0.0.1 is an allowed network."""
+    """Redis on a port where nothing listens: /readyz is 200 degraded and its error names
+    the host and port; only 127.0.0.1 is an allowed network."""
     settings.REDIS_URL = dead_redis_url()
     settings.CHANNEL_LAYERS = IN_MEMORY
     settings.METRICS_ALLOWED_NETWORKS = ["127.0.0.1/32"]
@@ -27,15 +28,26 @@ def probes(settings) -> str:
     return settings.REDIS_URL
 
 
-def test_readyz__public_not_ready__503_status_only_no_error_text(client: Client) -> None:
+def test_readyz__public_degraded__200_status_only_no_error_text(client: Client) -> None:
     response = client.get("/readyz", REMOTE_ADDR=OUTSIDER)
 
-    assert response.status_code == 503
-    assert response.json() == {"status": "not_ready"}
+    assert response.status_code == 200
+    assert response.json() == {"status": "degraded"}
     text = response.content.decode()
     assert "127.0.0.1" not in text
     assert "Error" not in text
     assert "breaker" not in text
+
+
+def test_readyz__public_not_ready__503_status_only(client: Client, monkeypatch) -> None:
+    from realtime.node import process as registry
+
+    monkeypatch.setattr(registry, "draining", True)
+
+    response = client.get("/readyz", REMOTE_ADDR=OUTSIDER)
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "not_ready"}
 
 
 def test_readyz__public_ready__200_status_only(client: Client, settings) -> None:
@@ -52,21 +64,21 @@ def test_readyz__non_staff_session__status_only(client: Client) -> None:
 
     response = client.get("/readyz", REMOTE_ADDR=OUTSIDER)
 
-    assert response.status_code == 503
-    assert response.json() == {"status": "not_ready"}
+    assert response.status_code == 200
+    assert response.json() == {"status": "degraded"}
 
 
 def test_readyz__bad_bearer_token__status_only_not_401(client: Client) -> None:
     response = client.get("/readyz", REMOTE_ADDR=OUTSIDER, HTTP_AUTHORIZATION="Bearer not-a-token")
 
-    assert response.status_code == 503  # the load balancer's answer, whatever it sends
-    assert response.json() == {"status": "not_ready"}
+    assert response.status_code == 200  # the load balancer's answer, whatever it sends
+    assert response.json() == {"status": "degraded"}
 
 
 def _assert_details(response, redis_url: str) -> None:
-    assert response.status_code == 503
+    assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "not_ready"
+    assert body["status"] == "degraded"
     assert body["checks"]["redis"]["ok"] is False
     assert "ConnectionError" in body["checks"]["redis"]["error"]
     assert "breakers" in body["checks"]["process"]

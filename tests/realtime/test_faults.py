@@ -57,6 +57,30 @@ def seed(users: int) -> dict[str, Any]:
     return {"topic": wedding.topic, "tokens": [token_issue(user=p) for p in people]}
 
 
+def readiness(server: Server) -> tuple[int, str]:
+    """/readyz's status code and its ``status`` ("ready", "degraded", "not_ready")."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        conn.request("GET", "/readyz")
+        response = conn.getresponse()
+        return response.status, orjson.loads(response.read())["status"]
+    except OSError:
+        return 0, ""
+    finally:
+        conn.close()
+
+
+async def wait_readiness(server: Server, status: str, timeout: float = 30) -> int:
+    """Wait until /readyz says ``status``; returns its HTTP status code."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, said = await asyncio.to_thread(readiness, server)
+        if said == status:
+            return code
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"/readyz on :{server.port} never said {status}")
+
+
 def http_status(server: Server, path: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     try:
@@ -128,9 +152,7 @@ class Publishers:
         await client.close()
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.ensure_future(self._run(i, c)) for i, c in enumerate(self.clients)
-        ]
+        self._tasks = [asyncio.ensure_future(self._run(i, c)) for i, c in enumerate(self.clients)]
 
     async def stop(self) -> None:
         self._stop.set()
@@ -172,14 +194,15 @@ async def test_redis_killed_and_restarted__every_acked_event_once_in_order():
         # when Redis dies for a few seconds, and comes back empty
         redis.kill()
         for server in servers:
-            await wait_status(server, "/readyz", 503)
+            # degraded, and still ready: a load balancer keeps every host in its pool
+            assert await wait_readiness(server, "degraded") == 200
             assert await asyncio.to_thread(http_status, server, "/healthz") == 200
         acked_during_outage = len(publishers.acked)
         await asyncio.sleep(3)
         acked_during_outage = len(publishers.acked) - acked_during_outage
         redis.start()
         for server in servers:
-            await wait_status(server, "/readyz", 200)
+            assert await wait_readiness(server, "ready") == 200
         await asyncio.sleep(1.5)
         await publishers.stop()
 
@@ -204,8 +227,7 @@ async def test_one_of_two_servers_sigkilled__its_clients_move_over_and_miss_noth
         world = await seed(users=2 + STORM)
         topic, tokens = world["topic"], world["tokens"]
         subscribers = [
-            await Subscriber([a.ws_url, b.ws_url], tokens[2 + i]).start(topic)
-            for i in range(STORM)
+            await Subscriber([a.ws_url, b.ws_url], tokens[2 + i]).start(topic) for i in range(STORM)
         ]
         publishers = Publishers(
             topic, [RealtimeClient(b.ws_url, token=tokens[i]) for i in range(2)]
@@ -473,7 +495,8 @@ async def test_database_unreachable__writes_503_unavailable_cached_reads_go_on(r
                     break
                 await asyncio.sleep(0.2)
             assert "database unreachable" in headers["x-wedsync-read-only"]
-            assert await asyncio.to_thread(http_status, server, "/readyz") == 503
+            # this process cannot serve writes: not ready (503) outside read-only mode
+            assert await asyncio.to_thread(readiness, server) == (503, "not_ready")
         finally:
             await asyncio.to_thread(database, True)
 
@@ -488,4 +511,48 @@ async def test_database_unreachable__writes_503_unavailable_cached_reads_go_on(r
         assert orjson.loads(body)["seq"] == 1
         await ws.close()
     finally:
+        server.stop()
+
+
+@pytest.mark.postgres
+async def test_database_unreachable_in_read_only_mode__ready_as_degraded_not_failed(redis_url):
+    # Read-only mode is the operator's way of serving through a database outage (reads
+    # from the cache, writes refused by design): a process in it stays in the pool.
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL")
+    import psycopg
+
+    from realtime.services import read_only_mode_set
+
+    app_name = f"wedsync-read-only-{os.getpid()}"
+    db_name = connection.settings_dict["NAME"]
+    admin_dsn = test_database_url().rsplit("/", 1)[0] + "/postgres"
+
+    def database(allow: bool) -> None:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{db_name}" WITH ALLOW_CONNECTIONS {allow}')
+            if not allow:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = %s",
+                    [app_name],
+                )
+
+    switch = database_sync_to_async(read_only_mode_set)
+    server = Server("uvicorn", DATABASE_APPLICATION_NAME=app_name)
+    try:
+        # given read-only mode engaged, and seen by the server (its switch is cached)
+        await switch(enabled=True, reason="database maintenance", user=None)
+        assert await asyncio.to_thread(readiness, server) == (200, "ready")
+
+        # when the database refuses every connection of the server
+        await asyncio.to_thread(database, False)
+        try:
+            # then the process is degraded, still ready
+            assert await wait_readiness(server, "degraded") == 200
+        finally:
+            await asyncio.to_thread(database, True)
+        assert await wait_readiness(server, "ready") == 200
+    finally:
+        await switch(enabled=False, reason="maintenance over", user=None)
         server.stop()

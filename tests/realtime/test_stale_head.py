@@ -19,7 +19,7 @@ from realtime.replay import Recent, sync_from_memory
 from realtime.tokens import token_issue
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
 from tests.realtime.test_e2e import Ws, open_ws
-from tests.realtime.test_faults import FAST, wait_status
+from tests.realtime.test_faults import FAST, wait_readiness
 from tests.servers import RedisServer, Server
 
 
@@ -67,7 +67,7 @@ async def test_after_a_redis_outage__a_new_subscriber_is_told_the_true_seq():
         assert acked == [6, 7, 8]
         redis.start()
         for server in (a, b):
-            await wait_status(server, "/readyz", 200)
+            await wait_readiness(server, "ready")
         await old.wait_events(8)  # the sweep filled A's subscriber in from the log
         assert [e["seq"] for e in old.events] == list(range(1, 9))
 

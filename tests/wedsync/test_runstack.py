@@ -293,7 +293,10 @@ def test_runstack__redis_mode_reports_redis_ready_and_runs_tasks(
     assert "ONE server process only" not in stack.output
     status, body = stack.get("/readyz")
     assert status == 200, body
-    assert set(body["checks"]) == {"database", "redis", "channel_layer", "process"}
+    assert set(body["checks"]) == {
+        "database", "redis", "channel_layer", "process", "read_only_mode",
+    }  # fmt: skip
+    assert body["status"] == "ready"
     assert all(check["ok"] for check in body["checks"].values()), body
     send_task_and_wait_until_consumed(stack)
     assert_stops_cleanly_on_sigint(stack)
