@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
 from core.http import ApiError, json_body, json_response
@@ -48,7 +49,8 @@ def _only(data: dict[str, Any], *allowed: str) -> None:
 
 @api_view("GET", "POST")
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """GET: figures, history, alerts, today's weddings. POST: one staff action."""
+    """GET: figures, history, alerts, today's weddings (while the database is unreachable,
+    the last ones read, marked ``stale_since``). POST: one staff action."""
     _staff(request)
     if request.method == "POST":
         return _action(request, json_body(request, MAX_BODY))
@@ -56,9 +58,18 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if not raw.isdigit() or int(raw) not in selectors.MINUTE_CHOICES:
         choices = ", ".join(map(str, selectors.MINUTE_CHOICES))
         raise ApiError("bad_request", f"minutes must be one of {choices}", 400)
-    # Beat's heartbeat is checked from here too: when beat is down nothing in Celery runs.
-    services.beat_check()
-    return json_response(selectors.metrics_overview(minutes=int(raw)))
+    try:
+        # Beat's heartbeat is checked from here too: when beat is down nothing in Celery runs.
+        services.beat_check()
+        return json_response(selectors.metrics_overview(minutes=int(raw)))
+    except DatabaseError:
+        # The last figures, marked stale, rather than a dark dashboard during the outage.
+        stale = selectors.metrics_overview_stale(minutes=int(raw))
+        if stale is None:
+            raise
+        response = json_response(stale)
+        response["X-WedSync-Stale-Since"] = stale["stale_since"]
+        return response
 
 
 def _action(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import threading
 import time
@@ -37,6 +38,10 @@ from .rules import RULES
 
 OVERVIEW_KEY = "monitoring:overview:v1"
 OVERVIEW_TTL = 10  # seconds; the issue's "cached ~10 s"
+# The last overview read, kept this long (in the shared cache and in the process): what
+# the metrics API answers, marked stale, while the database is unreachable.
+LAST_OVERVIEW_TTL = 24 * 3600
+_last_overview: dict[int, dict[str, Any]] = {}
 # Two readings closer than this give rates too noisy to show; the last figures are reused.
 LIVE_MIN_WINDOW_S = 1.0
 HISTORY_MINUTES = 60
@@ -422,7 +427,29 @@ def metrics_overview(*, minutes: int = HISTORY_MINUTES) -> dict[str, Any]:
         ],
     }
     cache.set(key, body, OVERVIEW_TTL)
+    _last_overview[minutes] = body
+    # The shared cache down too: the process keeps its own copy.
+    with contextlib.suppress(Exception):
+        cache.set(f"{key}:last", body, LAST_OVERVIEW_TTL)
     return body
+
+
+def metrics_overview_stale(*, minutes: int = HISTORY_MINUTES) -> dict[str, Any] | None:
+    """The last overview read (by any process, through the shared cache, else by this
+    one), marked ``stale_since`` its time: the metrics API's answer while the database is
+    unreachable. None when there is none."""
+    try:
+        body = get_cache().get(f"{OVERVIEW_KEY}:{minutes}:last")
+    except Exception:
+        body = None
+    body = body or _last_overview.get(minutes)
+    if body is None:
+        return None
+    return {
+        **body,
+        "stale_since": body["generated_at"],
+        "stale_reason": "the database is unreachable: these are the last figures read",
+    }
 
 
 def metrics_overview_invalidate() -> None:

@@ -49,6 +49,24 @@ def test_database_url() -> str:
 test_database_url.__test__ = False  # a helper: pytest must not collect it where imported
 
 
+def database_connections(allow: bool, application_name: str) -> None:
+    """Let a server process reach the test database again, or cut it off: refuse every new
+    connection to the database and end those of ``application_name`` (the server's
+    ``DATABASE_APPLICATION_NAME``). The test's own connection stays open. PostgreSQL only."""
+    import psycopg
+
+    admin_dsn = test_database_url().rsplit("/", 1)[0] + "/postgres"
+    name = connection.settings_dict["NAME"]
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {allow}')
+        if not allow:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                [application_name],
+            )
+
+
 # The settings of the server processes: production's own module with STATIC_ROOT moved to
 # a temporary folder (settings.py takes STATIC_ROOT from no environment variable).
 _SERVER_SETTINGS = """\

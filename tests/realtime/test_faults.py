@@ -29,7 +29,7 @@ from realtime.protocol import CLOSE_CONNECTION_LIMIT, CLOSE_RESTARTING
 from realtime.tokens import token_issue
 from scaling.services import wedding_day_mode_set
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
-from tests.servers import RedisServer, Server, test_database_url
+from tests.servers import RedisServer, Server, database_connections, test_database_url
 
 pytestmark = [
     pytest.mark.slow,
@@ -520,24 +520,9 @@ async def test_database_unreachable_in_read_only_mode__ready_as_degraded_not_fai
     # from the cache, writes refused by design): a process in it stays in the pool.
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL")
-    import psycopg
-
     from realtime.services import read_only_mode_set
 
     app_name = f"wedsync-read-only-{os.getpid()}"
-    db_name = connection.settings_dict["NAME"]
-    admin_dsn = test_database_url().rsplit("/", 1)[0] + "/postgres"
-
-    def database(allow: bool) -> None:
-        with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{db_name}" WITH ALLOW_CONNECTIONS {allow}')
-            if not allow:
-                admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE application_name = %s",
-                    [app_name],
-                )
-
     switch = database_sync_to_async(read_only_mode_set)
     server = Server("uvicorn", DATABASE_APPLICATION_NAME=app_name)
     try:
@@ -546,12 +531,12 @@ async def test_database_unreachable_in_read_only_mode__ready_as_degraded_not_fai
         assert await asyncio.to_thread(readiness, server) == (200, "ready")
 
         # when the database refuses every connection of the server
-        await asyncio.to_thread(database, False)
+        await asyncio.to_thread(database_connections, False, app_name)
         try:
             # then the process is degraded, still ready
             assert await wait_readiness(server, "degraded") == 200
         finally:
-            await asyncio.to_thread(database, True)
+            await asyncio.to_thread(database_connections, True, app_name)
         assert await wait_readiness(server, "ready") == 200
     finally:
         await switch(enabled=False, reason="maintenance over", user=None)

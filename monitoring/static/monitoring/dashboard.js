@@ -226,6 +226,8 @@ function renderScaling(decisions) {
 
 function applyOverview(overview) {
   state.overview = overview;
+  renderStale(overview.stale_since);
+  if (overview.stale_since) return; // the last figures: already drawn, no new point
   const current = overview.current;
   const added = addPoint(current);
   renderTiles(current);
@@ -235,6 +237,16 @@ function applyOverview(overview) {
   state.scaling = overview.scaling || [];
   renderScaling(state.scaling);
   if (added) redrawCharts();
+}
+
+// While the database is unreachable the API answers its last figures with `stale_since`:
+// the page keeps them and says since when they are old.
+function renderStale(since) {
+  const el = document.getElementById("stale");
+  el.hidden = !since;
+  el.textContent = since
+    ? `Figures stale since ${new Date(since).toLocaleTimeString()}: the database is unreachable`
+    : "";
 }
 
 // --- the API ---------------------------------------------------------------------------------
