@@ -35,14 +35,16 @@ class CircuitBreaker:
         self,
         *,
         name: str = "breaker",
-        failure_threshold: int = 3,
+        failure_threshold: int | Callable[[], int] = 3,
         reset_timeout: float = 5.0,
         failure_exceptions: tuple[type[BaseException], ...] = (Exception,),
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[str, str], None] | None = None,
     ) -> None:
         self.name = name
-        self.failure_threshold = failure_threshold
+        # A number, or a function giving it when a failure is counted (a threshold that
+        # depends on the day: lower in wedding-day mode).
+        self._threshold = failure_threshold
         self.reset_timeout = reset_timeout
         self.failure_exceptions = failure_exceptions
         self.on_change = on_change
@@ -52,6 +54,12 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probing = False
+
+    @property
+    def failure_threshold(self) -> int:
+        """Failures in a row that open the breaker (now)."""
+        threshold = self._threshold
+        return threshold() if callable(threshold) else threshold
 
     @property
     def state(self) -> str:
@@ -118,11 +126,12 @@ class CircuitBreaker:
             with self._lock:  # not the dependency's fault (e.g. cancellation): no verdict
                 self._probing = False
             return
+        threshold = self.failure_threshold  # outside the lock: it may read a setting
         with self._lock:
             self._probing = False
             self._failures += 1
             change = None
-            if self._state == HALF_OPEN or self._failures >= self.failure_threshold:
+            if self._state == HALF_OPEN or self._failures >= threshold:
                 self._opened_at = self._clock()
                 change = self._set(OPEN)
         self._notify(change)
@@ -177,6 +186,46 @@ def redis_breaker(name: str) -> CircuitBreaker:
                 reset_timeout=settings.REDIS_BREAKER_RESET,
                 failure_exceptions=REDIS_FAILURES,
                 on_change=functools.partial(_report_change, name),
+            )
+        return breaker
+
+
+def _database_threshold() -> int:
+    """Failures in a row that open the database breaker: ``DATABASE_BREAKER_FAILURES``,
+    ``DATABASE_BREAKER_FAILURES_WEDDING_DAY`` (lower: on a wedding day a failing database
+    is given up on sooner) while wedding-day mode is on or cannot be read."""
+    from django.conf import settings
+
+    from core import switches
+
+    try:
+        wedding_day = bool(switches.state("wedding_day_mode")["enabled"])
+    except Exception:  # the database (and the cached switch) unreachable: assume the worst
+        wedding_day = True
+    if wedding_day:
+        return settings.DATABASE_BREAKER_FAILURES_WEDDING_DAY
+    return settings.DATABASE_BREAKER_FAILURES
+
+
+def database_breaker() -> CircuitBreaker:
+    """The process-wide breaker of the realtime path's database calls
+    (``core.db.in_db_thread``): after the threshold of connection failures in a row, calls
+    fail at once for ``DATABASE_BREAKER_RESET`` seconds instead of each taking a database
+    thread for the pool's or the connection's timeout, so a failing database cannot pin
+    every thread; then one call probes. Only failures to reach the database count
+    (``OperationalError``, ``InterfaceError``); a constraint violation is the caller's."""
+    with _breakers_lock:
+        breaker = _breakers.get("database")
+        if breaker is None:
+            from django.conf import settings
+            from django.db import InterfaceError, OperationalError
+
+            breaker = _breakers["database"] = CircuitBreaker(
+                name="database",
+                failure_threshold=_database_threshold,
+                reset_timeout=settings.DATABASE_BREAKER_RESET,
+                failure_exceptions=(OperationalError, InterfaceError),
+                on_change=functools.partial(_report_change, "database"),
             )
         return breaker
 

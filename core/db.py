@@ -24,6 +24,9 @@ from typing import Any, ParamSpec, TypeVar
 
 from channels.db import DatabaseSyncToAsync
 from django.conf import settings
+from django.db import OperationalError
+
+from core.breaker import OPEN, CircuitOpen, database_breaker
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -50,20 +53,33 @@ def calling_loop() -> asyncio.AbstractEventLoop | None:
     return getattr(_local, "loop", None)
 
 
+class DatabaseUnavailable(OperationalError):
+    """The database breaker is open: the call was not made (a ``DatabaseError``, so every
+    caller's handling of an unreachable database applies: ``unavailable``, 503)."""
+
+
 def in_db_thread(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """``func`` as a coroutine function run in the realtime database threads.
 
     Like ``database_sync_to_async`` (old connections are closed before and after, which
-    returns pooled ones), but several calls run at once.
+    returns pooled ones), but several calls run at once; and through the database
+    breaker (``core.breaker.database_breaker``): while it is open a call raises
+    ``DatabaseUnavailable`` at once, without taking a thread.
     """
 
     async def run(*args: P.args, **kwargs: P.kwargs) -> R:
         loop = asyncio.get_running_loop()
+        breaker = database_breaker()
+        if breaker.state == OPEN:  # fail at once, without taking a thread
+            raise DatabaseUnavailable("the database is unreachable (its circuit breaker is open)")
 
         def call() -> R:
             _local.loop = loop
             try:
-                return func(*args, **kwargs)
+                # In the thread: counting a failure may read the wedding-day switch.
+                return breaker.call(func, *args, **kwargs)
+            except CircuitOpen as exc:  # opened meanwhile, or another call is probing
+                raise DatabaseUnavailable(f"the database is unreachable ({exc})") from None
             finally:
                 _local.loop = None
 
@@ -86,14 +102,11 @@ _probes: dict[asyncio.AbstractEventLoop, asyncio.Future[bool]] = {}
 
 
 def _probe() -> bool:
-    from django.db import DatabaseError, connection
+    from django.db import connection
 
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        return True
-    except DatabaseError:
-        return False
+    with connection.cursor() as cursor:  # a failure counts for the database breaker too
+        cursor.execute("SELECT 1")
+    return True
 
 
 async def database_reachable() -> bool:
@@ -120,8 +133,13 @@ def _start_probe() -> asyncio.Future[bool]:
 
 
 async def _run_probe(loop: asyncio.AbstractEventLoop) -> bool:
+    from django.db import DatabaseError
+
     try:
-        ok = await in_db_thread(_probe)()
+        try:
+            ok = await in_db_thread(_probe)()
+        except DatabaseError:
+            ok = False
         _reachable.update(at=time.monotonic(), ok=ok)
         return ok
     finally:

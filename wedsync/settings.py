@@ -451,6 +451,12 @@ REALTIME_ACCESS_RECHECK = env.float("REALTIME_ACCESS_RECHECK", default=60.0)
 # of different topics run side by side. Each holds one pooled connection while it works,
 # so keep DATABASE_POOL_MAX_SIZE above it (HTTP views use one more).
 REALTIME_DB_THREADS = env.int("REALTIME_DB_THREADS", default=6)
+# The database breaker of the realtime path (core.breaker.database_breaker): this many
+# connection failures in a row (fewer in wedding-day mode) make calls fail at once for
+# DATABASE_BREAKER_RESET seconds instead of each holding a thread until its timeout.
+DATABASE_BREAKER_FAILURES = env.int("DATABASE_BREAKER_FAILURES", default=5)
+DATABASE_BREAKER_FAILURES_WEDDING_DAY = env.int("DATABASE_BREAKER_FAILURES_WEDDING_DAY", default=3)
+DATABASE_BREAKER_RESET = env.float("DATABASE_BREAKER_RESET", default=2.0)
 # Garbage collection in server processes (wedsync/gctune.py): freeze the start-up heap,
 # and collect young objects less often. "700,10,10" and false give CPython's defaults.
 SERVER_GC_FREEZE = env.bool("SERVER_GC_FREEZE", default=True)

@@ -157,3 +157,20 @@ async def test_breaker__acall_opens_fails_fast_and_recovers() -> None:
     assert await breaker.acall(up, 21) == 42
     assert breaker.state == "closed"
     assert changes == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+
+
+def test_breaker__a_threshold_function_is_read_when_a_failure_is_counted() -> None:
+    # given a threshold that drops from 3 to 1 (wedding-day mode switched on meanwhile)
+    threshold = {"now": 3}
+    breaker, _ = make(Clock(), failure_threshold=lambda: threshold["now"])
+    with pytest.raises(ConnectionError):
+        breaker.call(boom)
+    assert breaker.state == "closed"
+
+    # when the next failure is counted under the lower threshold
+    threshold["now"] = 1
+    with pytest.raises(ConnectionError):
+        breaker.call(boom)
+
+    # then it opens
+    assert breaker.state == "open"
