@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, Self
 
 import msgspec
 import orjson
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from msgspec import UNSET, Meta, UnsetType
 
@@ -307,7 +308,35 @@ def _emergency_events(ctx: PublishContext, emergency_id: str) -> Any:
     ).order_by()
 
 
+def _open_emergencies_of(ctx: PublishContext) -> int:
+    """How many emergencies the publisher raised on this wedding that are still open.
+    Read under the topic's lock, like the ids (``_emergency_events``)."""
+    topic = f"wedding:{ctx.wedding_id}"
+    raised = set(
+        Event.objects.filter(topic=topic, event="emergency.raised", actor_user_id=ctx.user.pk)
+        .order_by()
+        .values_list("payload__id", flat=True)
+    )
+    if not raised:
+        return 0
+    resolved = set(
+        Event.objects.filter(topic=topic, event="emergency.resolved", payload__id__in=raised)
+        .order_by()
+        .values_list("payload__id", flat=True)
+    )
+    return len(raised - resolved)
+
+
 def _apply_emergency_raised(ctx: PublishContext, data: EmergencyRaised) -> dict[str, Any]:
+    # Open emergencies are never pruned and each is chased by the overdue check: a member
+    # holds at most a few open at once (staff: any number).
+    cap = settings.REALTIME_OPEN_EMERGENCIES_PER_USER
+    if not ctx.user.is_staff and _open_emergencies_of(ctx) >= cap:
+        raise RealtimeError(
+            "limit_reached",
+            f"you have {cap} open emergencies on this wedding: resolve one first",
+            field="event",
+        )
     # The server makes the id. A v1 client's own id is kept only when no emergency of the
     # topic (raised or resolved, still in the log) has used it: an id names one emergency.
     if data.id is UNSET:

@@ -417,10 +417,14 @@ def ack_record(*, user: Any, topic: str, seq: Any) -> AckResult:
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise invalid("seq", "must be a positive integer")
     writable_check()
-    with _in_order(topic_name), transaction.atomic():
-        acked_event = Event.objects.filter(topic=topic_name, seq=seq).first()
-        if acked_event is None:
-            raise invalid("seq", f"no event {seq} on this topic (never sent, or pruned)")
+    acked_event = Event.objects.filter(topic=topic_name, seq=seq).first()
+    if acked_event is None:
+        raise invalid("seq", f"no event {seq} on this topic (never sent, or pruned)")
+    # Only an ack that publishes (ack.updated, of an ack_required event) takes the topic's
+    # ordering lock and its cursor row: an ack of anything else is one insert, and a
+    # flood of them holds up nobody's publish.
+    ordered = _in_order(topic_name) if acked_event.ack_required else nullcontext()
+    with ordered, transaction.atomic():
         if acked_event.ack_required:
             # Serialise the acks of the topic, so that each ack.updated counts all the
             # acks committed before it.

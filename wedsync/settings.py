@@ -412,6 +412,9 @@ REALTIME_USER_PUBLISH_RATE = env.float("REALTIME_USER_PUBLISH_RATE", default=20.
 REALTIME_USER_PUBLISH_BURST = env.int("REALTIME_USER_PUBLISH_BURST", default=40)
 REALTIME_CRITICAL_PUBLISH_RATE = env.float("REALTIME_CRITICAL_PUBLISH_RATE", default=1.0)
 REALTIME_CRITICAL_PUBLISH_BURST = env.int("REALTIME_CRITICAL_PUBLISH_BURST", default=5)
+# Open emergencies one member may hold on one wedding (raising another: limit_reached).
+# Open emergencies are never pruned, and each is chased by the overdue-ack check.
+REALTIME_OPEN_EMERGENCIES_PER_USER = env.int("REALTIME_OPEN_EMERGENCIES_PER_USER", default=3)
 # Per-user budgets of the other costly frames (PROTOCOL §8; realtime/limits.py), shared the
 # same way; over one: rate_limited with retry_after_ms, a strike of the connection. Topics
 # added by subscribes (a client's full resubscribe: at most 200 per connection, 2 frames);

@@ -246,3 +246,32 @@ async def test_ws__a_vendor_is_refused_the_raiser_resolves(opened):  # noqa: F81
         "type": "reply", "ref": resolved["ref"], "status": "ok", "topic": day.topic,
         "seq": raised["seq"] + 1,
     }  # fmt: skip
+
+
+# --- how many a member holds open ---------------------------------------------------------
+
+
+def test_raise__a_member_holds_at_most_the_cap_open_then_resolves_one_first(day, settings):
+    # given a cap of 2, and two open emergencies raised by the florist
+    settings.REALTIME_OPEN_EMERGENCIES_PER_USER = 2
+    first = _raise(day, day.florist)
+    _raise(day, day.florist)
+
+    # when the florist raises a third
+    error = _refused(_raise, day, day.florist)
+
+    # then it is refused (nothing stored), others are not held to the florist's count, and
+    # once one is resolved the florist may raise again
+    assert (error.code, error.extra["field"]) == ("limit_reached", "event")
+    assert _raise(day, day.photographer).event == "emergency.raised"
+    _resolve(day, day.florist, first.payload["id"])
+    assert _raise(day, day.florist).event == "emergency.raised"
+
+
+def test_raise__staff_are_not_capped(day, settings):
+    settings.REALTIME_OPEN_EMERGENCIES_PER_USER = 1
+    staff = make_user(is_staff=True)
+
+    raised = [_raise(day, staff) for _ in range(3)]
+
+    assert len({event.payload["id"] for event in raised}) == 3

@@ -33,8 +33,9 @@ def _emergency(text: str = "x" * 4000) -> dict[str, Any]:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(60)
-async def test_flood__emergencies_from_one_socket_get_their_own_small_budget(opened):  # noqa: F811
-    # given: defaults (critical: 1/s, burst 5)
+async def test_flood__emergencies_from_one_socket_get_their_own_small_budget(opened, settings):  # noqa: F811
+    # given: defaults (critical: 1/s, burst 5); the cap of open emergencies out of the way
+    settings.REALTIME_OPEN_EMERGENCIES_PER_USER = 1000
     w = await world()
     conn, _, _ = await opened(user=w["photographer"])
     topic = w["a"].topic
@@ -158,7 +159,8 @@ def test_flood__http_publish_answers_429_over_the_user_budget():
 
 
 @pytest.mark.django_db
-def test_flood__http_emergencies_have_the_critical_budget():
+def test_flood__http_emergencies_have_the_critical_budget(settings):
+    settings.REALTIME_OPEN_EMERGENCIES_PER_USER = 1000  # the budget, not the cap
     world_ = make_world()
     client = _bearer_client(world_.photographer)
     path = f"/api/weddings/{world_.wedding.pk}/events"
