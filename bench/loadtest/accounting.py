@@ -15,7 +15,8 @@ Definitions (per receiver and topic):
 * gap: an arrival that skipped at least one seq (it may be filled later: out of order).
 
 Latency is end to end: receive time minus the send time the publisher wrote into the
-payload's text (``publish_text``), both wall-clock nanoseconds on one host.
+payload (``publish_text``, in one of ``STAMPED_FIELDS``), both wall-clock nanoseconds on
+one host.
 """
 
 from __future__ import annotations
@@ -41,6 +42,23 @@ def sent_at_ns(text: Any) -> int | None:
         return None
     stamp = text[len(TEXT_PREFIX) :].split(" ", 1)[0]
     return int(stamp) if stamp.isdigit() else None
+
+
+# The payload fields a benchmark publish may carry its send time in: message.posted's
+# text, vendor.status's note and a timeline item's location (hostile-member's planner
+# publishes all three). Only top-level fields: a shift's moved items carry old locations.
+STAMPED_FIELDS = ("text", "note", "location")
+
+
+def payload_sent_at_ns(payload: Any) -> int | None:
+    """The send time of a benchmark publish from its payload (``STAMPED_FIELDS``)."""
+    if not isinstance(payload, dict):
+        return None
+    for name in STAMPED_FIELDS:
+        value = payload.get(name)
+        if value is not None:
+            return sent_at_ns(value)
+    return None
 
 
 class Latencies:

@@ -1,8 +1,9 @@
-"""A minimal HTTP/1.1 keep-alive GET client on asyncio streams, for ``snapshot-read``.
+"""A minimal HTTP/1.1 keep-alive client on asyncio streams, for ``snapshot-read`` and
+``hostile-member``.
 
-The project has no async HTTP client dependency, and the benchmark needs only GET with
-a bearer token over a persistent loopback connection: request line and headers out,
-status, headers and a Content-Length or chunked body back.
+The project has no async HTTP client dependency, and the benchmark needs only GET and a
+JSON POST with a bearer token over a persistent loopback connection: request line and
+headers out, status, headers and a Content-Length or chunked body back.
 """
 
 from __future__ import annotations
@@ -28,21 +29,32 @@ class KeepAliveClient:
 
     async def get(self, path: str) -> tuple[int, bytes]:
         """GET ``path``; returns (status, body). Reconnects once if the server closed."""
+        return await self.request("GET", path)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """POST a JSON ``body`` to ``path``; returns (status, body)."""
+        return await self.request("POST", path, body)
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """One request; returns (status, body). Reconnects once if the server closed."""
         for attempt in range(2):
             if self._writer is None:
                 await self._connect()
             try:
-                return await self._exchange(path)
+                return await self._exchange(method, path, body)
             except (ConnectionError, asyncio.IncompleteReadError) as exc:
                 await self.close()
                 if attempt:
                     raise HttpError(f"{type(exc).__name__}: {exc}") from None
         raise AssertionError("unreachable")
 
-    async def _exchange(self, path: str) -> tuple[int, bytes]:
-        lines = [f"GET {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+    async def _exchange(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         lines += [f"{k}: {v}" for k, v in self.headers.items()]
-        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        if body is not None:
+            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self._writer.write(request + body if body is not None else request)
         head = await self._reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         status = int(status_line.split(" ", 2)[1])
@@ -52,14 +64,14 @@ class KeepAliveClient:
                 key, value = line.split(":", 1)
                 headers[key.strip().lower()] = value.strip()
         if "content-length" in headers:
-            body = await self._reader.readexactly(int(headers["content-length"]))
+            content = await self._reader.readexactly(int(headers["content-length"]))
         elif headers.get("transfer-encoding", "").lower() == "chunked":
-            body = await self._chunked()
+            content = await self._chunked()
         else:
-            body = b""
+            content = b""
         if headers.get("connection", "").lower() == "close":
             await self.close()
-        return status, body
+        return status, content
 
     async def _chunked(self) -> bytes:
         parts = []

@@ -37,7 +37,7 @@ from websockets.uri import parse_uri
 
 from realtime.protocol import CLOSE_UNAUTHENTICATED
 
-from .accounting import DeliveryTotals, Latencies, Stream, sent_at_ns
+from .accounting import DeliveryTotals, Latencies, Stream, payload_sent_at_ns
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class Receiver(asyncio.Protocol):
             if stream.on_event(seq):
                 pool.received += 1
                 if seq > stream.window_start:
-                    sent = sent_at_ns((frame.get("payload") or {}).get("text"))
+                    sent = payload_sent_at_ns(frame.get("payload"))
                     if sent is not None:
                         pool.latencies.add((time.time_ns() - sent) / 1e6)
                 if self.catching_up:

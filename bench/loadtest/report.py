@@ -98,6 +98,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if report.get("server_usage"):
         rows.append(("server", _usage(report["server_usage"])))
     rows += _receiver_rows(report.get("receivers") or {})
+    rows += _hostile_rows(report)
     rows.append(("elapsed", f"{_fmt(report.get('elapsed_s'))} s"))
     return rows
 
@@ -180,6 +181,72 @@ def _receiver_rows(rx: dict[str, Any]) -> Rows:
     return [("receivers", text)]
 
 
+def _hostile_rows(report: dict[str, Any]) -> Rows:
+    """hostile-member: the flood, what it got stored, the history and the alert checks."""
+    flood = report.get("flood")
+    if not flood:
+        return []
+    ws, kinds = flood["ws"], flood["kinds"].values()
+    limited = sum(k.get("rate_limited", 0) for k in kinds)
+    stored = report["flooder_stored"]
+    compared = report["history"]["compare"]
+    rows = [
+        ("flooder", f"user {report['wedding']['flooder_user_id']}: {ws['connections']} "
+                    f"WebSocket connections + {flood['http']['clients']} HTTP clients for "
+                    f"{_fmt(flood['seconds'])} s"),
+        ("flood: sent", f"{_fmt(sum(k['sent'] for k in kinds))} frames and requests, "
+                        f"{_fmt(sum(k.get('ok', 0) for k in kinds))} ok, {_fmt(limited)} "
+                        "rate_limited (HTTP 429 included)"),
+        ("flood: connections", f"{_fmt(ws['connects'])} opened ({_fmt(ws['reconnects'])} "
+                               f"reconnects); server closes {_fmt(ws['server_closes'])}; "
+                               f"failed handshakes {_fmt(ws['handshake_failures'])}"),
+        ("flooder stored", f"{_fmt(stored['events'])}; {_fmt(stored['acks'])} acks, "
+                           f"{_fmt(stored['ack_updated_events'])} ack.updated"),
+        ("real history after the flood", _history_text(compared)),
+    ]  # fmt: skip
+    overdue = report.get("overdue") or {}
+    if "skipped" in overdue:
+        rows.append(("overdue-ack check", overdue["skipped"]))
+    elif overdue:
+        rows.append(("overdue-ack check", (
+            f"{overdue['alerts_opened']} alert(s) for the wedding ({overdue['severity']}), "
+            f"{overdue['planner_notices']} planner notices, {overdue['planner_emails']} "
+            f"e-mails; run as at +{'/'.join(str(m) for m in overdue['simulated_minutes'])} min"
+        )))  # fmt: skip
+    for key, label in (("prune", "retention"), ("pressure_prune", "retention at --prune-at")):
+        pruned = report.get(key) or {}
+        if "skipped" in pruned:
+            rows.append((label, pruned["skipped"]))
+        elif pruned:
+            rows.append((label, (
+                f"{_fmt(pruned['deleted_on_topic'])} events deleted on the topic "
+                f"({_fmt(pruned['deleted_in_database'])} in the database); "
+                + _history_text(pruned["history"])
+            )))  # fmt: skip
+    checks = report.get("checks") or {}
+    rows.append(("checks", ", ".join(
+        f"{name} {'n/a' if ok is None else ('pass' if ok else 'FAIL')}"
+        for name, ok in checks.items()
+    )))  # fmt: skip
+    rows.append(("result", "pass" if report.get("passed") else "FAIL"))
+    return rows
+
+
+def _history_text(compared: dict[str, Any]) -> str:
+    text = (
+        f"{'intact' if compared['intact'] else 'NOT intact'}: "
+        f"{_fmt(compared['real_events_before'])} real events before, "
+        f"{_fmt(compared['missing'])} missing"
+    )
+    if compared["missing"]:
+        text += f" ({_fmt(compared['missing_by_kind'])})"
+    return text + (
+        f"; open emergencies missing {compared['open_emergencies_missing']} of "
+        f"{compared['open_emergencies_before']}, latest statuses missing "
+        f"{compared['latest_statuses_missing']} of {compared['latest_statuses_before']}"
+    )
+
+
 def table(headings: list[str], rows: list[list[Any]]) -> str:
     """A plain text table, columns padded to their widest cell."""
     cells = [headings] + [[_fmt(c) if not isinstance(c, str) else c for c in r] for r in rows]
@@ -213,6 +280,28 @@ def render(report: dict[str, Any]) -> str:
                   r["server_cpu_connecting"]] for r in report["levels"]],
             )
         )  # fmt: skip
+    if report.get("flood"):
+        parts.append(_flood_table(report))
+    return "\n\n".join(parts)
+
+
+def _flood_table(report: dict[str, Any]) -> str:
+    """hostile-member: the flooder's outcomes per kind, then its budgets."""
+    kinds = report["flood"]["kinds"]
+    rows = [
+        [kind, k["sent"], k.get("ok", 0), k.get("rate_limited", 0),
+         {o: n for o, n in k.items() if o not in ("sent", "ok", "rate_limited")}]
+        for kind, k in kinds.items()
+    ]  # fmt: skip
+    parts = [table(["flooder's kind", "sent", "ok", "rate_limited", "other outcomes"], rows)]
+    limits = report.get("limits") or []
+    parts.append(
+        table(
+            ["budget", "counted", "rate/s", "burst", "observed", "at most", "within"],
+            [[r["budget"], r["what"], r["rate_per_s"], r["burst"], r["observed"], r["bound"],
+              r["within"]] for r in limits],
+        )
+    )  # fmt: skip
     return "\n\n".join(parts)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .hostile import hostile_member
 from .phases import (
     connections_max,
     fanout_max,
@@ -25,6 +26,7 @@ from .procstat import ProcSampler
 from .scenarios import (
     ConnectionsMax,
     FanoutMax,
+    HostileMember,
     ReconnectStorm,
     SaturdayPeak,
     Scenario,
@@ -112,6 +114,7 @@ RUNNERS: dict[type[Scenario], Callable[..., Any]] = {
     ConnectionsMax: connections_max,
     ReconnectStorm: reconnect_storm,
     SnapshotRead: snapshot_read,
+    HostileMember: hostile_member,
 }
 
 

@@ -219,9 +219,89 @@ class SnapshotRead(Scenario):
             raise ScenarioError("snapshot-read runs in one process: leave --processes out")
 
 
+# What the flooder of hostile-member may send (``flooder``): WebSocket frames and HTTP
+# requests. A replay is a subscribe with since=0 and its unsubscribe.
+FLOOD_WS_KINDS = ("message", "emergency", "replay", "presence", "ack", "ping")
+FLOOD_HTTP_KINDS = ("http_message", "http_emergency", "http_history", "http_snapshot", "http_token")
+
+
+def _kinds(raw: tuple[str, ...] | str) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = tuple(part.strip() for part in raw.split(",") if part.strip())
+    known = FLOOD_WS_KINDS + FLOOD_HTTP_KINDS
+    unknown = [kind for kind in raw if kind not in known]
+    if unknown:
+        raise ScenarioError(
+            f"--flood-kinds: unknown {unknown[0]!r}; choose from {', '.join(known)}"
+        )
+    if not raw:
+        raise ScenarioError("--flood-kinds needs at least one kind")
+    return tuple(kind for kind in known if kind in raw)  # in the flooder's order
+
+
+# saturday-peak's publish rate per wedding (50/s over 25 weddings): hostile-member's planner.
+PEAK_RATE_PER_WEDDING = 2.0
+# The server's default connection limit per user (REALTIME_MAX_CONNECTIONS_PER_USER).
+USER_CONNECTION_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class HostileMember(Scenario):
+    name: ClassVar[str] = "hostile-member"
+    summary: ClassVar[str] = (
+        "one booked vendor floods every frame kind and the HTTP API for 60 s while 40"
+        " members of its wedding receive the planner's traffic"
+    )
+
+    members: int = _param(40, 1, 400, "--members", "receiving members of the wedding")
+    rate: float = _param(
+        PEAK_RATE_PER_WEDDING, 0.1, PUBLISHER_MAX_RATE, "--rate", "the planner's publishes/s"
+    )
+    duration: float = _param(60.0, 1, 3600, "--duration", "seconds of flooding and publishing")
+    flood_connections: int = _param(
+        USER_CONNECTION_LIMIT, 0, 200, "--flood-connections", "the flooder's WebSocket connections"
+    )
+    flood_http: int = _param(4, 0, 100, "--flood-http", "the flooder's HTTP keep-alive clients")
+    flood_kinds: tuple[str, ...] = FLOOD_WS_KINDS + FLOOD_HTTP_KINDS
+    prune_at: int = _param(
+        0, 0, 10_000_000, "--prune-at",
+        "after the checks, prune again as if REALTIME_RETENTION_EVENTS were this (0: no);"
+        " it prunes every topic of the database: a scratch database only",
+    )  # fmt: skip
+    drain_timeout: float = _param(
+        15.0, 1, 600, "--drain-timeout", "seconds to wait for the last deliveries"
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "flood_kinds", _kinds(self.flood_kinds))
+        super().__post_init__()
+
+    @property
+    def weddings(self) -> int:
+        return 1
+
+    @property
+    def per_wedding(self) -> int:
+        """Suppliers to seed: the members (the planner first) and the flooder."""
+        return self.members + 1
+
+    def check(self) -> None:
+        if self.rate * self.duration < 1:
+            raise ScenarioError(
+                f"--rate {self.rate:g} for --duration {self.duration:g} s publishes nothing"
+            )
+        if self.processes > self.members:
+            raise ScenarioError(
+                f"--processes ({self.processes}) is more than --members ({self.members})"
+            )
+
+
 SCENARIOS: dict[str, type[Scenario]] = {
-    cls.name: cls for cls in (SaturdayPeak, FanoutMax, ConnectionsMax, ReconnectStorm, SnapshotRead)
-}
+    cls.name: cls
+    for cls in (
+        SaturdayPeak, FanoutMax, ConnectionsMax, ReconnectStorm, SnapshotRead, HostileMember
+    )
+}  # fmt: skip
 
 
 def scenario_from_options(name: str, options: dict[str, Any]) -> Scenario:

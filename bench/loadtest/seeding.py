@@ -23,11 +23,14 @@ TOKEN_TTL_S = 6 * 3600
 
 @dataclass(frozen=True)
 class WeddingLogins:
-    """One seeded wedding: its topic and the tokens of its supplier users (planner first)."""
+    """One seeded wedding: its topic and the tokens of its supplier users (planner first),
+    with each token's supplier and user ids in the same order."""
 
     id: int
     topic: str
     tokens: list[str]
+    supplier_ids: tuple[int, ...] = ()
+    user_ids: tuple[int, ...] = ()
 
 
 def seed_weddings(
@@ -48,6 +51,8 @@ def seed_weddings(
             id=w["id"],
             topic=w["topic"],
             tokens=[s["users"][0]["token"] for s in w["suppliers"]],
+            supplier_ids=tuple(s["id"] for s in w["suppliers"]),
+            user_ids=tuple(s["users"][0]["user_id"] for s in w["suppliers"]),
         )
         for w in demo["weddings"]
     ]

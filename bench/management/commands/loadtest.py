@@ -51,6 +51,17 @@ _OPTIONS: list[tuple[str, Any, str, str]] = [
     ("--after", float, "S", "reconnect-storm: seconds of publishing after the drop"),
     ("--recovery-timeout", float, "S", "reconnect-storm: seconds to catch up"),
     ("--clients", int, "N", "snapshot-read: concurrent HTTP clients"),
+    ("--members", int, "N", "hostile-member: receiving members of the wedding (default 40)"),
+    ("--flood-connections", int, "N", "hostile-member: the flooder's WebSocket connections"),
+    ("--flood-http", int, "N", "hostile-member: the flooder's HTTP clients"),
+    ("--flood-kinds", str, "K,K,...", "hostile-member: what the flooder sends (default all)"),
+    (
+        "--prune-at",
+        int,
+        "N",
+        "hostile-member: prune again as if retention kept N events per"
+        " topic (every topic of the database: a scratch database only)",
+    ),
     ("--processes", int, "N", "generator processes for the receivers (default 1)"),
 ]
 _DEST = {"--p99-limit": "p99_limit_ms"}
