@@ -146,6 +146,10 @@ class RealtimeConsumer:
         if self.user is None or not self.user.is_authenticated:
             await self.close(CLOSE_UNAUTHENTICATED, "authentication required")
             return
+        cooling = cooldowns.get(self.user.pk)
+        if cooling is not None:  # closed for its behaviour a moment ago: no reconnect loop
+            await self.close(cooling, "too soon after being closed; retry later")
+            return
         if not await self._register():
             return
         self.presence = get_presence_store()
@@ -166,6 +170,7 @@ class RealtimeConsumer:
         )
         if refusal is not None:
             logger.info("connection refused (4029): %s", refusal.reason)
+            cooldowns.start(self.user.pk, CLOSE_CONNECTION_LIMIT)
             await self.close(CLOSE_CONNECTION_LIMIT, refusal.reason)
             return False
         self.connection = connection
@@ -237,6 +242,7 @@ class RealtimeConsumer:
             metrics.error(err.code)
             await self._reply(protocol.reply_error(frame.ref, err))
             if err.code == "rate_limited" and self.limiter and self.limiter.should_close:
+                cooldowns.start(self.user.pk, CLOSE_POLICY)
                 await self.close(CLOSE_POLICY, "rate limit exceeded repeatedly")
         except OutboxFull:
             await self.close(CLOSE_OVERLOADED, "client too slow")
@@ -258,6 +264,7 @@ class RealtimeConsumer:
             await self.close(CLOSE_OVERLOADED, "client too slow")
 
     async def _handle(self, frame: Any) -> None:
+        self._limiter().check_any()  # every frame, before it costs anything else
         match frame:
             case protocol.Ping():
                 await self._reply(protocol.pong(frame.ref))
@@ -519,6 +526,38 @@ class RealtimeConsumer:
                 get_node().hub.saw(stream.topic, stream.last_seq)
             except OutboxFull:
                 await self.close(CLOSE_OVERLOADED, "client too slow")
+
+
+class Cooldowns:
+    """Users closed with 4008 (rate limits ignored) or refused with 4029 (too many
+    connections) a moment ago, per process: a new connection of theirs within
+    ``REALTIME_RECONNECT_COOLDOWN`` seconds is closed at once with the same code, before
+    it costs a registration in Redis or a frame. A client that backs off as PROTOCOL §8
+    asks never meets it; one that reconnects in a loop is slowed to the cool-down."""
+
+    def __init__(self) -> None:
+        self._until: dict[int, tuple[float, int]] = {}
+
+    def start(self, user_id: int, code: int) -> None:
+        seconds = settings.REALTIME_RECONNECT_COOLDOWN
+        if seconds > 0:
+            if len(self._until) > 10_000:  # forget the ones that ran out
+                now = time.monotonic()
+                self._until = {k: v for k, v in self._until.items() if v[0] > now}
+            self._until[user_id] = (time.monotonic() + seconds, code)
+
+    def get(self, user_id: int) -> int | None:
+        """The close code of a user still cooling down, else None."""
+        entry = self._until.get(user_id)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            del self._until[user_id]
+            return None
+        return entry[1]
+
+
+cooldowns = Cooldowns()
 
 
 _HANDLERS: dict[str, Callable[[RealtimeConsumer, dict], Awaitable[None]]] = {

@@ -118,9 +118,13 @@ def rate_limited(
 
 
 class PublishLimiter:
-    """One connection's publish rate limit (PROTOCOL §8: 20/s, burst 40), with strikes."""
+    """One connection's publish rate limit (PROTOCOL §8: 20/s, burst 40) and frame rate
+    limit (every frame, pings included: ``REALTIME_FRAME_RATE``/``_BURST``), with strikes.
+    Both are in this process's memory: a flood is refused here before it costs a Redis
+    call, a database thread or a socket write beyond the error."""
 
-    __slots__ = ("_bucket", "_strikes", "should_close", "strike_limit", "strike_window")
+    __slots__ = ("_bucket", "_frames", "_strikes", "should_close", "strike_limit",
+                 "strike_window")  # fmt: skip
 
     def __init__(
         self,
@@ -134,6 +138,7 @@ class PublishLimiter:
             settings.REALTIME_PUBLISH_RATE if rate is None else rate,
             settings.REALTIME_PUBLISH_BURST if burst is None else burst,
         )
+        self._frames = TokenBucket(settings.REALTIME_FRAME_RATE, settings.REALTIME_FRAME_BURST)
         self.strike_limit: int = (
             settings.REALTIME_RATE_LIMIT_STRIKES if strikes is None else strikes
         )
@@ -144,6 +149,16 @@ class PublishLimiter:
         self._strikes: deque[float] = deque(maxlen=max(1, self.strike_limit))
         # Set once the client has been refused too often; the consumer then closes (4008).
         self.should_close = False
+
+    def check_any(self, now: float | None = None) -> None:
+        """Any frame of the connection: let it through, or raise ``rate_limited`` (a
+        strike)."""
+        if now is None:
+            now = time.monotonic()
+        if self._frames.allow(now):
+            return
+        self._strike(now)
+        raise rate_limited("frames", self._frames.rate, self._frames.retry_after(now))
 
     def check(self, event: str, now: float | None = None) -> None:
         """The connection's own limit: let a publish of ``event`` through, or raise

@@ -404,6 +404,14 @@ REALTIME_IDLE_TIMEOUT = 60  # seconds without a frame before close 4000
 # signal drop must not be cut off; a client ignoring the limit still trips it in seconds.
 REALTIME_RATE_LIMIT_STRIKES = env.int("REALTIME_RATE_LIMIT_STRIKES", default=50)
 REALTIME_RATE_LIMIT_WINDOW = env.float("REALTIME_RATE_LIMIT_WINDOW", default=10.0)  # seconds
+# Every frame of a connection (pings included), in the process's memory: a flood is
+# refused before it costs a Redis call or a database thread. Far above what a client sends
+# (a publish limit of 20/s, a ping every 25 s).
+REALTIME_FRAME_RATE = env.float("REALTIME_FRAME_RATE", default=50.0)  # frames/s
+REALTIME_FRAME_BURST = env.int("REALTIME_FRAME_BURST", default=100)
+# A user closed with 4008 or refused with 4029 has their next connections on that process
+# closed at once for this long (seconds; 0: off): a reconnect loop costs almost nothing.
+REALTIME_RECONNECT_COOLDOWN = env.float("REALTIME_RECONNECT_COOLDOWN", default=5.0)
 # Per-user publish limits (PROTOCOL §8; realtime/limits.py): one budget per user across
 # all their connections, the HTTP publish API and every server process (in Redis when
 # REDIS_URL is set). Critical events (emergency.*) have their own, smaller budget, so

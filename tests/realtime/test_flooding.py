@@ -4,6 +4,7 @@ endpoint's budget, and retention that a flood cannot use to prune a wedding's st
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -61,6 +62,84 @@ async def test_flood__emergencies_from_one_socket_get_their_own_small_budget(ope
         {"type": "publish", "topic": topic, "event": "message.posted", "payload": {"text": "hi"}}
     )
     assert reply["status"] == "ok"
+
+
+async def _close_code(conn: Any, timeout: float = 5) -> int:
+    while True:
+        out = await conn.comm.receive_output(timeout)
+        if out["type"] == "websocket.close":
+            return out["code"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(60)
+async def test_flood__pings_are_limited_per_connection_then_4008_and_a_cooldown(
+    opened,  # noqa: F811
+    settings,
+):
+    # given: every frame limited to 5/s (burst 10) per connection, 20 strikes to close,
+    # and a reconnect cool-down of 1 s
+    settings.REALTIME_FRAME_RATE, settings.REALTIME_FRAME_BURST = 5.0, 10
+    settings.REALTIME_RATE_LIMIT_STRIKES = 20
+    settings.REALTIME_RECONNECT_COOLDOWN = 1.0
+    w = await world()
+    conn, _, _ = await opened(user=w["photographer"])
+
+    # when: pings as fast as the socket takes them
+    for i in range(40):
+        await conn.send({"type": "ping", "ref": f"p{i}"})
+    frames = []
+    while (out := await conn.comm.receive_output(5))["type"] != "websocket.close":
+        frames.append(orjson.loads(out["text"]))
+
+    # then: the burst was answered, the rest refused, and the connection closed 4008
+    assert out["code"] == 4008
+    assert [f["type"] for f in frames[:10]] == ["pong"] * 10
+    refused = [f for f in frames if f["type"] == "reply"]
+    assert refused and {f["code"] for f in refused} == {"rate_limited"}
+    # and the user's next connection within the cool-down is closed at once, the same way
+    again, connected, _ = await opened(user=w["photographer"])
+    assert connected and await _close_code(again) == 4008
+    # after it, connections are accepted again
+    await asyncio.sleep(1.1)
+    later, _, _ = await opened(user=w["photographer"])
+    assert (await later.request({"type": "ping"}))["type"] == "pong"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(60)
+async def test_flood__refused_frames_cost_no_redis_call(opened, settings, monkeypatch):  # noqa: F811
+    # given: a connection already over its frame limit (burst 2, no refill to speak of)
+    settings.REALTIME_FRAME_RATE, settings.REALTIME_FRAME_BURST = 0.001, 2
+    settings.REALTIME_RATE_LIMIT_STRIKES = 0  # never close: count what reaches Redis
+    w = await world()
+    conn, _, _ = await opened(user=w["photographer"])
+    for _ in range(2):
+        await conn.request({"type": "ping"})
+    taken: list[str] = []
+    limits = get_user_limits()
+    original = limits.take
+
+    async def counting_take(budget, *args, **kwargs):
+        taken.append(budget)
+        return await original(budget, *args, **kwargs)
+
+    monkeypatch.setattr(limits, "take", counting_take)
+
+    # when: presence requests, acks and publishes keep coming
+    replies = [
+        await conn.request(frame)
+        for frame in (
+            {"type": "presence", "topic": w["a"].topic},
+            {"type": "ack", "topic": w["a"].topic, "seq": 1},
+            {"type": "publish", "topic": w["a"].topic, "event": "message.posted",
+             "payload": {"text": "x"}},
+        )
+    ]  # fmt: skip
+
+    # then: each refused with rate_limited, and no per-user budget was asked
+    assert [r["code"] for r in replies] == ["rate_limited"] * 3
+    assert taken == []
 
 
 @pytest.mark.django_db(transaction=True)
