@@ -69,6 +69,10 @@ CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1011, 1012, 1013, 4000, 4001, 4
 # day, up to the sweep interval (5 s) when the channel layer lost the message.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0)
+# HTTP answers: a cached snapshot read takes ~2 ms, a publish or a history page tens of
+# milliseconds; the database pool gives up after 2 s (DATABASE_POOL_TIMEOUT).
+HTTP_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 # --- WebSocket connections (instrumented in realtime/consumers.py) ----------------------
@@ -88,6 +92,22 @@ DELIVERY_LATENCY = Histogram(
     "wedsync_delivery_latency_seconds",
     "From the event's commit to its frame written to a client's socket",
     buckets=LATENCY_BUCKETS,
+)
+
+# --- HTTP requests (monitoring/middleware.py) ----------------------------------------------
+
+# The route is the URL pattern's name (``wedding-snapshot``, ``web:wedding``), never the path,
+# so ids in URLs and made-up paths cannot grow the metric files.
+HTTP_REQUESTS = Counter(
+    "wedsync_http_requests",
+    "HTTP requests answered, by method, route name and status",
+    ["method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "wedsync_http_request_duration_seconds",
+    "From the request reaching Django to its response, by method and route name",
+    ["method", "route"],
+    buckets=HTTP_BUCKETS,
 )
 
 # --- sampled per process (the sampler thread) --------------------------------------------
@@ -215,6 +235,15 @@ def delivery_latency(seconds: float) -> None:
 
 
 @_guard
+def http_request(method: str, route: str, status: int, seconds: float) -> None:
+    """An HTTP request to ``route`` (its URL name) was answered with ``status`` after
+    ``seconds`` (monitoring's middleware)."""
+    method = method if method in HTTP_METHODS else "other"
+    HTTP_REQUESTS.labels(method, route, str(status) if 100 <= status <= 599 else "other").inc()
+    HTTP_DURATION.labels(method, route).observe(max(0.0, seconds))
+
+
+@_guard
 def published(event: str, priority: str) -> None:
     """An event was committed to the log (realtime.services, on commit)."""
     PUBLISHES.labels(event, priority).inc()
@@ -290,7 +319,6 @@ def register_sampler(sampler: Callable[[], None]) -> None:
     """Call ``sampler()`` on every sample of this process (once, however often registered)."""
     if sampler not in _samplers:
         _samplers.append(sampler)
-
 
 
 class _Sampler:

@@ -22,6 +22,7 @@ from django.db import DatabaseError
 
 from core import metrics
 from core.db import in_db_thread
+from core.logging import bind_connection
 
 from . import protocol, services
 from .access import authorize_and_describe, authorize_topics, connect_facts, still_allowed
@@ -107,6 +108,7 @@ class RealtimeConsumer:
         return app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        bind_connection(self.conn_id, scope.get("user"))  # on every log line of this connection
         self.scope = scope
         self._base_send = send
         try:

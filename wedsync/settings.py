@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from email.utils import getaddresses
 from pathlib import Path
 
 import environ
@@ -60,6 +61,7 @@ INSTALLED_APPS = [
     "channels",
     "django_celery_beat",
     "axes",  # sign-in throttling (AXES_* below; docs/security.md)
+    "django_guid",  # the request id of every log line (DJANGO_GUID below)
     # The project's apps, lowest layer first (imports point down this list; `make lint`
     # holds it with import-linter): core <- weddings <- realtime <- scaling <- monitoring
     # <- web <- wedsync (the composition root). README "Where things are" and ADR 0014.
@@ -78,6 +80,10 @@ if all(importlib.util.find_spec(name) for name in ("bench", "wedsync_client")):
     INSTALLED_APPS.append("bench")
 
 MIDDLEWARE = [
+    # First, so that they see every response (redirects too): the request id of every log
+    # line (X-Request-ID, in and out; DJANGO_GUID below), and the HTTP request metrics.
+    "django_guid.middleware.guid_middleware",
+    "monitoring.middleware.HttpMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below).
     "csp.middleware.CSPMiddleware",
@@ -598,22 +604,85 @@ vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="wedsync@localhost")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
+# --- logs and errors (docs/operations.md, "Logs") ------------------------------------------
+
+# Every line says what it belongs to (core/logging.py): the HTTP request's id (X-Request-ID
+# from the proxy, or made here, and sent back with the response), the WebSocket connection
+# and its user, the Celery task. "json" is one JSON object a line, for a log shipper: the
+# default in production shape; "plain" is for people, the default with DJANGO_DEBUG=true.
+# uvicorn's loggers (its access log too) write through these handlers (wedsync/server/serve.py).
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if DEBUG else "json")
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'json' or 'plain', not {LOG_FORMAT!r}")
+# django-guid: the request id. A client's (a proxy's) X-Request-ID is kept when it is a UUID
+# (dashed, or nginx's 32 hex digits), else replaced, so a client cannot write what it likes
+# into every line; the response carries it back.
+DJANGO_GUID = {
+    "GUID_HEADER_NAME": "X-Request-ID",
+    "VALIDATE_GUID": True,
+    "RETURN_HEADER": True,
+    "EXPOSE_HEADER": False,  # same origin: nothing to expose across origins
+}
+# Django's error mail (a 500 with its traceback, credentials redacted) goes to these:
+# DJANGO_ADMINS="Name <address>, Other <address>". None by default: no mail is built.
+ADMINS = [
+    (name, address)
+    for name, address in getaddresses([env.str("DJANGO_ADMINS", default="")])
+    if name or address
+]
+if any("@" not in address for _, address in ADMINS):
+    raise ImproperlyConfigured('DJANGO_ADMINS must read "Name <address>, Name <address>"')
+
+# dictConfig, and Python's warnings logged through it (a JSON log holds only JSON).
+LOGGING_CONFIG = "core.logging.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    # Realtime tokens are credentials: no log line carries one (`?token=`, Bearer).
-    "filters": {"redact_tokens": {"()": "wedsync.server.asgi_server.RedactTokens"}},
+    "formatters": {
+        "plain": {"()": "core.logging.PlainFormatter"},
+        "json": {"()": "core.logging.JsonFormatter"},
+    },
+    "filters": {
+        "context": {"()": "core.logging.LogContext"},
+        # Realtime tokens, connect tickets and Bearer credentials: no line carries one.
+        "redact_tokens": {"()": "core.logging.RedactTokens"},
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "filters": ["redact_tokens"],
-        }
+            "formatter": LOG_FORMAT,
+            "filters": ["context", "redact_tokens"],
+        },
+        "mail_admins": {
+            "class": "core.logging.AdminEmailHandler",
+            "level": "ERROR",
+            "filters": ["require_debug_false", "redact_tokens"],
+        },
     },
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Replaces Django's own handlers: its console one wrote every line a second time
+        # with DEBUG, unredacted. Its records reach the console through the root.
+        "django": {"handlers": ["mail_admins"], "level": "NOTSET"},
         "django.db.backends": {"level": "INFO"},
         "daphne": {"level": "WARNING"},
+        # One line per request at INFO ("... Generated new GUID"): the id is on every line.
+        "django_guid": {"level": "WARNING"},
     },
 }
+
+# Sentry (optional): errors and unhandled exceptions of the server, the Celery workers and
+# beat, with nothing that carries a credential (core/logging.py, sentry_init). Off unless
+# SENTRY_DSN is set; traces off unless SENTRY_TRACES_SAMPLE_RATE is above 0.
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+if SENTRY_DSN:
+    from core.logging import sentry_init
+
+    sentry_init(
+        dsn=SENTRY_DSN,
+        environment=env.str("SENTRY_ENVIRONMENT", default="development" if DEBUG else "production"),
+        release=env.str("SENTRY_RELEASE", default="") or None,
+        traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
+    )

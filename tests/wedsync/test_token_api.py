@@ -7,6 +7,7 @@ the same security headers, the same JSON errors.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from typing import Any
 
@@ -200,10 +201,14 @@ def test_handler__chain_is_the_lean_middleware_and_settings_are_left_as_they_wer
     before = list(settings.MIDDLEWARE)
     handler = TokenApiHandler()
 
-    chain, layer = [], handler._middleware_chain
-    while layer is not None:  # each layer wraps the middleware instance (functools.wraps)
+    names, layer = [], handler._middleware_chain
+    while layer is not None:  # each layer wraps the middleware (functools.wraps)
         instance = getattr(layer, "__wrapped__", layer)
-        chain.append(type(instance))
-        layer = getattr(instance, "get_response", None)
-    assert [f"{c.__module__}.{c.__name__}" for c in chain[:-1]] == TOKEN_API_MIDDLEWARE
+        if inspect.isfunction(instance):  # a function middleware: its closure holds the rest
+            names.append(f"{instance.__module__}.{instance.__qualname__.split('.')[0]}")
+            layer = inspect.getclosurevars(instance).nonlocals.get("get_response")
+        else:
+            names.append(f"{type(instance).__module__}.{type(instance).__name__}")
+            layer = getattr(instance, "get_response", None)
+    assert names[:-1] == TOKEN_API_MIDDLEWARE
     assert settings.MIDDLEWARE == before

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable
+
+# The log lines' credential redaction lives with the rest of the logging set-up; its
+# names stay importable from here, where it began.
+from core.logging import REDACTED, RedactTokens, redact_tokens  # noqa: F401
 
 SERVERS = ("uvicorn", "daphne")
 
@@ -80,36 +82,3 @@ def exit_text(returncode: int) -> str:
         except ValueError:
             return f"was killed by signal {-returncode}"
     return f"exited with code {returncode}"
-
-
-# ``token=<value>`` and ``ticket=<value>`` anywhere (``?token=``, ``&access_token=``,
-# ``csrftoken=``, ``?ticket=`` alike; the value runs to the next separator of a URL,
-# header or log line), and a ``Bearer`` credential (at least 8 characters, so that prose
-# such as "a Bearer token" stays).
-_TOKEN_VALUE = re.compile(r"((?i:token|ticket)=)[^\s&;,\"'<>#]+|(Bearer\s+)[A-Za-z0-9_\-.=~+/]{8,}")
-REDACTED = "[redacted]"
-
-
-def redact_tokens(text: str) -> str:
-    """``text`` with the value of every ``token=`` and ``ticket=`` parameter and
-    ``Bearer`` credential replaced by ``[redacted]``."""
-    return _TOKEN_VALUE.sub(lambda m: (m.group(1) or m.group(2)) + REDACTED, text)
-
-
-class RedactTokens(logging.Filter):
-    """A logging filter that keeps realtime tokens and connect tickets (credentials) out
-    of every log line: uvicorn's access log writes ``GET /ws/realtime/?token=...`` (or
-    ``?ticket=...``) in full, and anything else may log a URL or a header. Installed on
-    the handlers of settings.LOGGING and of uvicorn's log config (wedsync.serve), so it
-    sees every record they write, whichever logger it came from. The record keeps its
-    level and logger; only its text changes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken format: leave it to the handler to report
-            return True
-        redacted = redact_tokens(message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        return True

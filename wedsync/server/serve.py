@@ -30,7 +30,7 @@ import sys
 import time
 
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from wedsync.server.asgi_server import die_with_parent_hook, exit_text
@@ -141,15 +141,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 
 def log_config() -> dict:
-    """uvicorn's own log config with ``RedactTokens`` on each of its handlers: its access
+    """settings.LOGGING, with uvicorn's loggers writing through its handlers: its access
     log (``GET /ws/realtime/?token=...``) and its error log (where WebSocket handshakes
-    are logged, URL and all) never write a token."""
-    log = copy.deepcopy(LOGGING_CONFIG)
-    log.setdefault("filters", {})["redact_tokens"] = {
-        "()": "wedsync.server.asgi_server.RedactTokens"
-    }
-    for handler in log["handlers"].values():
-        handler.setdefault("filters", []).append("redact_tokens")
+    are logged, URL and all) get the same format (``LOG_FORMAT``: JSON with the request
+    id, or plain), the same context (``core.logging.LogContext``) and ``RedactTokens``,
+    so they never write a token. Their level stays ``--log-level`` (``info`` for the
+    access log)."""
+    # Here, not at the top: the supervisor imports this module and never loads Django.
+    from django.conf import settings
+
+    log = copy.deepcopy(settings.LOGGING)
+    loggers = log.setdefault("loggers", {})
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        loggers[name] = {"handlers": [], "propagate": True}
     return log
 
 

@@ -70,6 +70,10 @@ class XFrameOptionsMiddleware(InlineHooksMixin, clickjacking.XFrameOptionsMiddle
 
 # In the order of settings.MIDDLEWARE.
 TOKEN_API_MIDDLEWARE = [
+    # As at the top of settings.MIDDLEWARE: the request id of every log line, and the HTTP
+    # request metrics (both on the event loop, no thread hop).
+    "django_guid.middleware.guid_middleware",
+    "monitoring.middleware.HttpMetricsMiddleware",
     "wedsync.server.token_api.SecurityMiddleware",
     "wedsync.server.token_api.CommonMiddleware",
     "wedsync.server.token_api.XFrameOptionsMiddleware",
