@@ -8,6 +8,7 @@ a wedding that does not exist and one the user may not see get the same 404.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -32,10 +33,11 @@ from weddings.models import Supplier, Wedding
 from . import selectors, services
 from .access import plan_only_on, snapshot_view
 from .connection_counts import get_connection_counter, supplier_limit
+from .epoch import aepoch_current, epoch_current
 from .errors import RealtimeError, topic_forbidden
 from .limits import get_user_limits
-from .protocol import MAX_FRAME_BYTES, event_frame, plan_view_frame
-from .snapshots import snapshot_key, snapshot_load, wedding_summary
+from .protocol import EPOCH_PATTERN, MAX_EPOCH_CHARS, MAX_FRAME_BYTES, event_frame, plan_view_frame
+from .snapshots import snapshot_current, snapshot_key, snapshot_load, wedding_summary
 from .tickets import TicketUnavailable, ticket_issue
 from .tokens import (
     TokenError,
@@ -144,7 +146,8 @@ def weddings_view(request: HttpRequest) -> HttpResponse:
 
 @async_api_view("GET")
 async def wedding_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
-    """The wedding snapshot with the topic seq it includes (PROTOCOL §9).
+    """The wedding snapshot with the topic seq it includes and (v1.1) the stream epoch
+    that seq counts in (PROTOCOL §9).
 
     Visibility is checked on every request with the rule of a subscribe to the
     wedding's topic, from the user's cached access (``realtime.topics``, ``cached=True``;
@@ -182,12 +185,30 @@ async def _may_read_wedding(user: Any, wedding_id: int) -> bool:
 
 async def _snapshot_aget(wedding_id: int) -> dict[str, Any] | None:
     """``snapshots.snapshot_get`` on the event loop: a cache hit needs no thread; a miss
-    loads in a database thread (DatabaseError, 503, while the database is unreachable)."""
-    return await get_cache().aget_or_load(
-        snapshot_key(wedding_id),
-        lambda: in_db_thread(snapshot_load)(wedding_id),
-        lock=True,
-    )
+    loads in a database thread (DatabaseError, 503, while the database is unreachable).
+    A snapshot of another stream epoch is loaded again (``snapshots.snapshot_current``)."""
+    key, cache = snapshot_key(wedding_id), get_cache()
+
+    def load() -> Any:
+        return in_db_thread(snapshot_load)(wedding_id)
+
+    state = await cache.aget_or_load(key, load, lock=True)
+    if snapshot_current(state, await aepoch_current()):
+        return state
+    await cache.adelete(key)
+    return await cache.aget_or_load(key, load, lock=True)
+
+
+def _epoch_param(request: HttpRequest) -> str | None:
+    """The ``epoch`` of a history request (v1.1): what the subscribe frame accepts."""
+    raw = request.GET.get("epoch")
+    if raw is not None and not (
+        0 < len(raw) <= MAX_EPOCH_CHARS and re.match(EPOCH_PATTERN, raw) is not None
+    ):
+        raise ApiError(
+            "bad_request", f"epoch must be 1 to {MAX_EPOCH_CHARS} characters of 0-9A-Za-z_-", 400
+        )
+    return raw
 
 
 def _int_param(request: HttpRequest, name: str, default: int, low: int, high: int) -> int:
@@ -205,14 +226,22 @@ def _int_param(request: HttpRequest, name: str, default: int, low: int, high: in
 
 @api_view("GET", "POST")
 def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
-    """GET: history after ``since`` (the HTTP fallback for gaps). POST: publish."""
+    """GET: history after ``since`` (the HTTP fallback for gaps). POST: publish.
+
+    The history carries the stream epoch (v1.1) and takes one as ``epoch``: a ``since`` of
+    another epoch counts in another history, so it is not recovered and gets no events,
+    as on a subscribe. Without ``epoch`` the ``since`` is taken as it is (v1)."""
     if request.method == "POST":
         return _publish(request, wedding_id)
     wedding = _visible_wedding(request, wedding_id)
     since = _int_param(request, "since", 0, 0, 2**62)
     limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
+    told = _epoch_param(request)
+    epoch = epoch_current()
     seq = selectors.topic_seq(wedding.topic)
-    recovered = since <= seq and selectors.replay_covers(wedding.topic, since)
+    recovered = (
+        told in (None, epoch) and since <= seq and selectors.replay_covers(wedding.topic, since)
+    )
     events = selectors.events_since(wedding.topic, since, limit=limit) if recovered else []
     view = plan_view_frame if plan_only_on(request.user, wedding.pk) else None  # the couple
     # The same per-user replay budget as a subscribe with ``since`` (PROTOCOL §8): paging
@@ -223,6 +252,7 @@ def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
         {
             "topic": wedding.topic,
             "seq": seq,
+            "epoch": epoch,
             "recovered": recovered,
             "events": [view(event_frame(e)) if view else event_frame(e) for e in events],
             "next_since": last if recovered and last < seq else None,

@@ -28,6 +28,7 @@ from . import protocol, services
 from .access import authorize_and_describe, authorize_topics, connect_facts, still_allowed
 from .connection_counts import Connection, get_connection_counter, supplier_limit
 from .delivery import Outbox, OutboxFull, TopicStream, fill, finish_sync
+from .epoch import CLOSE_EPOCH_CHANGED, observe, still_current
 from .errors import RealtimeError
 from .hub import TopicHub
 from .limits import PublishLimiter
@@ -314,7 +315,11 @@ class RealtimeConsumer:
 
     async def _subscribe(self, frame: protocol.Subscribe) -> None:
         requested = dict(frame.topics)
-        statuses, fresh = self._admit(requested)
+        node = get_node()
+        # The stream epoch (v1.1), from the cache, read before this frame opens streams: a
+        # new one closes the node's connections subscribed under the old one (``epoch``).
+        epoch = await observe(node)
+        statuses, fresh = self._admit(requested, epoch)
         # The user's budgets (PROTOCOL §8): a token per topic added, before any access check.
         await self._limiter().acheck_frame("subscribe", self.user.pk, len(fresh))
         # One database-thread call for the check and the presence cards, one for the
@@ -324,12 +329,16 @@ class RealtimeConsumer:
         )
         for topic, err in refused.items():
             statuses[topic] = protocol.topic_refused(err)
-        hub = get_node().hub
+        hub = node.hub
         await self._open_streams(hub, allowed, plan_only)
         since = {t: requested[t].since for t in allowed}
-        syncs = await plan_syncs(hub, since)
+        epochs = {t: requested[t].epoch for t in allowed}
+        syncs = await plan_syncs(hub, since, epochs, epoch)
         await self._check_replay(since, syncs)
-        self._start_streams(since, syncs, statuses)
+        self._start_streams(since, syncs, statuses, epoch)
+        if not still_current(node, epoch):  # bumped meanwhile: resume (and reload) instead
+            await self.close(CLOSE_RESTARTING, CLOSE_EPOCH_CHANGED)
+            return
         await self._reply(protocol.subscribe_reply(frame.ref, statuses))
         for topic in allowed:
             await send_replay(self.streams[topic], self.outbox, syncs[topic])
@@ -347,16 +356,16 @@ class RealtimeConsumer:
                 await self._drop_topic(topic)
             raise
 
-    def _admit(self, requested: dict[str, Any]) -> tuple[dict[str, dict], list[str]]:
-        """The topics of a subscribe already subscribed (ok, at their seq) or beyond the
-        per-connection limit (limit_reached), and the new ones within it."""
+    def _admit(self, requested: dict[str, Any], epoch: str) -> tuple[dict[str, dict], list[str]]:
+        """The topics of a subscribe already subscribed (ok, at their seq, in ``epoch``)
+        or beyond the per-connection limit (limit_reached), and the new ones within it."""
         limit = settings.REALTIME_MAX_TOPICS_PER_CONNECTION
         room = limit - len(self.streams)
         statuses: dict[str, dict] = {}
         fresh: list[str] = []
         for topic in requested:
             if topic in self.streams:
-                statuses[topic] = protocol.topic_ok(self.streams[topic].last_seq)
+                statuses[topic] = protocol.topic_ok(self.streams[topic].last_seq, epoch=epoch)
             elif room > 0:
                 fresh.append(topic)
                 room -= 1
@@ -376,17 +385,21 @@ class RealtimeConsumer:
             await get_connection_counter().track_weddings(self.connection, _wedding_ids(topics))
 
     def _start_streams(
-        self, since: dict[str, int | None], syncs: dict[str, Sync], statuses: dict[str, dict]
+        self,
+        since: dict[str, int | None],
+        syncs: dict[str, Sync],
+        statuses: dict[str, dict],
+        epoch: str,
     ) -> None:
-        """Start each new stream where its sync says; the reply tells its seq (and with
-        ``since`` whether everything after it is replayed)."""
+        """Start each new stream where its sync says; the reply tells its seq and the
+        epoch it counts in (and with ``since`` whether everything after it is replayed)."""
         for topic, after in since.items():
             sync = syncs[topic]
             self.streams[topic].last_seq = sync.start
             if after is None:
-                statuses[topic] = protocol.topic_ok(sync.seq)
+                statuses[topic] = protocol.topic_ok(sync.seq, epoch=epoch)
                 continue
-            statuses[topic] = protocol.topic_ok(sync.seq, sync.recovered)
+            statuses[topic] = protocol.topic_ok(sync.seq, sync.recovered, epoch)
             metrics.replayed(recovered=sync.recovered, events=max(0, sync.seq - sync.start))
 
     async def _drop_topic(self, topic: str) -> None:

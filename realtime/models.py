@@ -161,3 +161,36 @@ class ConnectTicket(models.Model):
 
     def __str__(self) -> str:
         return f"connect ticket of user {self.user_id}"
+
+
+class StreamEpoch(models.Model):
+    """The name of the event log's present history: one row for the deployment
+    (PROTOCOL §4, v1.1; ``realtime.epoch``).
+
+    Seqs say where a client is within a history; the epoch says which history. It is an
+    opaque random string, seeded by the migration that made this table, and replaced
+    (``python manage.py stream_epoch --bump``) whenever the log's history may have
+    diverged from what clients hold: after a point-in-time restore reused seqs. A client
+    that resumes with another epoch gets ``recovered: false`` and reloads its snapshot.
+    A restore brings this row back as it was too, so the bump after it is what tells
+    the two histories apart; ``previous``, ``changed_at`` and ``reason`` say what the
+    last bump did (the log line of each bump is the longer record: a restore also
+    rewinds this row).
+    """
+
+    ROW = 1  # the one row's primary key
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=ROW, editable=False)
+    epoch = models.CharField(max_length=32)
+    previous = models.CharField(max_length=32, blank=True, default="")
+    changed_at = models.DateTimeField(default=timezone.now)
+    reason = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        verbose_name = "stream epoch"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(id=1), name="realtime_stream_epoch_one_row"),
+        ]
+
+    def __str__(self) -> str:
+        return f"stream epoch {self.epoch}"

@@ -13,7 +13,8 @@ codes, split as follows:
 * ``invalid_payload``: the frame can be routed (well-formed object, valid ref, known
   ``type``) but its fields are wrong: a missing or unknown field, a wrong type, a bound
   broken (``since`` < 0, ``seq`` < 1, more than ``MAX_TOPICS_PER_FRAME`` topics, an empty
-  or over-64-character ``idempotency_key``, ...), or a publish ``payload`` orjson cannot
+  or over-64-character ``idempotency_key``, an ``epoch`` that is not 1 to 32 characters of
+  ``[0-9A-Za-z_-]``, ...), or a publish ``payload`` orjson cannot
   re-encode (integers beyond 64 bits, nesting beyond 254 levels). ``extra["field"]`` names
   the field as a path, e.g. ``seq``, ``topics``, ``topics.wedding:42.since``, ``topics[3]``
   (unsubscribe), ``payload``. What is inside a payload is the event catalogue's to check.
@@ -65,6 +66,12 @@ MAX_IDEMPOTENCY_KEY_CHARS = 64
 # Seqs are BigInteger columns: anything above cannot exist, so it is refused at the edge
 # (msgspec itself would accept arbitrarily large JSON integers).
 MAX_SEQ = 2**63 - 1
+# PROTOCOL §4 (v1.1): a stream epoch is opaque to clients. The server makes 12 hex
+# characters (``realtime.epoch``); what a client may send back is bounded more loosely,
+# so that a longer epoch later stays within the contract, and limited to URL-safe
+# characters, so that it travels unescaped in the history's query string as well.
+MAX_EPOCH_CHARS = 32
+EPOCH_PATTERN = r"^[0-9A-Za-z_-]*\Z"  # \Z: "$" would let a trailing newline through
 
 # Close codes (PROTOCOL §8), for the consumer.
 CLOSE_STALE = 4000
@@ -78,6 +85,9 @@ CLOSE_OVERLOADED = 1013
 Ref = Annotated[str, msgspec.Meta(max_length=MAX_REF_CHARS)]
 Since = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
+Epoch = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_EPOCH_CHARS, pattern=EPOCH_PATTERN)
+]
 
 
 # gc=False: frames hold only JSON data (no reference cycles), and keeping millions of
@@ -89,9 +99,12 @@ class BaseFrame(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, gc
 
 
 class SubscribeOptions(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """Per-topic options of a subscribe frame; ``since`` asks for a replay after that seq."""
+    """Per-topic options of a subscribe frame; ``since`` asks for a replay after that seq,
+    ``epoch`` (v1.1) names the history ``since`` counts in: another than the server's
+    present one gets ``recovered: false`` and no replay. Without ``since`` it is unused."""
 
     since: Since | None = None
+    epoch: Epoch | None = None
 
 
 class Subscribe(BaseFrame, tag="subscribe"):
@@ -328,12 +341,15 @@ def unsubscribed(topic: str, code: str, message: str) -> str:
 # --- subscribe replies ------------------------------------------------------------------
 
 
-def topic_ok(seq: int, recovered: bool | None = None) -> dict[str, Any]:
-    """A subscribe reply's entry for a topic subscribed: its seq now, and with ``since``
-    whether every event after it could be replayed (``recovered``)."""
+def topic_ok(seq: int, recovered: bool | None = None, epoch: str | None = None) -> dict[str, Any]:
+    """A subscribe reply's entry for a topic subscribed: its seq now, with ``since``
+    whether every event after it could be replayed (``recovered``), and (v1.1) the stream
+    epoch that seq counts in, which the client sends back with its next ``since``."""
     status: dict[str, Any] = {"status": "ok", "seq": seq}
     if recovered is not None:
         status["recovered"] = recovered
+    if epoch is not None:
+        status["epoch"] = epoch
     return status
 
 

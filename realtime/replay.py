@@ -7,6 +7,10 @@ database thread per subscribe frame, whatever the number of topics: for each top
 current seq and, with ``since``, the first page of missed events, already encoded
 (``sync_topics``). Reconnect storms multiply whatever a subscribe costs.
 
+A ``since`` sent with another stream epoch than the present one (v1.1,
+``realtime.epoch``) counts in another history: nothing is replayed for it
+(``plan_syncs``).
+
 The hub's view may trail the database by the events in flight to it, or by one the
 channel layer lost: such an event reaches the connection like any live event, through
 the hub or the gap fill before the next one or the sweep's catch-up (``delivery``), so
@@ -166,7 +170,12 @@ def sync_from_memory(recent: Recent | None, since: int | None) -> Sync | None:
     return Sync(last, True, since, [(seq, text) for seq, text, _ in recent.frames if seq > since])
 
 
-async def plan_syncs(hub: TopicHub, since: dict[str, int | None]) -> dict[str, Sync]:
+async def plan_syncs(
+    hub: TopicHub,
+    since: dict[str, int | None],
+    epochs: dict[str, str | None] | None = None,
+    epoch: str | None = None,
+) -> dict[str, Sync]:
     """Where a subscribe starts each topic, given the client's ``since`` per topic; the
     connection is in the topics' groups already (``TopicHub.join``).
 
@@ -174,21 +183,43 @@ async def plan_syncs(hub: TopicHub, since: dict[str, int | None]) -> dict[str, S
     one database-thread call. A topic whose group the hub was in before that read gets
     the seq read as its recent events' start (``Recent.seed``): the topic's later
     subscribers start from memory.
+
+    ``epochs`` (v1.1) holds the epoch the client sent with each ``since``, ``epoch`` the
+    server's present one (``realtime.epoch``). A ``since`` of another epoch counts in
+    another history: its topic starts at the present seq with ``recovered`` False and
+    nothing replayed, as a ``since`` outside the retained history does. Without an epoch
+    the ``since`` is taken as it is (v1).
     """
+    stale = {
+        topic
+        for topic, told in (epochs or {}).items()
+        if told is not None and told != epoch and since.get(topic) is not None
+    }
+    wanted = {topic: None if topic in stale else after for topic, after in since.items()}
     syncs: dict[str, Sync] = {}
-    for topic, after in since.items():  # from the hub's recent events where it has them
+    for topic, after in wanted.items():  # from the hub's recent events where it has them
         sync = sync_from_memory(hub.recent_of(topic), after)
         if sync is not None:
             syncs[topic] = sync
-    if len(syncs) < len(since):
-        rest = {t: after for t, after in since.items() if t not in syncs}
+    if len(syncs) < len(wanted):
+        rest = {t: after for t, after in wanted.items() if t not in syncs}
         seeding = [t for t in rest if hub.in_group(t)]  # in the group before the read
         syncs.update(await sync_topics(rest))
         for topic in seeding:
             recent = hub.recent_of(topic)
             if recent is not None:
                 recent.seed(syncs[topic].seq)
+    for topic in stale:
+        syncs[topic] = Sync(syncs[topic].seq, False, syncs[topic].seq)
     return syncs
+
+
+def forget_recent(hub: TopicHub) -> None:
+    """Forget the recent events of every topic the hub holds: a new stream epoch
+    (``realtime.epoch``) makes them another history's. Subscribes read the log until
+    new events come."""
+    for recent in hub.recent.values():
+        recent.reset()
 
 
 async def send_replay(stream: TopicStream, outbox: Outbox, sync: Sync) -> None:

@@ -12,6 +12,11 @@ always internally consistent (its ``seq`` matches its state), so snapshot + even
 
 Writes through ``QuerySet.update``/``bulk_create`` send no signals: their callers must
 call ``snapshot_invalidate`` themselves (the L1 TTL bounds what they miss otherwise).
+
+(v1.1) A snapshot carries the stream epoch it was read in (``realtime.epoch``), with its
+``seq``: the pair says where in which history the client starts. One cached before a bump
+(after a restore: another history, and seqs that are handed out again) is never served:
+a snapshot whose epoch is not the present one is loaded again (``snapshot_current``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from django.dispatch import receiver
 
 from core.cache import get_cache
 from realtime import selectors
-from realtime.models import Event
+from realtime.epoch import epoch_current, epoch_load
+from realtime.models import Event, StreamEpoch
 from weddings import selectors as domain
 from weddings.models import Booking, Supplier, TimelineItem, Wedding
 
@@ -57,7 +63,9 @@ def snapshot_load(wedding_id: int) -> dict[str, Any] | None:
     On PostgreSQL the reads share one REPEATABLE READ snapshot; on SQLite the
     transaction holds the write lock (IMMEDIATE mode), so no event can land between
     the reads. Either way, snapshot + events after ``seq`` is the exact state.
-    None for a wedding that does not exist. No authorisation: callers check it.
+    None for a wedding that does not exist. No authorisation: callers check it. The
+    stream epoch is read in the same transaction, so the state, its seq and the history
+    they belong to are one consistent read.
     """
     topic = f"wedding:{wedding_id}"
     # Only a transaction's first statement may set its isolation level: inside an outer
@@ -68,6 +76,9 @@ def snapshot_load(wedding_id: int) -> dict[str, Any] | None:
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         seq = selectors.topic_seq(topic)
+        epoch = (
+            StreamEpoch.objects.filter(pk=StreamEpoch.ROW).values_list("epoch", flat=True).first()
+        )
         wedding = Wedding.objects.filter(pk=wedding_id).first()
         if wedding is None:
             return None
@@ -85,6 +96,8 @@ def snapshot_load(wedding_id: int) -> dict[str, Any] | None:
         "suppliers": suppliers,
         "statuses": statuses,
         "seq": seq,
+        # No row only when the table was emptied: made outside the snapshot's transaction.
+        "epoch": epoch if epoch is not None else epoch_load(),
     }
 
 
@@ -92,11 +105,24 @@ def snapshot_get(wedding_id: int) -> dict[str, Any] | None:
     """The snapshot through the cache; called by the snapshot API and cache warming.
 
     ``lock=True``: a snapshot costs several queries, so concurrent misses (a whole
-    wedding's vendors reconnecting at once) load it once, across processes too.
+    wedding's vendors reconnecting at once) load it once, across processes too. One of
+    another stream epoch is loaded again (``snapshot_current``).
     """
-    return get_cache().get_or_load(
-        snapshot_key(wedding_id), lambda: snapshot_load(wedding_id), lock=True
-    )
+    key, cache = snapshot_key(wedding_id), get_cache()
+    state = cache.get_or_load(key, lambda: snapshot_load(wedding_id), lock=True)
+    if snapshot_current(state, epoch_current()):
+        return state
+    cache.delete(key)
+    return cache.get_or_load(key, lambda: snapshot_load(wedding_id), lock=True)
+
+
+def snapshot_current(state: dict[str, Any] | None, epoch: str) -> bool:
+    """Whether a cached snapshot may be served in ``epoch``: one read in another epoch is
+    of another history (cached before a bump), or from a server without epochs (a rolling
+    deploy). Its caller loads it again, once: when the reload disagrees too, the process's
+    epoch is the stale one (within ``realtime.epoch.EPOCH_BOUND``) and the reload, read
+    from the database with its epoch, is served."""
+    return state is None or state.get("epoch") == epoch
 
 
 def snapshot_invalidate(wedding_id: int) -> None:

@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 FAST = {
     "REALTIME_PUBLISH_RATE": "1000", "REALTIME_PUBLISH_BURST": "1000",
     "REALTIME_USER_PUBLISH_RATE": "1000", "REALTIME_USER_PUBLISH_BURST": "1000",
+    "REALTIME_FRAME_RATE": "10000", "REALTIME_FRAME_BURST": "10000",
 }  # fmt: skip
 # The latency added to every frame a host sends in the last phase (one way).
 LATENCY_S = 0.05

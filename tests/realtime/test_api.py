@@ -15,6 +15,7 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 from typing import Any
+from unittest.mock import ANY
 
 import orjson
 import pytest
@@ -289,7 +290,7 @@ def test_weddings__anonymous_is_401(w):
 def test_snapshot__has_wedding_timeline_suppliers_statuses_and_seq(w):
     body = ok_json(Client().get(w.path(w.a), **bearer(w.photographer)))
 
-    assert set(body) == {"wedding", "timeline", "suppliers", "statuses", "seq"}
+    assert set(body) == {"wedding", "timeline", "suppliers", "statuses", "seq", "epoch"}
     listed = ok_json(Client().get("/api/weddings/", **bearer(w.photographer)))["weddings"]
     assert body["wedding"] == listed[0]
     assert [item["title"] for item in body["timeline"]] == [
@@ -673,6 +674,7 @@ def test_history__since_beyond_seq_is_not_recovered_and_has_no_events(w):
 
     assert page == {
         "topic": w.a.topic, "seq": 2, "recovered": False, "events": [], "next_since": None,
+        "epoch": ANY,
     }  # fmt: skip
 
 

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import orjson
 import pytest
@@ -448,7 +449,7 @@ def _ws_outcome(world: World, spec: Operation, frame: dict, reply: dict, events:
             return NO
         if spec.reads:
             return _frames_outcome(events)
-        assert status == {"status": "ok", "seq": 0}, reply
+        assert status == {"status": "ok", "seq": 0, "epoch": ANY}, reply
         return OK
     if reply["status"] == "error":
         assert reply["code"] == "forbidden", reply

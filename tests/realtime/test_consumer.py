@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from typing import Any
+from unittest.mock import ANY
 
 import orjson
 import pytest
@@ -217,7 +218,7 @@ async def test_subscribe__allowed_forbidden_unknown_and_nonexistent(opened):
     )
     topics = reply["topics"]
     assert reply["status"] == "ok"
-    assert topics[w["a"].topic] == {"status": "ok", "seq": 0}
+    assert topics[w["a"].topic] == {"status": "ok", "seq": 0, "epoch": ANY}
     assert topics[w["b"].topic]["code"] == "forbidden"
     assert topics["ops"]["code"] == "forbidden"
     assert topics["nonsense"]["code"] == "unknown_topic"
@@ -337,7 +338,7 @@ async def test_subscribe_since__replays_missed_events_then_continues_live(opened
     reader, _, _ = await opened(user=w["photographer"])
     reply = await reader.request({"type": "subscribe", "topics": {topic: {"since": 1}}})
     # then it gets seq 3 as current, recovered, and events 2 and 3, then live ones
-    assert reply["topics"][topic] == {"status": "ok", "seq": 3, "recovered": True}
+    assert reply["topics"][topic] == {"status": "ok", "seq": 3, "recovered": True, "epoch": ANY}
     assert [e["seq"] for e in await reader.events(2)] == [2, 3]
     await writer.request(
         {"type": "publish", "topic": topic, "event": "message.posted", "payload": {"text": "x"}}
@@ -349,7 +350,9 @@ async def test_subscribe_since__beyond_current_seq_is_not_recovered(opened):
     w = await world()
     conn, _, _ = await opened(user=w["photographer"])
     reply = await conn.request({"type": "subscribe", "topics": {w["a"].topic: {"since": 50}}})
-    assert reply["topics"][w["a"].topic] == {"status": "ok", "seq": 0, "recovered": False}
+    assert reply["topics"][w["a"].topic] == {
+        "status": "ok", "seq": 0, "recovered": False, "epoch": ANY,
+    }  # fmt: skip
 
 
 async def test_bad_frames__get_bad_frame_and_the_connection_stays_usable(opened):

@@ -10,6 +10,7 @@ the couple's connections), so each path is tried, not only the first.
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from channels.db import database_sync_to_async
@@ -122,7 +123,7 @@ async def test_replay_from_memory__is_the_run_sheet_too(opened):
     status = await subscribed(couple, d["topic"], since=0)
 
     # then
-    assert status == {"status": "ok", "seq": 4, "recovered": True}
+    assert status == {"status": "ok", "seq": 4, "recovered": True, "epoch": ANY}
     assert_plan_view(await events(couple, 4))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from typing import Any
+from unittest.mock import ANY
 
 import orjson
 import pytest
@@ -41,6 +42,7 @@ def servers(request, redis_url):
     fast = {
         "REALTIME_PUBLISH_RATE": "1000", "REALTIME_PUBLISH_BURST": "1000",
         "REALTIME_USER_PUBLISH_RATE": "1000", "REALTIME_USER_PUBLISH_BURST": "1000",
+        "REALTIME_FRAME_RATE": "10000", "REALTIME_FRAME_BURST": "10000",
     }  # fmt: skip
     running = [Server(kind, **fast) for kind in kinds]
     yield running
@@ -175,7 +177,7 @@ async def test_replay_after_disconnect__missed_events_then_live(servers):
         await post(text)
     back = await open_ws(servers[1], world["tokens"][1])
     reply = await back.request({"type": "subscribe", "topics": {topic: {"since": 2}}})
-    assert reply["topics"][topic] == {"status": "ok", "seq": 5, "recovered": True}
+    assert reply["topics"][topic] == {"status": "ok", "seq": 5, "recovered": True, "epoch": ANY}
     await post("f")
     # then it gets exactly 3, 4, 5 and then the live 6
     await back.wait_events(4)
@@ -274,6 +276,8 @@ async def test_stuck_client__closed_1013_while_others_get_everything(redis_url):
         REALTIME_PUBLISH_BURST="10000",
         REALTIME_USER_PUBLISH_RATE="10000",
         REALTIME_USER_PUBLISH_BURST="10000",
+        REALTIME_FRAME_RATE="10000",
+        REALTIME_FRAME_BURST="10000",
     )
     try:
         world = await seed()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from unittest.mock import ANY
 
 import orjson
 import pytest
@@ -183,7 +184,7 @@ async def test_reconnect__missed_events_from_the_hub_then_live():
     reply = await back.request({"type": "subscribe", "topics": {topic: {"since": 2}}})
     await post(writer, topic, "e")
     # then it gets 3, 4 and then 5, once each
-    assert reply["topics"][topic] == {"status": "ok", "seq": 4, "recovered": True}
+    assert reply["topics"][topic] == {"status": "ok", "seq": 4, "recovered": True, "epoch": ANY}
     assert await back.wait_events(3) == [3, 4, 5]
     await back.comm.disconnect()
     await writer.comm.disconnect()
@@ -213,7 +214,7 @@ async def test_reconnect__hub_missed_an_event__the_log_fills_in(monkeypatch):
     reader = await Ws.open(world["reader"])
     reply = await reader.request({"type": "subscribe", "topics": {topic: {"since": 1}}})
     # then it gets 2 and 3 from the log, in order
-    assert reply["topics"][topic] == {"status": "ok", "seq": 3, "recovered": True}
+    assert reply["topics"][topic] == {"status": "ok", "seq": 3, "recovered": True, "epoch": ANY}
     assert await reader.wait_events(2) == [2, 3]
     await reader.comm.disconnect()
     await writer.comm.disconnect()
@@ -247,7 +248,7 @@ async def test_hub__stays_in_a_topics_group_for_a_while_after_its_last_connectio
     # event the log cannot
     back = await Ws.open(world["reader"])
     reply = await back.request({"type": "subscribe", "topics": {topic: {"since": 0}}})
-    assert reply["topics"][topic] == {"status": "ok", "seq": 1, "recovered": True}
+    assert reply["topics"][topic] == {"status": "ok", "seq": 1, "recovered": True, "epoch": ANY}
     assert await back.wait_events(1) == [1]
     await back.comm.disconnect()
     await writer.comm.disconnect()

@@ -1,12 +1,16 @@
-"""Asyncio client for the realtime protocol (PROTOCOL.md v1), used by the load benchmark,
-the tests and integrations: the connection, its reconnects, and request/reply.
+"""Asyncio client for the realtime protocol (PROTOCOL.md v1, with v1.1's stream epoch),
+used by the load benchmark, the tests and integrations: the connection, its reconnects,
+and request/reply.
 
 One WebSocket multiplexes topics; replies are matched to requests by ``ref``. Each
 subscribed topic's events reach ``on_event`` exactly once and in ``seq`` order, across
 reconnects: a reconnect re-subscribes every topic with ``since`` = the last delivered
-seq. The ordering and gap buffering per topic are ``streams``', the retry delays
-``backoff``'s. Semantics and an example: docs/client.md. The receive path is lean on
-purpose (orjson, no per-message task or log line): the benchmark runs thousands of these.
+seq, and the stream epoch that seq counts in. A server whose history is another one
+(restored since: another epoch) answers ``recovered: false``, and the client takes the
+reset path (``on_reset``) instead of merging the two. The ordering and gap buffering per
+topic are ``streams``', the retry delays ``backoff``'s. Semantics and an example:
+docs/client.md. The receive path is lean on purpose (orjson, no per-message task or log
+line): the benchmark runs thousands of these.
 """
 
 from __future__ import annotations
@@ -139,16 +143,26 @@ class RealtimeClient:
             await asyncio.gather(self._resync_task, return_exceptions=True)
         await self._finish("unauthorized" if self.state == "unauthorized" else "closed")
 
-    async def subscribe(self, *topics: str, since: dict[str, int] | None = None) -> dict:
-        """Subscribe; returns ``{topic: status}``. Only topics with status ok are tracked."""
-        since = since or {}
+    async def subscribe(
+        self,
+        *topics: str,
+        since: dict[str, int] | None = None,
+        epochs: dict[str, str] | None = None,
+    ) -> dict:
+        """Subscribe; returns ``{topic: status}``. Only topics with status ok are tracked.
+
+        ``since`` (e.g. a snapshot's ``seq``) goes with the epoch from ``epochs`` (the
+        snapshot's ``epoch``); a topic tracked already resumes from its own position."""
+        since, epochs = since or {}, epochs or {}
         names = list(dict.fromkeys(topics))  # the server refuses an empty topics map
         result: dict[str, dict] = {}
         for i in range(0, len(names), MAX_TOPICS_PER_FRAME):
-            chunk = {
-                t: since.get(t, self._streams.last.get(t))
-                for t in names[i : i + MAX_TOPICS_PER_FRAME]
-            }
+            chunk: dict[str, tuple[int | None, str | None]] = {}
+            for t in names[i : i + MAX_TOPICS_PER_FRAME]:
+                if t in since:
+                    chunk[t] = (since[t], epochs.get(t))
+                else:
+                    chunk[t] = (self._streams.last.get(t), self._streams.epochs.get(t))
             result.update(await self._subscribe_frame(chunk, resumed=False))
         return result
 
@@ -209,6 +223,11 @@ class RealtimeClient:
     def last_seq(self, topic: str) -> int | None:
         """The last seq delivered (or skipped by a reset) on ``topic``; None if untracked."""
         return self._streams.last.get(topic)
+
+    def epoch(self, topic: str) -> str | None:
+        """The stream epoch ``last_seq(topic)`` counts in (v1.1), as the server said it;
+        None if untracked or the server names none. It changes only through a reset."""
+        return self._streams.epochs.get(topic)
 
     @property
     def topics(self) -> list[str]:
@@ -279,8 +298,10 @@ class RealtimeClient:
             resume = True
 
     async def _resume(self, ws: ClientConnection) -> None:
-        """After a reconnect: re-subscribe every tracked topic with since, then go live."""
-        items = list(self._streams.last.items())
+        """After a reconnect: re-subscribe every tracked topic with since (and its epoch),
+        then go live."""
+        epochs = self._streams.epochs
+        items = [(t, (seq, epochs.get(t))) for t, seq in self._streams.last.items()]
         for i in range(0, len(items), MAX_TOPICS_PER_FRAME):
             try:
                 await self._subscribe_frame(dict(items[i : i + MAX_TOPICS_PER_FRAME]), resumed=True)
@@ -377,8 +398,16 @@ class RealtimeClient:
             raise ClientError(str(reply.get("code")), str(reply.get("message", "")), reply)
         return reply
 
-    async def _subscribe_frame(self, asked: dict[str, int | None], *, resumed: bool) -> dict:
-        topics = {t: {} if s is None else {"since": s} for t, s in asked.items()}
+    async def _subscribe_frame(
+        self, asked: dict[str, tuple[int | None, str | None]], *, resumed: bool
+    ) -> dict:
+        """One subscribe frame: per topic ``(since, epoch)``; the epoch goes only with a
+        since, and only when known (a v1 server names none: the frame stays v1)."""
+        topics: dict[str, dict] = {}
+        for t, (since, epoch) in asked.items():
+            topics[t] = {} if since is None else {"since": since}
+            if since is not None and epoch:
+                topics[t]["epoch"] = epoch
 
         async def apply(reply: dict) -> None:
             await self._apply_subscribe(asked, reply, resumed)
@@ -389,7 +418,7 @@ class RealtimeClient:
         return reply.get("topics") or {}
 
     async def _apply_subscribe(
-        self, asked: dict[str, int | None], reply: dict, resumed: bool
+        self, asked: dict[str, tuple[int | None, str | None]], reply: dict, resumed: bool
     ) -> None:
         """Runs in the reader before any later frame, so a replay never precedes it."""
         for topic, status in (reply.get("topics") or {}).items():
@@ -401,18 +430,35 @@ class RealtimeClient:
                     await self._call(self.on_topic_error, topic, status)
                 continue
             seq = int(status.get("seq", 0))
-            since = asked[topic]
+            since, told = asked[topic]
+            epoch = status.get("epoch")
             streams = self._streams
+            # A replay never joins two histories: the server says recovered false for a
+            # since of another epoch, and a reply naming another epoch than the one sent
+            # is not trusted either.
+            same_history = not (told and epoch and told != epoch)
+            streams.set_epoch(topic, epoch)
             if since is None:
                 streams.set_last(topic, seq)
-            elif status.get("recovered", True) and since <= seq:
+            elif status.get("recovered", True) and since <= seq and same_history:
                 streams.set_last(topic, max(since, streams.last.get(topic, since)))
-            else:  # history no longer covers since (or since is ahead): reload a snapshot
-                streams.set_last(topic, seq)
-                snapshot_seq = await self._call(self.on_reset, topic, seq)
-                if type(snapshot_seq) is int and snapshot_seq > seq:
-                    streams.set_last(topic, snapshot_seq)
+            else:  # history no longer covers since (another epoch, pruned, or ahead)
+                await self._reset(topic, seq)
             await streams.drain(topic)  # events held while the reply was on its way
+
+    async def _reset(self, topic: str, seq: int) -> None:
+        """``on_reset``: the app reloads its snapshot and returns its ``seq`` (an int) or
+        the snapshot itself (a dict with ``seq`` and ``epoch``); delivery goes on after
+        the later of that seq and the server's."""
+        streams = self._streams
+        streams.set_last(topic, seq)
+        snapshot = await self._call(self.on_reset, topic, seq)
+        if isinstance(snapshot, dict):
+            if isinstance(snapshot.get("epoch"), str):
+                streams.set_epoch(topic, snapshot["epoch"])
+            snapshot = snapshot.get("seq")
+        if type(snapshot) is int and snapshot > seq:
+            streams.set_last(topic, snapshot)
 
     # --- receiving ----------------------------------------------------------------------
 

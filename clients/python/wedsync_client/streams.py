@@ -3,7 +3,9 @@ once and in ``seq`` order, whatever order and how many times the frames arrive.
 
 An event at ``last + 1`` is delivered; one at or below ``last`` is a duplicate and
 dropped; one beyond ``last + 1`` opens a gap and is held until the missing events come
-(a replay, or frames still on their way). A gap that does not fill within
+(a replay, or frames still on their way). Each topic's position is a seq within a stream
+epoch (v1.1): the history the seq counts in, sent back with it on a resume. A gap that
+does not fill within
 ``gap_timeout``, or that holds more than ``GAP_BUFFER_MAX`` events, is handed to
 ``on_gap``: the client resynchronises (reconnects, and re-subscribes from ``last``).
 No I/O here: the connection is the client's (``client.RealtimeClient``).
@@ -37,6 +39,9 @@ class TopicStreams:
         self.on_gap = on_gap  # a gap did not fill: resynchronise the topic
         self.gap_timeout = gap_timeout
         self.last: dict[str, int] = {}  # tracked topic -> last delivered seq
+        # tracked topic -> the stream epoch ``last`` counts in (servers before v1.1 send
+        # none: such topics have no entry, and resume with ``since`` alone)
+        self.epochs: dict[str, str] = {}
         self.held: dict[str, dict[int, dict]] = {}  # events beyond a gap, per topic
         self.waiters: dict[str, list[tuple[int, asyncio.Future]]] = {}
         self._gap_timers: dict[str, asyncio.TimerHandle] = {}
@@ -75,9 +80,18 @@ class TopicStreams:
             if seq >= want and not fut.done():
                 fut.set_result(None)
 
+    def set_epoch(self, topic: str, epoch: Any) -> None:
+        """The stream epoch ``topic``'s position counts in, as the server named it (a
+        value that is not a non-empty string is not an epoch: nothing is recorded)."""
+        if isinstance(epoch, str) and epoch:
+            self.epochs[topic] = epoch
+        else:
+            self.epochs.pop(topic, None)
+
     def forget(self, topic: Any) -> None:
         """Stop tracking ``topic``: unsubscribed, or refused by the server."""
         self.last.pop(topic, None)
+        self.epochs.pop(topic, None)
         self.clear_gap(topic)
 
     def clear_gap(self, topic: Any) -> None:

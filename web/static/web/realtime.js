@@ -8,8 +8,12 @@
 //   an event after a gap waits for the missing ones (and a gap that stays open makes
 //   the client reconnect, whose replay fills it).
 // - `recovered: false` on a subscribe means the history no longer covers what was
-//   missed: `onReset` reloads the page's state and returns its seq; events between that
-//   seq and the server's are fetched from the history endpoint.
+//   missed: `onReset` reloads the page's state and returns its seq (or `{seq, epoch}`);
+//   events between that seq and the server's are fetched from the history endpoint.
+// - (v1.1) A position is a seq within a stream epoch: the history the seq counts in.
+//   The epoch goes back with `since`; after a restore of the server's database the
+//   epoch is another one, the server answers `recovered: false`, and the page reloads
+//   its state instead of merging two histories that reuse the same seqs.
 // - A dropped connection is retried with exponential back-off and full jitter. While
 //   the browser says it is offline nothing is tried; coming back online reconnects now.
 // - User actions (publish, ack) go through an outbox: kept while the connection is
@@ -59,14 +63,16 @@ export function socketUrl(path = "/ws/realtime/") {
 
 export class RealtimeClient {
   /**
-   * options: url; onEvent(frame); onState(state); onReset(topic, seq) → Promise<seq>;
-   * historyUrl(topic, since) → URL of the HTTP history for a topic; onPresence(frame);
-   * onTopicError(topic, status); onOutbox(items); onLive().
+   * options: url; onEvent(frame); onState(state);
+   * onReset(topic, seq, epoch) → Promise<seq | {seq, epoch}>;
+   * historyUrl(topic, since, epoch) → URL of the HTTP history for a topic;
+   * onPresence(frame); onTopicError(topic, status); onOutbox(items); onLive().
    */
   constructor(options) {
     this.url = options.url || socketUrl();
     this.on = options;
-    this.topics = new Map(); // topic → {lastSeq, held: Map<seq, frame>, resetting, gapTimer}
+    // topic → {lastSeq, epoch, held: Map<seq, frame>, resetting, gapTimer}
+    this.topics = new Map();
     this.state = "connecting";
     this.ws = null;
     this.refs = 0;
@@ -88,10 +94,19 @@ export class RealtimeClient {
     });
   }
 
-  /** Follow a topic from `since` (the seq the page's state includes; null: from now). */
-  track(topic, since = null) {
+  /**
+   * Follow a topic from `since` (the seq the page's state includes; null: from now), in
+   * `epoch` (the stream epoch of that state; null: unknown, `since` is taken as it is).
+   */
+  track(topic, since = null, epoch = null) {
     if (!this.topics.has(topic)) {
-      this.topics.set(topic, { lastSeq: since, held: new Map(), resetting: false, gapTimer: null });
+      this.topics.set(topic, {
+        lastSeq: since,
+        epoch: epoch || null,
+        held: new Map(),
+        resetting: false,
+        gapTimer: null,
+      });
     }
   }
 
@@ -103,6 +118,12 @@ export class RealtimeClient {
   lastSeq(topic) {
     const t = this.topics.get(topic);
     return t ? t.lastSeq : null;
+  }
+
+  /** The stream epoch the topic's last seq counts in (null: untracked or unknown). */
+  epoch(topic) {
+    const t = this.topics.get(topic);
+    return t ? t.epoch : null;
   }
 
   /** Publish an event through the outbox; resolves with the server's ok reply. */
@@ -250,8 +271,8 @@ export class RealtimeClient {
       const chunk = names.slice(i, i + MAX_TOPICS_PER_FRAME);
       const topics = {};
       for (const name of chunk) {
-        const since = this.topics.get(name).lastSeq;
-        topics[name] = since === null ? {} : { since };
+        const { lastSeq: since, epoch } = this.topics.get(name);
+        topics[name] = since === null ? {} : epoch ? { since, epoch } : { since };
       }
       try {
         const reply = await this._request({ type: "subscribe", topics });
@@ -286,10 +307,16 @@ export class RealtimeClient {
         this._dropTopic(name, status);
         continue;
       }
+      // Another epoch than the one sent is another history: never resumed into, whatever
+      // `recovered` says.
+      const otherHistory = Boolean(t.epoch && status.epoch && status.epoch !== t.epoch);
       if (t.lastSeq === null) {
         t.lastSeq = status.seq;
-      } else if (status.recovered === false) {
-        await this._reset(name, status.seq);
+        t.epoch = status.epoch || null;
+      } else if (status.recovered === false || otherHistory) {
+        await this._reset(name, status.seq, status.epoch || null);
+      } else {
+        t.epoch = status.epoch || null;
       }
       this._drain(name);
     }
@@ -302,12 +329,20 @@ export class RealtimeClient {
     if (this.on.onTopicError) this.on.onTopicError(name, status);
   }
 
-  /** The history no longer covers what was missed: reload state, then fill up to `seq`. */
-  async _reset(name, seq) {
+  /**
+   * The history no longer covers what was missed (or is another one: `epoch`): reload
+   * state, then fill up to `seq`.
+   */
+  async _reset(name, seq, epoch) {
     const t = this.topics.get(name);
     t.resetting = true;
+    // Held until now: received for the old position (maybe of the old history). What
+    // arrives during the reload is held for the new one.
+    t.held.clear();
     try {
-      const stateSeq = this.on.onReset ? await this.on.onReset(name, seq) : seq;
+      const state = this.on.onReset ? await this.on.onReset(name, seq, epoch) : seq;
+      const stateSeq = state && typeof state === "object" ? state.seq : state;
+      t.epoch = (state && typeof state === "object" && state.epoch) || epoch;
       t.lastSeq = Math.max(Number.isInteger(stateSeq) ? stateSeq : seq, 0);
       t.held.forEach((_, s) => s <= t.lastSeq && t.held.delete(s));
       if (t.lastSeq < seq && this.on.historyUrl) await this._fillFromHistory(name, seq);
@@ -320,12 +355,18 @@ export class RealtimeClient {
   async _fillFromHistory(name, upTo) {
     const t = this.topics.get(name);
     while (t.lastSeq < upTo) {
-      const response = await fetch(this.on.historyUrl(name, t.lastSeq), {
+      const response = await fetch(this.on.historyUrl(name, t.lastSeq, t.epoch), {
         credentials: "same-origin",
         headers: { Accept: "application/json" },
       });
       if (!response.ok) return;
       const page = await response.json();
+      if (page.epoch && t.epoch && page.epoch !== t.epoch) {
+        // The server's history changed again meanwhile: a new connection resumes with
+        // this epoch, is told `recovered: false` and resets once more.
+        this._resync();
+        return;
+      }
       for (const frame of page.events || []) this._deliverInOrder(name, frame);
       if (!page.events || !page.events.length || page.next_since === null) return;
     }

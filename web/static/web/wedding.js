@@ -1,10 +1,12 @@
 // The live wedding page: timeline with now/next, vendor statuses with one-tap buttons,
 // messages, presence, emergencies with acknowledgement, and the planner's controls.
 //
-// The page starts from the state embedded in the HTML (consistent at its `seq`) and
-// applies every later event of the wedding's topic, in seq order, as the realtime
-// client hands them over. Every render reads only this page's state: nothing of other
-// weddings reaches the browser.
+// The page starts from the state embedded in the HTML (consistent at its `seq`, in its
+// stream `epoch`) and applies every later event of the wedding's topic, in seq order, as
+// the realtime client hands them over. When the server's history is not the one the page
+// holds (a seq too old, or another epoch after a restore of the server's database), the
+// page reloads its state in place instead of merging. Every render reads only this
+// page's state: nothing of other weddings reaches the browser.
 
 import { ItemEditor, signedMinutes } from "./editor.js";
 import { RealtimeClient, socketUrl } from "./realtime.js";
@@ -45,7 +47,9 @@ class WeddingPage {
       onEvent: (frame) => this.apply(frame),
       onState: (connection) => this.setConnection(connection),
       onReset: (topic, seq) => this.reload(seq),
-      historyUrl: (topic, since) => `${this.urls.history}?since=${since}&limit=1000`,
+      historyUrl: (topic, since, epoch) =>
+        `${this.urls.history}?since=${since}&limit=1000` +
+        (epoch ? `&epoch=${encodeURIComponent(epoch)}` : ""),
       onPresence: (diff) => this.presenceDiff(diff),
       onTopicError: () => this.lostAccess(),
       onOutbox: (items) => {
@@ -59,7 +63,7 @@ class WeddingPage {
       },
       onLive: () => this.refreshPresence(),
     });
-    this.rt.track(this.topic, state.seq);
+    this.rt.track(this.topic, state.seq, state.epoch);
     this.editor = new ItemEditor(this);
     this.bind();
     this.renderAll();
@@ -113,7 +117,8 @@ class WeddingPage {
     this.load(state);
     this.renderAll();
     this.toast("Caught up: the page was reloaded from the server.");
-    return state.seq;
+    // The new position: the state's seq in the state's epoch (the history it was read in).
+    return { seq: state.seq, epoch: state.epoch };
   }
 
   // --- events ------------------------------------------------------------------------------
