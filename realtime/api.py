@@ -159,6 +159,8 @@ async def wedding_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     """
     if not await _may_read_wedding(request.user, wedding_id):
         raise ApiError("not_found", topic_forbidden(f"wedding:{wedding_id}").message, 404)
+    # The user's snapshot budget (PROTOCOL §8): 429 rate_limited over it.
+    await get_user_limits().check_frame("snapshot", request.user.pk)
     state = await _snapshot_aget(wedding_id)
     if state is None:  # no such wedding (staff), or deleted since the access was cached
         raise ApiError("not_found", topic_forbidden(f"wedding:{wedding_id}").message, 404)
@@ -242,11 +244,15 @@ def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     recovered = (
         told in (None, epoch) and since <= seq and selectors.replay_covers(wedding.topic, since)
     )
+    # The same per-user replay budget as a subscribe with ``since`` (PROTOCOL §8): paging
+    # through the history is a replay too. 429 ``rate_limited`` over it. A spent budget is
+    # refused before the page is read.
+    limits = get_user_limits()
+    if recovered:
+        async_to_sync(limits.check_frame_spent)("replay", request.user.pk)
     events = selectors.events_since(wedding.topic, since, limit=limit) if recovered else []
     view = plan_view_frame if plan_only_on(request.user, wedding.pk) else None  # the couple
-    # The same per-user replay budget as a subscribe with ``since`` (PROTOCOL §8): paging
-    # through the history is a replay too. 429 ``rate_limited`` over it.
-    async_to_sync(get_user_limits().check_frame)("replay", request.user.pk, len(events))
+    async_to_sync(limits.check_frame)("replay", request.user.pk, len(events))
     last = events[-1].seq if events else since
     return json_response(
         {

@@ -333,8 +333,13 @@ class RealtimeConsumer:
         await self._open_streams(hub, allowed, plan_only)
         since = {t: requested[t].since for t in allowed}
         epochs = {t: requested[t].epoch for t in allowed}
+        if any(after is not None for after in since.values()):
+            # A spent replay budget is refused before the log is read (a flood of replays
+            # costs no read); what the replay costs is taken once it is known.
+            await self._check_replay(since, None)
         syncs = await plan_syncs(hub, since, epochs, epoch)
-        await self._check_replay(since, syncs)
+        cost = sum(s.seq - s.start for t, s in syncs.items() if since[t] is not None)
+        await self._check_replay(since, cost)
         self._start_streams(since, syncs, statuses, epoch)
         if not still_current(node, epoch):  # bumped meanwhile: resume (and reload) instead
             await self.close(CLOSE_RESTARTING, CLOSE_EPOCH_CHANGED)
@@ -345,12 +350,15 @@ class RealtimeConsumer:
         for topic in allowed:
             await self._join_presence(topic, infos[topic])
 
-    async def _check_replay(self, since: dict[str, int | None], syncs: dict[str, Sync]) -> None:
-        """A token of the user's replay budget per event the subscribe would replay; over
-        it, the frame's new topics are dropped again and the frame is refused."""
-        cost = sum(s.seq - s.start for t, s in syncs.items() if since[t] is not None)
+    async def _check_replay(self, since: dict[str, int | None], cost: int | None) -> None:
+        """``cost`` tokens of the user's replay budget (one per event the subscribe
+        replays; None: only whether it is spent); over it, the frame's new topics are
+        dropped again and the frame is refused."""
         try:
-            await self._limiter().acheck_frame("replay", self.user.pk, cost)
+            if cost is None:
+                await self._limiter().acheck_spent("replay", self.user.pk)
+            else:
+                await self._limiter().acheck_frame("replay", self.user.pk, cost)
         except RealtimeError:
             for topic in since:
                 await self._drop_topic(topic)

@@ -87,12 +87,14 @@ class TokenBucket:
                 self._tokens = min(self.burst, self._tokens + (now - last) * self.rate)
             self._last = now
 
-    def allow(self, now: float | None = None, cost: float = 1.0) -> bool:
+    def allow(self, now: float | None = None, cost: float = 1.0, need: float | None = None) -> bool:
         """Take ``cost`` tokens if they are there (``now``: monotonic seconds; injected by
         tests). A cost above the burst passes on a full bucket and leaves it in debt
-        (below zero): later actions wait until the debt is paid back."""
+        (below zero): later actions wait until the debt is paid back. ``need``: the tokens
+        that must be there (default: the cost); ``cost=0, need=1`` asks whether a
+        budget is spent without taking anything."""
         self._refill(time.monotonic() if now is None else now)
-        if self._tokens >= min(cost, self.burst) - _EPSILON:
+        if self._tokens >= min(cost if need is None else need, self.burst) - _EPSILON:
             self._tokens -= cost
             return True
         return False
@@ -197,6 +199,14 @@ class PublishLimiter:
             self._strike(time.monotonic() if now is None else now)
             raise
 
+    async def acheck_spent(self, budget: str, user_id: int, now: float | None = None) -> None:
+        """``UserLimits.check_frame_spent``; a refusal is a strike of this connection."""
+        try:
+            await get_user_limits().check_frame_spent(budget, user_id)
+        except RealtimeError:
+            self._strike(time.monotonic() if now is None else now)
+            raise
+
     def _strike(self, now: float) -> None:
         self._strikes.append(now)
         if (
@@ -220,7 +230,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3] or '1')
-local need = math.min(cost, burst)
+local need = math.min(tonumber(ARGV[4] or ARGV[3] or '1'), burst)
 local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(v[1])
 local ts = tonumber(v[2])
@@ -256,6 +266,10 @@ FRAME_BUDGETS: dict[str, tuple[str, str]] = {
     "replay": ("events replayed", "REALTIME_USER_REPLAY"),
     "presence": ("presence requests", "REALTIME_USER_PRESENCE"),
     "ack": ("acks", "REALTIME_USER_ACK"),
+    # A wedding's snapshot or page state over HTTP (GET /api/weddings/<id>/, the web
+    # page's state): served from the cache, but not for free, and a client reloads one
+    # only after a gap it could not fill.
+    "snapshot": ("snapshots", "REALTIME_USER_SNAPSHOT"),
 }
 
 # How many local buckets a process keeps, and how long (s): an evicted bucket starts full
@@ -278,14 +292,21 @@ class UserLimits:
         return f"{self.key_prefix}:rl:{budget}:{user_id}"
 
     async def take(
-        self, budget: str, user_id: int, rate: float, burst: int, cost: int = 1
+        self,
+        budget: str,
+        user_id: int,
+        rate: float,
+        burst: int,
+        cost: int = 1,
+        need: int | None = None,
     ) -> float:
-        """Take ``cost`` tokens from ``user_id``'s ``budget``: 0 when taken, else the
-        seconds until they are there."""
+        """Take ``cost`` tokens from ``user_id``'s ``budget`` (when ``need`` of them, by
+        default the cost, are there): 0 when taken, else the seconds until they are."""
+        args = [rate, burst, cost] if need is None else [rate, burst, cost, need]
         if self.breaker is not None:
             try:
                 allowed, wait_ms = await self.breaker.acall(
-                    _TAKE, get_redis(self.url), [self.key(budget, user_id)], [rate, burst, cost]
+                    _TAKE, get_redis(self.url), [self.key(budget, user_id)], args
                 )
             except CircuitOpen:
                 pass
@@ -293,18 +314,24 @@ class UserLimits:
                 logger.warning("rate limits: Redis unreachable; limiting in this process")
             else:
                 return 0.0 if int(allowed) else max(0.001, int(wait_ms) / 1000)
-        return self._take_local(budget, user_id, rate, burst, cost)
+        return self._take_local(budget, user_id, rate, burst, cost, need)
 
     def _take_local(
-        self, budget: str, user_id: int, rate: float, burst: int, cost: int = 1
+        self,
+        budget: str,
+        user_id: int,
+        rate: float,
+        burst: int,
+        cost: int = 1,
+        need: int | None = None,
     ) -> float:
         bucket = self._local.get((budget, user_id))
         if bucket is None or bucket.rate != rate or bucket.burst != burst:
             bucket = self._local[(budget, user_id)] = TokenBucket(rate, burst)
         now = time.monotonic()
-        if bucket.allow(now, cost):
+        if bucket.allow(now, cost, need):
             return 0.0
-        return max(0.001, bucket.retry_after(now, cost))
+        return max(0.001, bucket.retry_after(now, cost if need is None else need))
 
     async def check_publish(self, user_id: int, event: str) -> None:
         """Raise ``rate_limited`` when ``user_id`` is over its publish budget for ``event``
@@ -329,6 +356,17 @@ class UserLimits:
         what, prefix = FRAME_BUDGETS[budget]
         rate = getattr(settings, f"{prefix}_RATE")
         wait = await self.take(budget, user_id, rate, getattr(settings, f"{prefix}_BURST"), cost)
+        if wait:
+            raise rate_limited(what, rate, wait)
+
+    async def check_frame_spent(self, budget: str, user_id: int) -> None:
+        """Raise ``rate_limited`` when ``user_id``'s ``budget`` is spent (less than one
+        unit left, or in debt); takes nothing. Asked before costly work whose size is known
+        only after it (a replay): a spent budget is refused without doing the work."""
+        what, prefix = FRAME_BUDGETS[budget]
+        rate = getattr(settings, f"{prefix}_RATE")
+        burst = getattr(settings, f"{prefix}_BURST")
+        wait = await self.take(budget, user_id, rate, burst, cost=0, need=1)
         if wait:
             raise rate_limited(what, rate, wait)
 

@@ -17,6 +17,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, logout
 from django.contrib.auth import views as auth_views
@@ -29,7 +30,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from core.http import json_error, json_response
-from realtime.errors import topic_forbidden
+from realtime.errors import RealtimeError, topic_forbidden
+from realtime.limits import get_user_limits
 from realtime.tokens import tokens_revoke_all
 
 from . import selectors
@@ -145,6 +147,11 @@ def wedding_state(request: HttpRequest, wedding_id: int) -> HttpResponse:
     """The wedding page's state as JSON: reloaded when the history cannot fill a gap."""
     if not request.user.is_authenticated:
         return json_error("unauthenticated", "sign in again", 401)
+    try:
+        # The user's snapshot budget, shared with the snapshot API (PROTOCOL §8).
+        async_to_sync(get_user_limits().check_frame)("snapshot", request.user.pk)
+    except RealtimeError as err:
+        return json_error(err.code, err.message, 429, **err.extra)
     try:
         _, state = _page_state(request, wedding_id)
     except DatabaseError:

@@ -391,3 +391,89 @@ def test_flood__http_history_pages_take_from_the_replay_budget(settings):
     assert refused["error"]["code"] == "rate_limited"
     other = _bearer_client(world_.planner)
     assert other.get(path, {"since": 0, "limit": 10}).status_code == 200
+
+
+# --- what a refused read costs -----------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(60)
+async def test_flood__a_spent_replay_budget_is_refused_before_the_log_is_read(
+    opened,  # noqa: F811
+    settings,
+    monkeypatch,
+):
+    # given: a replay budget of 3 events that does not refill, spent by one replay
+    settings.REALTIME_USER_REPLAY_RATE, settings.REALTIME_USER_REPLAY_BURST = 0.001, 3
+    w = await world()
+    topic = w["a"].topic
+    for n in range(5):
+        await database_sync_to_async(event_publish_system)(topic, "message.posted", {"text": n})
+    conn, _, _ = await opened(user=w["photographer"])
+    first = await conn.request({"type": "subscribe", "topics": {topic: {"since": 0}}})
+    assert first["topics"][topic]["recovered"] is True  # 5 events: passes, in debt
+    await conn.request({"type": "unsubscribe", "topics": [topic]})
+    from realtime import replay
+
+    reads: list[dict] = []
+    read = replay.sync_topics
+
+    async def counting(since: dict, *args: Any) -> Any:
+        reads.append(since)
+        return await read(since, *args)
+
+    monkeypatch.setattr(replay, "sync_topics", counting)
+
+    # when: it asks for the replay again, and again
+    replies = [
+        await conn.request({"type": "subscribe", "topics": {topic: {"since": 0}}}) for _ in range(3)
+    ]
+
+    # then: each is refused, and the log was never read for them
+    assert [r["code"] for r in replies] == ["rate_limited"] * 3
+    assert reads == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_flood__http_history_with_a_spent_budget_is_refused_before_reading(
+    settings, django_assert_max_num_queries
+):
+    # given: a replay budget of 3 events, spent by one page of 5
+    settings.REALTIME_USER_REPLAY_RATE, settings.REALTIME_USER_REPLAY_BURST = 0.001, 3
+    world_ = make_world()
+    for n in range(5):
+        event_publish_system(world_.topic, "message.posted", {"text": n})
+    client = _bearer_client(world_.photographer)
+    path = f"/api/weddings/{world_.wedding.pk}/events?since=0"
+    assert client.get(path).status_code == 200
+
+    # when / then: the next page is refused (429), and no event row was read for it
+    with django_assert_max_num_queries(8) as queries:
+        response = client.get(path)
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limited"
+    page_reads = [q for q in queries.captured_queries if '"realtime_event"."payload"' in q["sql"]]
+    assert page_reads == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_flood__snapshots_and_page_states_share_a_per_user_budget(settings):
+    # given: a snapshot budget of 3 that does not refill
+    settings.REALTIME_USER_SNAPSHOT_RATE, settings.REALTIME_USER_SNAPSHOT_BURST = 0.001, 3
+    world_ = make_world()
+    api = _bearer_client(world_.photographer)
+    page = Client()
+    page.force_login(world_.photographer)
+    wedding = world_.wedding.pk
+
+    # when: two snapshots and two page states
+    statuses = [
+        api.get(f"/api/weddings/{wedding}/").status_code,
+        page.get(f"/weddings/{wedding}/state").status_code,
+        api.get(f"/api/weddings/{wedding}/").status_code,
+        page.get(f"/weddings/{wedding}/state").status_code,
+    ]
+
+    # then: three pass, the fourth is refused
+    assert statuses == [200, 200, 200, 429]
+    assert page.get(f"/weddings/{wedding}/state").json()["error"]["code"] == "rate_limited"
