@@ -287,7 +287,9 @@ def _publish(request: HttpRequest, wedding_id: int) -> HttpResponse:
         )
     # The user's publish budget, shared with their WebSocket connections and every
     # process (PROTOCOL §8): 429 rate_limited with retry_after_ms.
-    async_to_sync(get_user_limits().check_publish)(request.user.pk, data["event"])
+    async_to_sync(get_user_limits().check_publish)(
+        request.user.pk, data["event"], len(request.body)
+    )
     result = services.event_publish(
         topic=f"wedding:{wedding_id}",
         event=data["event"],

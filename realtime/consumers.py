@@ -10,6 +10,7 @@ the connections of an event loop share (the hub, the presence diffs, the sweep) 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -74,6 +75,7 @@ class RealtimeConsumer:
         "closing",
         "conn_id",
         "connection",
+        "frame_size",
         "inflight",
         "last_seen",
         "limiter",
@@ -97,6 +99,7 @@ class RealtimeConsumer:
         self.limiter: PublishLimiter | None = None  # made by the first publish
         self.watched = False  # registered with the hub for notices about its user
         self.user: Any = None
+        self.frame_size = 0  # the bytes of the frame being handled (the publish budget)
 
     @classmethod
     def as_asgi(cls) -> Callable[[dict, Any, Any], Awaitable[None]]:
@@ -136,6 +139,14 @@ class RealtimeConsumer:
 
     async def websocket_connect(self, message: dict) -> None:
         self.user = self.scope.get("user")
+        cooling = None
+        if self.user is not None and self.user.is_authenticated:
+            # Closed for its behaviour a moment ago: the handshake waits out the cool-down
+            # before it is answered (at no cost: nothing is accepted, counted or read), so a
+            # reconnect loop runs at one attempt per cool-down, not as fast as it can.
+            cooling = cooldowns.get(self.user.pk)
+            if cooling is not None:
+                await asyncio.sleep(cooldowns.remaining(self.user.pk))
         await self.send({"type": "websocket.accept"})
         metrics.connection_opened()
         self.outbox = Outbox(
@@ -149,8 +160,7 @@ class RealtimeConsumer:
         if self.user is None or not self.user.is_authenticated:
             await self.close(CLOSE_UNAUTHENTICATED, "authentication required")
             return
-        cooling = cooldowns.get(self.user.pk)
-        if cooling is not None:  # closed for its behaviour a moment ago: no reconnect loop
+        if cooling is not None:
             await self.close(cooling, "too soon after being closed; retry later")
             return
         if not await self._register():
@@ -225,6 +235,7 @@ class RealtimeConsumer:
 
     async def _receive(self, message: dict) -> None:
         text, data = message.get("text"), message.get("bytes")
+        self.frame_size = len(text) if text is not None else len(data or b"")
         try:
             frame = protocol.decode_frame(
                 text if text is not None else data, is_binary=text is None
@@ -267,7 +278,7 @@ class RealtimeConsumer:
             await self.close(CLOSE_OVERLOADED, "client too slow")
 
     async def _handle(self, frame: Any) -> None:
-        self._limiter().check_any()  # every frame, before it costs anything else
+        self._limiter().check_any(self.user.pk)  # every frame, before it costs anything else
         match frame:
             case protocol.Ping():
                 await self._reply(protocol.pong(frame.ref))
@@ -278,7 +289,7 @@ class RealtimeConsumer:
                     await self._drop_topic(topic)
                 await self._reply(protocol.reply_ok(frame.ref, topics=list(frame.topics)))
             case protocol.Publish():
-                await self._limiter().acheck(frame.event, self.user.pk)
+                await self._limiter().acheck(frame.event, self.user.pk, size=self.frame_size)
                 if process.draining:
                     raise RealtimeError(
                         "unavailable", "server restarting; send it again after reconnecting"
@@ -554,9 +565,10 @@ class RealtimeConsumer:
 class Cooldowns:
     """Users closed with 4008 (rate limits ignored) or refused with 4029 (too many
     connections) a moment ago, per process: a new connection of theirs within
-    ``REALTIME_RECONNECT_COOLDOWN`` seconds is closed at once with the same code, before
-    it costs a registration in Redis or a frame. A client that backs off as PROTOCOL §8
-    asks never meets it; one that reconnects in a loop is slowed to the cool-down."""
+    ``REALTIME_RECONNECT_COOLDOWN`` seconds has its handshake held until the cool-down
+    ends, then is closed with the same code, before it costs a registration in Redis or
+    a frame. A client that backs off as PROTOCOL §8 asks never meets it; one that
+    reconnects in a loop is slowed to one attempt per cool-down."""
 
     def __init__(self) -> None:
         self._until: dict[int, tuple[float, int]] = {}
@@ -568,6 +580,11 @@ class Cooldowns:
                 now = time.monotonic()
                 self._until = {k: v for k, v in self._until.items() if v[0] > now}
             self._until[user_id] = (time.monotonic() + seconds, code)
+
+    def remaining(self, user_id: int) -> float:
+        """Seconds left of a user's cool-down (0 when none)."""
+        entry = self._until.get(user_id)
+        return max(0.0, entry[0] - time.monotonic()) if entry is not None else 0.0
 
     def get(self, user_id: int) -> int | None:
         """The close code of a user still cooling down, else None."""

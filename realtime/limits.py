@@ -119,6 +119,11 @@ def rate_limited(
     )
 
 
+# Each user's frames on this process, across their connections (``check_any``); an idle
+# bucket evicted is a full one again, which is what it would be.
+_user_frames: TTLCache[int, TokenBucket] = TTLCache(100_000, 600)
+
+
 class PublishLimiter:
     """One connection's publish rate limit (PROTOCOL §8: 20/s, burst 40) and frame rate
     limit (every frame, pings included: ``REALTIME_FRAME_RATE``/``_BURST``), with strikes.
@@ -152,13 +157,24 @@ class PublishLimiter:
         # Set once the client has been refused too often; the consumer then closes (4008).
         self.should_close = False
 
-    def check_any(self, now: float | None = None) -> None:
+    def check_any(self, user_id: int | None = None, now: float | None = None) -> None:
         """Any frame of the connection: let it through, or raise ``rate_limited`` (a
-        strike)."""
+        strike). Also the user's frames on this process, across their connections
+        (``REALTIME_USER_FRAME_RATE``): twenty connections cannot send twenty bursts."""
         if now is None:
             now = time.monotonic()
         if self._frames.allow(now):
-            return
+            if user_id is None:
+                return
+            bucket = _user_frames.get(user_id)
+            if bucket is None:
+                bucket = _user_frames[user_id] = TokenBucket(
+                    settings.REALTIME_USER_FRAME_RATE, settings.REALTIME_USER_FRAME_BURST
+                )
+            if bucket.allow(now):
+                return
+            self._strike(now)
+            raise rate_limited("frames", bucket.rate, bucket.retry_after(now))
         self._strike(now)
         raise rate_limited("frames", self._frames.rate, self._frames.retry_after(now))
 
@@ -175,13 +191,15 @@ class PublishLimiter:
         self._strike(now)
         raise rate_limited("publishes", self._bucket.rate, self._bucket.retry_after(now))
 
-    async def acheck(self, event: str, user_id: int, now: float | None = None) -> None:
-        """The consumer's check: the connection's limit, then the user's budget (shared by
-        the user's connections, the HTTP API and every process). A refusal by either is a
-        strike of this connection."""
+    async def acheck(
+        self, event: str, user_id: int, now: float | None = None, size: int = 0
+    ) -> None:
+        """The consumer's check: the connection's limit, then the user's budgets (shared
+        by the user's connections, the HTTP API and every process): events, and the bytes
+        of ``size`` (the frame). A refusal by either is a strike of this connection."""
         self.check(event, now)
         try:
-            await get_user_limits().check_publish(user_id, event)
+            await get_user_limits().check_publish(user_id, event, size)
         except RealtimeError:
             self._strike(time.monotonic() if now is None else now)
             raise
@@ -265,6 +283,7 @@ FRAME_BUDGETS: dict[str, tuple[str, str]] = {
     "subscribe": ("topics subscribed", "REALTIME_USER_SUBSCRIBE"),
     "replay": ("events replayed", "REALTIME_USER_REPLAY"),
     "presence": ("presence requests", "REALTIME_USER_PRESENCE"),
+    "publish_bytes": ("bytes published", "REALTIME_USER_PUBLISH_BYTES"),
     "ack": ("acks", "REALTIME_USER_ACK"),
     # A wedding's snapshot or page state over HTTP (GET /api/weddings/<id>/, the web
     # page's state): served from the cache, but not for free, and a client reloads one
@@ -333,9 +352,12 @@ class UserLimits:
             return 0.0
         return max(0.001, bucket.retry_after(now, cost if need is None else need))
 
-    async def check_publish(self, user_id: int, event: str) -> None:
+    async def check_publish(self, user_id: int, event: str, size: int = 0) -> None:
         """Raise ``rate_limited`` when ``user_id`` is over its publish budget for ``event``
-        (critical events: the critical budget)."""
+        (critical events: the critical budget), or, for an ordinary event, over its
+        budget of bytes published (``size``: the frame or request body). Every subscriber
+        receives every byte of a wedding's events in order: bytes, not events, are what a
+        burst of large messages costs everyone else."""
         if is_critical(event):
             budget, what = "critical", "critical publishes"
             rate = settings.REALTIME_CRITICAL_PUBLISH_RATE
@@ -347,6 +369,8 @@ class UserLimits:
         wait = await self.take(budget, user_id, rate, burst)
         if wait:
             raise rate_limited(what, rate, wait)
+        if size > 0 and not is_critical(event):
+            await self.check_frame("publish_bytes", user_id, size)
 
     async def check_frame(self, budget: str, user_id: int, cost: int = 1) -> None:
         """Raise ``rate_limited`` when ``user_id`` is over its ``budget`` (a key of

@@ -420,6 +420,12 @@ def ack_record(*, user: Any, topic: str, seq: Any) -> AckResult:
     acked_event = Event.objects.filter(topic=topic_name, seq=seq).first()
     if acked_event is None:
         raise invalid("seq", f"no event {seq} on this topic (never sent, or pruned)")
+    if Ack.objects.filter(event=acked_event, user=user).exists():
+        # Acknowledged already: nothing to store or publish, no lock (a repeated ack, or
+        # a flood of them, holds up nobody's publish).
+        return AckResult(
+            event=acked_event, created=False, acked=selectors.acked_user_ids(acked_event)
+        )
     # Only an ack that publishes (ack.updated, of an ack_required event) takes the topic's
     # ordering lock and its cursor row: an ack of anything else is one insert, and a
     # flood of them holds up nobody's publish.

@@ -415,6 +415,9 @@ REALTIME_RATE_LIMIT_WINDOW = env.float("REALTIME_RATE_LIMIT_WINDOW", default=10.
 # (a publish limit of 20/s, a ping every 25 s).
 REALTIME_FRAME_RATE = env.float("REALTIME_FRAME_RATE", default=50.0)  # frames/s
 REALTIME_FRAME_BURST = env.int("REALTIME_FRAME_BURST", default=100)
+# The same across all of one user's connections to a process (a user may hold 20).
+REALTIME_USER_FRAME_RATE = env.float("REALTIME_USER_FRAME_RATE", default=100.0)  # frames/s
+REALTIME_USER_FRAME_BURST = env.int("REALTIME_USER_FRAME_BURST", default=200)
 # A user closed with 4008 or refused with 4029 has their next connections on that process
 # closed at once for this long (seconds; 0: off): a reconnect loop costs almost nothing.
 REALTIME_RECONNECT_COOLDOWN = env.float("REALTIME_RECONNECT_COOLDOWN", default=5.0)
@@ -424,6 +427,11 @@ REALTIME_RECONNECT_COOLDOWN = env.float("REALTIME_RECONNECT_COOLDOWN", default=5
 # that an ordinary flood cannot starve them and they cannot be used to flood.
 REALTIME_USER_PUBLISH_RATE = env.float("REALTIME_USER_PUBLISH_RATE", default=20.0)  # per s
 REALTIME_USER_PUBLISH_BURST = env.int("REALTIME_USER_PUBLISH_BURST", default=40)
+# Bytes of ordinary events one user may publish (frames, HTTP bodies): what a burst of
+# large messages costs every subscriber of the wedding. Ample for status taps and notes
+# (a few hundred bytes each), about two 4,000-character messages a second.
+REALTIME_USER_PUBLISH_BYTES_RATE = env.float("REALTIME_USER_PUBLISH_BYTES_RATE", default=8192.0)
+REALTIME_USER_PUBLISH_BYTES_BURST = env.int("REALTIME_USER_PUBLISH_BYTES_BURST", default=32768)
 REALTIME_CRITICAL_PUBLISH_RATE = env.float("REALTIME_CRITICAL_PUBLISH_RATE", default=1.0)
 REALTIME_CRITICAL_PUBLISH_BURST = env.int("REALTIME_CRITICAL_PUBLISH_BURST", default=5)
 # Open emergencies one member may hold on one wedding (raising another: limit_reached).
@@ -441,11 +449,11 @@ REALTIME_USER_SUBSCRIBE_BURST = env.int("REALTIME_USER_SUBSCRIBE_BURST", default
 # 100 events/s sustained (a reconnect after a long drop passes on the burst, in debt); more
 # is one member reading 4 KB events faster than a wedding's whole fan-out costs.
 REALTIME_USER_REPLAY_RATE = env.float("REALTIME_USER_REPLAY_RATE", default=100.0)  # events/s
-REALTIME_USER_REPLAY_BURST = env.int("REALTIME_USER_REPLAY_BURST", default=10_000)
-REALTIME_USER_PRESENCE_RATE = env.float("REALTIME_USER_PRESENCE_RATE", default=10.0)  # per s
-REALTIME_USER_PRESENCE_BURST = env.int("REALTIME_USER_PRESENCE_BURST", default=100)
-REALTIME_USER_ACK_RATE = env.float("REALTIME_USER_ACK_RATE", default=10.0)  # per s
-REALTIME_USER_ACK_BURST = env.int("REALTIME_USER_ACK_BURST", default=100)
+REALTIME_USER_REPLAY_BURST = env.int("REALTIME_USER_REPLAY_BURST", default=2_000)
+REALTIME_USER_PRESENCE_RATE = env.float("REALTIME_USER_PRESENCE_RATE", default=2.0)  # per s
+REALTIME_USER_PRESENCE_BURST = env.int("REALTIME_USER_PRESENCE_BURST", default=20)
+REALTIME_USER_ACK_RATE = env.float("REALTIME_USER_ACK_RATE", default=2.0)  # per s
+REALTIME_USER_ACK_BURST = env.int("REALTIME_USER_ACK_BURST", default=20)
 REALTIME_USER_SNAPSHOT_RATE = env.float("REALTIME_USER_SNAPSHOT_RATE", default=5.0)  # per s
 REALTIME_USER_SNAPSHOT_BURST = env.int("REALTIME_USER_SNAPSHOT_BURST", default=30)
 # Realtime tokens issued per user (POST /api/realtime/token): burst, refilled per minute.
@@ -566,6 +574,15 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_NETWORKS = env.list(
     "METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"] if DEBUG else []
 )
+# Where the minute snapshot and the live figures read the server processes' metrics when
+# they run on other hosts than the worker (Kubernetes: every pod is a host, with its own
+# files): base URLs (http://10.0.0.5:8000), dns:NAME:PORT (every address NAME resolves to,
+# e.g. a headless Service's pods) and "local" (this host's own files), sent METRICS_TOKEN.
+# Empty: this host's files alone, enough where every process shares them (one host).
+METRICS_PEERS = env.list("METRICS_PEERS", default=[])
+# The Host header sent to the peers; empty: each peer's own address, as Prometheus sends
+# (the pods list their IP in ALLOWED_HOSTS for it).
+METRICS_PEERS_HOST = env.str("METRICS_PEERS_HOST", default="")
 # Seconds between two samples of a process's gauges (connections, subscriptions, outbox
 # depth, presence, cache counters, breakers) into the shared metric files.
 METRICS_SAMPLE_INTERVAL = env.float("METRICS_SAMPLE_INTERVAL", default=5.0)
