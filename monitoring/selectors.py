@@ -58,22 +58,25 @@ def _iso(value: dt.datetime | None) -> str | None:
 # --- figures -------------------------------------------------------------------------------
 
 
-# The previous reading per metrics directory, in this process: any two readings of the
-# same directory give valid rates, whichever process took them.
+# The previous reading per metrics directory (or peer list), in this process: any two
+# readings of the same directory give valid rates, whichever process took them.
 _previous: dict[str, dict[str, Any]] = {}
 _previous_lock = threading.Lock()
 
 
 def live_figures(*, path: Path | None = None) -> dict[str, Any]:
-    """The host's figures now: gauges, and rates since this process's previous reading
-    (at least ``LIVE_MIN_WINDOW_S`` ago), or since the latest snapshot without one."""
-    directory = str(path or metrics.metrics_dir())
+    """The deployment's figures now: gauges, and rates since this process's previous
+    reading (at least ``LIVE_MIN_WINDOW_S`` ago), or since the latest snapshot without one.
+    Read from ``METRICS_PEERS`` when set (every pod's /metrics), else from this host's
+    files; ``path``: that metrics directory instead (tests)."""
+    peers = settings.METRICS_PEERS if path is None else []
+    source = "peers:" + ",".join(peers) if peers else str(path or metrics.metrics_dir())
     now = time.time()
     with _previous_lock:
-        previous = _previous.get(directory)
+        previous = _previous.get(source)
     if previous and now - previous["at"] < LIVE_MIN_WINDOW_S:
         return previous["figures"]
-    totals = figures.read_totals(Path(directory))
+    totals = figures.read_totals_from_peers(peers) if peers else figures.read_totals(Path(source))
     if previous is None and (snapshot := latest_snapshot()) is not None and snapshot.totals:
         previous = {"at": snapshot.taken_at.timestamp(), "totals": snapshot.totals}
     seconds = now - previous["at"] if previous else None
@@ -81,7 +84,7 @@ def live_figures(*, path: Path | None = None) -> dict[str, Any]:
     derived["at"] = wire_time(dt.datetime.fromtimestamp(now, dt.UTC))
     derived["window_s"] = seconds
     with _previous_lock:
-        _previous[directory] = {"at": now, "totals": totals, "figures": derived}
+        _previous[source] = {"at": now, "totals": totals, "figures": derived}
     return derived
 
 

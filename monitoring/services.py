@@ -48,10 +48,11 @@ _ESCALATION_ORDER = [e.value for e in Alert.Escalation]
 
 def snapshot_record(*, now: dt.datetime | None = None, totals: dict[str, Any] | None = None
                     ) -> MetricSnapshot:  # fmt: skip
-    """Store the host's figures of the minute since the previous snapshot (beat, every
-    minute). ``totals`` is a reading of the metric files (read now when not given)."""
+    """Store the deployment's figures of the minute since the previous snapshot (beat,
+    every minute). ``totals`` is a reading of the metrics (read now when not given: every
+    peer's /metrics with ``METRICS_PEERS``, else this host's files)."""
     now = now or timezone.now()
-    totals = figures.read_totals() if totals is None else totals
+    totals = figures.read_deployment_totals() if totals is None else totals
     previous = selectors.latest_snapshot()
     seconds = (now - previous.taken_at).total_seconds() if previous else None
     derived = figures.derive(previous.totals if previous else None, totals, seconds)
@@ -62,7 +63,7 @@ def snapshot_record(*, now: dt.datetime | None = None, totals: dict[str, Any] | 
     except Exception:  # the registry lives in Redis; a snapshot must not fail with it
         logger.warning("snapshot: connection registry unavailable", exc_info=True)
         utilisation = None
-    return MetricSnapshot.objects.create(
+    snapshot = MetricSnapshot.objects.create(
         taken_at=now,
         interval_s=seconds,
         connections=int(derived["connections"]),
@@ -90,6 +91,12 @@ def snapshot_record(*, now: dt.datetime | None = None, totals: dict[str, Any] | 
             "latency_ok": latency_ok,
         }},
     )  # fmt: skip
+    if previous is not None and "by_peer" in previous.totals:
+        # Each host's counters (METRICS_PEERS) are only compared with the next reading:
+        # older rows keep the sums alone, so history does not grow with the number of pods.
+        kept = {k: v for k, v in previous.totals.items() if k != "by_peer"}
+        MetricSnapshot.objects.filter(pk=previous.pk).update(totals=kept)
+    return snapshot
 
 
 def snapshots_prune(*, now: dt.datetime | None = None) -> int:

@@ -70,6 +70,8 @@ DELIBERATE = {
     "FORWARDED_ALLOW_IPS": "the ingress controller's pod network",
     "WEB_CONCURRENCY": "declared: the most web pods x SERVER_WORKERS",
     "CSRF_TRUSTED_ORIGINS": "the public origin, https://<the Ingress host>",
+    "METRICS_PEERS": "each pod is a host: the snapshot adds up every web and worker pod's "
+    "/metrics through the headless Services",
 }
 
 # Custom resources kubernetes-validate has no schema for. Their operators' CRD schemas are
