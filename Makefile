@@ -1,5 +1,5 @@
 # The two commands of the README, and a few for development.
-.PHONY: run test lint bootstrap migrate
+.PHONY: run test lint format bootstrap migrate lock schema
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -14,10 +14,28 @@ run: migrate
 	  && mv var/demo.json.tmp var/demo.json; }
 	.venv/bin/python manage.py runstack --demo-file var/demo.json
 
-# ruff, and the layer contract of .importlinter (imports point one way; ADR 0014).
+# ruff (lint and format), and the layer contract of .importlinter (imports point one way;
+# ADR 0014).
 lint: bootstrap
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	PYTHONPATH=.:clients/python .venv/bin/lint-imports --no-cache
 
 test: lint
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+# Formats the code as `make lint` checks it.
+format: bootstrap
+	.venv/bin/ruff format .
+
+# After editing the dependencies in pyproject.toml (or clients/python/pyproject.toml):
+# re-locks requirements.txt and requirements-dev.txt with hashes (scripts/lock.sh).
+# LOCK_ARGS=--upgrade moves every pin to the newest allowed; LOCK_ARGS="--upgrade-package
+# django" one package.
+lock: bootstrap
+	scripts/lock.sh $(LOCK_ARGS)
+
+# Regenerates docs/protocol.schema.json from the frame types (realtime/protocol.py,
+# realtime/frames.py, the event catalogue); a test fails while it is out of date.
+schema: bootstrap
+	.venv/bin/python manage.py protocol_schema --output docs/protocol.schema.json

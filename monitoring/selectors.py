@@ -369,9 +369,7 @@ def _resolved_emergencies(events: list[Event]) -> set[tuple[str, Any]]:
     topics = {e.topic for e in events if e.event == "emergency.raised"}
     if not topics:
         return set()
-    return realtime_selectors.resolved_emergencies(
-        topics, since=min(e.created_at for e in events)
-    )
+    return realtime_selectors.resolved_emergencies(topics, since=min(e.created_at for e in events))
 
 
 def planner_emails(supplier_ids: list[int]) -> list[str]:

@@ -41,7 +41,5 @@ def history(start: dt.datetime, end: dt.datetime) -> list[Observation]:
     return [] if _reader is None else _reader.history(start, end)
 
 
-def latest(
-    *, now: dt.datetime, max_age: dt.timedelta
-) -> tuple[CurrentMetrics, dt.datetime] | None:
+def latest(*, now: dt.datetime, max_age: dt.timedelta) -> tuple[CurrentMetrics, dt.datetime] | None:
     return None if _reader is None else _reader.latest(now=now, max_age=max_age)

@@ -25,6 +25,7 @@ from weddings.models import Wedding
 
 logger = logging.getLogger(__name__)
 
+
 def wedding_day_mode_set(*, enabled: bool, reason: str, user: Any) -> WeddingDayModeChange:
     """Switch wedding-day mode on or off, recording who did it and why.
 

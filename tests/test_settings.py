@@ -151,9 +151,7 @@ def test_redis__redis_url_builds_layer_cache_and_broker_from_one_url() -> None:
     assert values["layer_hosts"] == [{"address": REDIS_URL, "socket_timeout": None}]
     assert values["cache"]["BACKEND"] == "django_redis.cache.RedisCache"
     assert values["cache"]["LOCATION"] == REDIS_URL
-    assert (
-        values["cache"]["OPTIONS"]["COMPRESSOR"] == "django_redis.compressors.lz4.Lz4Compressor"
-    )
+    assert values["cache"]["OPTIONS"]["COMPRESSOR"] == "django_redis.compressors.lz4.Lz4Compressor"
     assert values["broker_url"] == REDIS_URL
     assert values["celery_broker_url"] == REDIS_URL
     assert values["db_engine"] == "django.db.backends.postgresql"

@@ -45,5 +45,3 @@ def test_sqlite_configuration__connections_sync_every_commit_in_wal(tmp_path: Pa
     assert probe.returncode == 0, probe.stderr
     answer = json.loads(probe.stdout.strip().splitlines()[-1])
     assert answer == {"vendor": "sqlite", "synchronous": FULL, "journal_mode": "wal"}
-
-

@@ -51,7 +51,6 @@ ALLOWED_HOSTS = env.list(
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "daphne",  # first, so that runserver serves ASGI (WebSockets) too
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -78,6 +77,11 @@ INSTALLED_APPS = [
 # requirements-dev.txt brings); a production install or image goes without.
 if all(importlib.util.find_spec(name) for name in ("bench", "wedsync_client")):
     INSTALLED_APPS.append("bench")
+# daphne, first so that `runserver` serves ASGI (WebSockets) too: a development
+# convenience (ADR 0003), installed by the development lock only; production serves
+# through uvicorn (wedsync.serve) and goes without it.
+if importlib.util.find_spec("daphne"):
+    INSTALLED_APPS.insert(0, "daphne")
 
 MIDDLEWARE = [
     # First, so that they see every response (redirects too): the request id of every log

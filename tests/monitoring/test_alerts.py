@@ -37,9 +37,7 @@ def ops_events(name: str) -> list[Event]:
 
 
 def latency(value: float | None, at: dt.datetime) -> tuple[Alert | None, str | None]:
-    return services.alert_observe(
-        "delivery_latency_p95", value, message=f"p95 {value}", now=at
-    )
+    return services.alert_observe("delivery_latency_p95", value, message=f"p95 {value}", now=at)
 
 
 # --- the pure decision ---------------------------------------------------------------------

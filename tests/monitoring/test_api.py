@@ -193,9 +193,10 @@ def test_post__warm_cache_is_queued(people) -> None:
 def test_post__unknown_action_and_unknown_fields_are_invalid(people) -> None:
     headers = bearer(people["staff"])
 
-    assert error(post(Client(), {"action": "reboot"}, **headers), 400, "invalid_payload")[
-        "field"
-    ] == "action"
+    assert (
+        error(post(Client(), {"action": "reboot"}, **headers), 400, "invalid_payload")["field"]
+        == "action"
+    )
     body = {"action": "warm_cache", "force": True}
     assert error(post(Client(), body, **headers), 400, "invalid_payload")["field"] == "force"
     error(Client().put(URL, b"{}", content_type=JSON, **headers), 405, "method_not_allowed")

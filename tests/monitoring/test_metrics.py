@@ -41,8 +41,9 @@ def test_publish__counted_by_event_and_priority_once_committed() -> None:
     vendor = make_user()
     wedding = make_wedding()
     make_booking(supplier=make_supplier(users=(vendor,)), wedding=wedding)
-    before_msg, before_emergency = published("message.posted"), published(
-        "emergency.raised", "critical"
+    before_msg, before_emergency = (
+        published("message.posted"),
+        published("emergency.raised", "critical"),
     )
 
     # when: two messages and an emergency are published
@@ -292,9 +293,12 @@ def test_celery__runs_counted_by_outcome_with_their_duration() -> None:
 
     assert _tasks("monitoring.tasks.publish_live", "success") == ok + 1
     assert _tasks(boom.name, "failure") == failed + 1
-    assert metrics.local_value(
-        "wedsync_celery_task_duration_seconds_count", {"task": "monitoring.tasks.publish_live"}
-    ) == durations + 1
+    assert (
+        metrics.local_value(
+            "wedsync_celery_task_duration_seconds_count", {"task": "monitoring.tasks.publish_live"}
+        )
+        == durations + 1
+    )
 
 
 def test_beat__monitoring_entries_expire_before_their_next_run() -> None:

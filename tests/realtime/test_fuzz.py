@@ -23,13 +23,14 @@ from wedsync.asgi import application
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
-json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(
-    max_size=20
+json_leaf = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
 )
 json_value = st.recursive(
     json_leaf,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 EVENTS = [
@@ -63,8 +64,12 @@ def frames(topic: str, item_id: int, supplier_id: int) -> st.SearchStrategy[Any]
         {"type": st.sampled_from(TYPES), "ref": st.text(max_size=40) | json_value},
         optional={
             "topic": topics | json_value,
-            "topics": st.dictionaries(topics, st.just({}) | st.fixed_dictionaries(
-                {"since": st.integers(-3, 10) | json_value})) | st.lists(topics) | json_value,
+            "topics": st.dictionaries(
+                topics,
+                st.just({}) | st.fixed_dictionaries({"since": st.integers(-3, 10) | json_value}),
+            )
+            | st.lists(topics)
+            | json_value,
             "event": st.sampled_from(EVENTS) | json_value,
             "payload": payload | json_value,
             "seq": st.integers(-1, 10) | json_value,
@@ -86,8 +91,10 @@ def frames(topic: str, item_id: int, supplier_id: int) -> st.SearchStrategy[Any]
                 lambda p: {**frame, "event": "emergency.raised", "payload": p}
             ),
             st.fixed_dictionaries(
-                {"supplier_id": st.just(supplier_id),
-                 "status": st.sampled_from(["en_route", "ready", "done", "late"])}
+                {
+                    "supplier_id": st.just(supplier_id),
+                    "status": st.sampled_from(["en_route", "ready", "done", "late"]),
+                }
             ).map(lambda p: {**frame, "event": "vendor.status", "payload": p}),
         )
     )

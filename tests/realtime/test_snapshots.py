@@ -25,7 +25,6 @@ pytestmark = [pytest.mark.timeout(30)]
 COMMITS = pytest.mark.django_db(transaction=True)
 
 
-
 @pytest.fixture
 def world():
     planner, couple, outsider = make_user(), make_user(), make_user()

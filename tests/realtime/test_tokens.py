@@ -36,7 +36,6 @@ pytestmark = pytest.mark.django_db
 NOW = 1_800_000_000.0  # a fixed clock for the expiry tests (January 2027)
 
 
-
 @pytest.fixture
 def user():
     return make_user(username="alice")

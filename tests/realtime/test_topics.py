@@ -63,7 +63,6 @@ def make_world() -> World:
     )
 
 
-
 @pytest.fixture
 def world(db) -> World:
     return make_world()

@@ -15,7 +15,6 @@ from tests.factories import make_user
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(30)]
 
 
-
 @pytest.fixture
 def boss():
     return make_user(username="boss", is_staff=True, is_superuser=True)

@@ -81,7 +81,7 @@ def _require_chromium(request: pytest.FixtureRequest) -> None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        _missing("the playwright package is not installed (pip install -r requirements.txt)")
+        _missing("the playwright package is not installed (`make` installs the development lock)")
 
 
 # --- a wedding day ------------------------------------------------------------------------

@@ -360,18 +360,48 @@ DOC_SCREENSHOTS = {
 def test_screenshots__each_page_at_phone_and_desktop_sizes(browse, day) -> None:
     # given a wedding in full swing: statuses, messages, an emergency, an acknowledgement
     server, wedding = browse.server, day.wedding
-    api_publish(server, day.photographer, wedding, "vendor.status",
-                {"supplier_id": day.photo_co.pk, "status": "arrived"})
-    api_publish(server, day.florist, wedding, "vendor.status",
-                {"supplier_id": day.florist_co.pk, "status": "running_late", "minutes_late": 10})
-    api_publish(server, day.planner, wedding, "vendor.status",
-                {"supplier_id": day.planner_co.pk, "status": "ready"})
-    api_publish(server, day.planner, wedding, "message.posted",
-                {"text": "Morning all! Cars leave the hotel in 20 minutes."})
-    api_publish(server, day.florist, wedding, "message.posted",
-                {"text": "Stuck behind a tractor, arch flowers 10 min late."})
-    api_publish(server, day.photographer, wedding, "message.posted",
-                {"text": "No problem, I'll start with the detail shots."})
+    api_publish(
+        server,
+        day.photographer,
+        wedding,
+        "vendor.status",
+        {"supplier_id": day.photo_co.pk, "status": "arrived"},
+    )
+    api_publish(
+        server,
+        day.florist,
+        wedding,
+        "vendor.status",
+        {"supplier_id": day.florist_co.pk, "status": "running_late", "minutes_late": 10},
+    )
+    api_publish(
+        server,
+        day.planner,
+        wedding,
+        "vendor.status",
+        {"supplier_id": day.planner_co.pk, "status": "ready"},
+    )
+    api_publish(
+        server,
+        day.planner,
+        wedding,
+        "message.posted",
+        {"text": "Morning all! Cars leave the hotel in 20 minutes."},
+    )
+    api_publish(
+        server,
+        day.florist,
+        wedding,
+        "message.posted",
+        {"text": "Stuck behind a tractor, arch flowers 10 min late."},
+    )
+    api_publish(
+        server,
+        day.photographer,
+        wedding,
+        "message.posted",
+        {"text": "No problem, I'll start with the detail shots."},
+    )
     api_publish(server, day.florist, wedding, "emergency.raised",
                 {"kind": "vendor_missing", "text": "Ring cushion left at the hotel"})  # fmt: skip
     raised = Event.objects.get(topic=day.topic, event="emergency.raised")
@@ -417,8 +447,13 @@ def test_screenshots__each_page_at_phone_and_desktop_sizes(browse, day) -> None:
     assert len(saved) == 10 and all(p.stat().st_size > 10_000 for p in saved)
     # and the couple's read-only page shows no vendor alerts, also when one arrives live
     couple = dict(pages)["wedding-couple"]
-    api_publish(server, day.planner, wedding, "emergency.raised",
-                {"kind": "weather", "text": "Storm warning"})
+    api_publish(
+        server,
+        day.planner,
+        wedding,
+        "emergency.raised",
+        {"kind": "weather", "text": "Storm warning"},
+    )
     api_publish(server, day.planner, wedding, "vendor.status",
                 {"supplier_id": day.planner_co.pk, "status": "done"})  # fmt: skip
     vendor = f'#vendors li[data-supplier="{day.planner_co.pk}"] .pill'

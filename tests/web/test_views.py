@@ -365,4 +365,3 @@ def test_collectstatic__hashes_files_and_rewrites_module_imports(
     # and the pages link the hashed names
     page = Client().get(reverse("web:login")).content.decode()
     assert f'href="/static/{manifest["web/app.css"]}"' in page
-

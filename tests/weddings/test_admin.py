@@ -121,9 +121,7 @@ def test_admin__change_and_add_pages_load_for_staff(staff_client, data, model):
 
 
 def test_admin__wedding_change_page_shows_bookings_and_timeline(staff_client, data):
-    response = staff_client.get(
-        reverse("admin:wedsync_wedding_change", args=[data["wedding"].pk])
-    )
+    response = staff_client.get(reverse("admin:wedsync_wedding_change", args=[data["wedding"].pk]))
 
     inline_models = {inline.formset.model for inline in response.context["inline_admin_formsets"]}
     assert inline_models == {Booking, TimelineItem}

@@ -16,7 +16,6 @@ from weddings.models import SupplierMembership
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(30)]
 
 
-
 @pytest.fixture
 def world():
     vendor, couple = make_user(), make_user()

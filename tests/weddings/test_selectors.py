@@ -20,7 +20,6 @@ from weddings.selectors import (
 pytestmark = pytest.mark.django_db
 
 
-
 @pytest.fixture
 def world():
     """Two weddings, their couples, and vendors with active, inactive or other bookings."""
@@ -154,8 +153,11 @@ def test_edit_rights__by_category_role_and_booking(category, role, active, can_e
     # given
     user = make_user()
     wedding = make_wedding()
-    make_booking(supplier=make_supplier(category=category, users=(user,), role=role),
-                 wedding=wedding, active=active)
+    make_booking(
+        supplier=make_supplier(category=category, users=(user,), role=role),
+        wedding=wedding,
+        active=active,
+    )
 
     # then
     assert user_can_edit_timeline(user, wedding.pk) is can_edit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.util
 import os
 import signal
 import sys
@@ -28,7 +29,8 @@ def asgi_server_command(
     connections on SIGTERM (close 1012 after the frames in flight), and with ``workers``
     above 1 supervises that many processes sharing the port (SO_REUSEPORT, Linux).
     daphne serves one process per port: several go behind nginx or HAProxy
-    (docs/operations.md).
+    (docs/operations.md); it is a development convenience, installed by the development
+    lock only (ValueError where it is missing).
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
@@ -40,6 +42,11 @@ def asgi_server_command(
             "--log-level", log_level,
         ]  # fmt: skip
     if server == "daphne":
+        if importlib.util.find_spec("daphne") is None:
+            raise ValueError(
+                "daphne is not installed: it comes with the development install "
+                "(requirements-dev.txt) only; production serves with uvicorn"
+            )
         if workers != 1:
             raise ValueError(
                 "daphne runs one process per port: start one per port behind nginx or "
