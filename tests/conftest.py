@@ -31,6 +31,13 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
+# The test process runs many threads that each hold a pooled connection at once (the
+# realtime database threads of in-process consumers, reused request threads, concurrency
+# tests): more than one server process's 8. Server processes the tests start keep theirs.
+if "pool" in settings.DATABASES["default"].get("OPTIONS", {}):
+    settings.DATABASES["default"]["OPTIONS"]["pool"]["max_size"] = 24
+
+
 @pytest.fixture(autouse=True)
 def _require_services(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("redis"):

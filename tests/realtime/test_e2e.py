@@ -43,6 +43,9 @@ def servers(request, redis_url):
         "REALTIME_PUBLISH_RATE": "1000", "REALTIME_PUBLISH_BURST": "1000",
         "REALTIME_USER_PUBLISH_RATE": "1000", "REALTIME_USER_PUBLISH_BURST": "1000",
         "REALTIME_FRAME_RATE": "10000", "REALTIME_FRAME_BURST": "10000",
+        "REALTIME_USER_FRAME_RATE": "10000", "REALTIME_USER_FRAME_BURST": "10000",
+        "REALTIME_USER_PUBLISH_BYTES_RATE": "100000000",
+        "REALTIME_USER_PUBLISH_BYTES_BURST": "100000000",
     }  # fmt: skip
     running = [Server(kind, **fast) for kind in kinds]
     yield running
@@ -278,6 +281,10 @@ async def test_stuck_client__closed_1013_while_others_get_everything(redis_url):
         REALTIME_USER_PUBLISH_BURST="10000",
         REALTIME_FRAME_RATE="10000",
         REALTIME_FRAME_BURST="10000",
+        REALTIME_USER_FRAME_RATE="10000",
+        REALTIME_USER_FRAME_BURST="10000",
+        REALTIME_USER_PUBLISH_BYTES_RATE="100000000",
+        REALTIME_USER_PUBLISH_BYTES_BURST="100000000",
     )
     try:
         world = await seed()
