@@ -493,7 +493,11 @@ def test_celery_worker_process__task_lines_carry_the_task_id(tmp_path: Path):
             cwd=BASE_DIR, env=env, stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    sender = Celery("sender", broker="filesystem://", broker_transport_options=options)
+        # Not the current app: tasks defined elsewhere (shared_task) must keep sending to the
+        # project's broker in the rest of this test run.
+        sender = Celery(
+            "sender", broker="filesystem://", broker_transport_options=options, set_as_current=False
+        )
     try:
         # when a task that logs is sent to it
         task_id = sender.send_task("realtime.tasks.prune_event_log").id

@@ -328,9 +328,14 @@ def test_warm_cache_task__a_real_worker_fills_exactly_the_expected_keys(
         start_new_session=True,
     )
     try:
-        # when
+        # when (once the worker consumes its queue: a message sent to a queue nobody has
+        # declared yet is routed nowhere by the Redis transport)
         from scaling.tasks import warm_cache
 
+        ready_by = time.monotonic() + 60
+        while b"ready." not in log_path.read_bytes() and worker.poll() is None:
+            assert time.monotonic() < ready_by, log_path.read_text(errors="replace")
+            time.sleep(0.2)
         warm_cache.apply_async(queue=queue)
 
         # then: the expected keys appear in Redis (bounded), and nothing else of this world
