@@ -428,11 +428,12 @@ def plan_view_frame(frame: dict[str, Any]) -> dict[str, Any]:
     return frame if payload is frame["payload"] else {**frame, "payload": payload}
 
 
-@functools.lru_cache(maxsize=2048)
+@functools.lru_cache(maxsize=256)
 def plan_view_text(text: str) -> str:
     """``plan_view_frame`` of an encoded event frame. The hub hands one string object to
     every local subscriber of an event: each process decodes it once for all the
-    run-sheet readers of the topic (the cache holds the latest 2,048)."""
+    run-sheet readers of the topic. Only the latest events are shared that way, so the
+    cache is small (256 frames of at most 64 KiB: bounded memory on the delivery path)."""
     frame = orjson.loads(text)
     view = plan_view_frame(frame)
     return text if view is frame else orjson.dumps(view).decode()
