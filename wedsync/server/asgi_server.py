@@ -60,10 +60,10 @@ def asgi_server_command(
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def die_with_parent_hook() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when the process starting it
-    dies (even by SIGKILL), so that no server or worker is left behind as an orphan (it
-    drains and exits); None where prctl is not available."""
+def die_with_parent_hook(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to send ``sig`` (SIGTERM: the child drains and exits)
+    to the child when the process starting it dies (even by SIGKILL), so that no server or
+    worker is left behind as an orphan; None where prctl is not available."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -73,9 +73,9 @@ def die_with_parent_hook() -> Callable[[], None] | None:
     parent = os.getpid()
 
     def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(_PR_SET_PDEATHSIG, sig)
         if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
 
     return hook
 

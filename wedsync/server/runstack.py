@@ -46,6 +46,8 @@ class Child:
     name: str
     argv: list[str]
     proc: subprocess.Popen[bytes] | None = None
+    # What the kernel sends it should runstack die without stopping it (PR_SET_PDEATHSIG).
+    orphan_signal: signal.Signals = signal.SIGTERM
     reader: threading.Thread | None = field(default=None, repr=False)
 
     @property
@@ -166,7 +168,14 @@ class Stack:
         if beat:
             run_dir = Path(settings.VAR_DIR) / "run"
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.children.append(Child("beat", beat_command(port, run_dir)))
+            # Beat holds no work to drain, and its SIGTERM handler saves the schedule
+            # through the database: a SIGTERM that lands while beat is still loading that
+            # schedule re-enters the same connection and can hang it for good (an orphan
+            # beat was seen in CI). Orphaned, beat is killed outright; a normal stop still
+            # sends SIGTERM first (shutdown).
+            self.children.append(
+                Child("beat", beat_command(port, run_dir), orphan_signal=signal.SIGKILL)
+            )
 
     def run(self) -> str | None:
         """Start the stack and supervise it until a stop signal (None) or a child's own
@@ -194,7 +203,6 @@ class Stack:
         # and the shared directory does not grow with every restart (docs/monitoring.md).
         prune_dead_processes(counters=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        hook = die_with_parent_hook()
         # Every child is started before any reader thread: preexec_fn is only safe while
         # this process has a single thread.
         for child in self.children:
@@ -208,7 +216,7 @@ class Stack:
                 # Its own group: Ctrl-C reaches runstack only, which then stops each
                 # child in order; and killpg reaches anything the child forked.
                 process_group=0,
-                preexec_fn=hook,
+                preexec_fn=die_with_parent_hook(child.orphan_signal),
             )
         width = max(len(c.name) for c in self.children) + 3
         for child in self.children:
