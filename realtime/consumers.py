@@ -32,7 +32,7 @@ from .delivery import Outbox, OutboxFull, TopicStream, fill, finish_sync
 from .epoch import CLOSE_EPOCH_CHANGED, observe, still_current
 from .errors import RealtimeError
 from .hub import TopicHub
-from .limits import PublishLimiter
+from .limits import PublishLimiter, user_slots
 from .node import get_node, process
 from .presence import get_presence_store
 from .protocol import (
@@ -279,11 +279,23 @@ class RealtimeConsumer:
 
     async def _handle(self, frame: Any) -> None:
         self._limiter().check_any(self.user.pk)  # every frame, before it costs anything else
+        if isinstance(frame, protocol.Ping):
+            await self._reply(protocol.pong(frame.ref))
+            return
+        # The rest costs work: at most REALTIME_USER_CONCURRENT_FRAMES of the user's at once
+        # in this process, whatever their number of connections (``UserSlots``).
+        async with user_slots().hold(self.user.pk):
+            rest = await self._handle_costly(frame)
+        if rest is not None:
+            # A subscribe's replay and presence, after the slot: written as fast as the
+            # client reads, a slow phone's replay never holds up the user's other frames.
+            await rest()
+
+    async def _handle_costly(self, frame: Any) -> Callable[[], Awaitable[None]] | None:
+        """Handle a frame that costs work; what is left to do outside the user's slot."""
         match frame:
-            case protocol.Ping():
-                await self._reply(protocol.pong(frame.ref))
             case protocol.Subscribe():
-                await self._subscribe(frame)
+                return await self._subscribe(frame)
             case protocol.Unsubscribe():
                 for topic in frame.topics:
                     await self._drop_topic(topic)
@@ -324,7 +336,9 @@ class RealtimeConsumer:
             self.limiter = PublishLimiter()
         return self.limiter
 
-    async def _subscribe(self, frame: protocol.Subscribe) -> None:
+    async def _subscribe(self, frame: protocol.Subscribe) -> Callable[[], Awaitable[None]] | None:
+        """Check, open and answer a subscribe; returns the sending of its replay and the
+        presence joins, which the caller runs once the user's slot is free (``_handle``)."""
         requested = dict(frame.topics)
         node = get_node()
         # The stream epoch (v1.1), from the cache, read before this frame opens streams: a
@@ -356,10 +370,17 @@ class RealtimeConsumer:
             await self.close(CLOSE_RESTARTING, CLOSE_EPOCH_CHANGED)
             return
         await self._reply(protocol.subscribe_reply(frame.ref, statuses))
-        for topic in allowed:
-            await send_replay(self.streams[topic], self.outbox, syncs[topic])
-        for topic in allowed:
-            await self._join_presence(topic, infos[topic])
+
+        async def rest() -> None:
+            for topic in allowed:
+                stream = self.streams.get(topic)
+                if stream is not None:
+                    await send_replay(stream, self.outbox, syncs[topic])
+            for topic in allowed:
+                if topic in self.streams:
+                    await self._join_presence(topic, infos[topic])
+
+        return rest
 
     async def _check_replay(self, since: dict[str, int | None], cost: int | None) -> None:
         """``cost`` tokens of the user's replay budget (one per event the subscribe

@@ -39,9 +39,12 @@ not disconnected, while a client that keeps sending over the limit trips it with
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Hashable
 
 from cachetools import TTLCache
 from django.conf import settings
@@ -122,6 +125,63 @@ def rate_limited(
 # Each user's frames on this process, across their connections (``check_any``); an idle
 # bucket evicted is a full one again, which is what it would be.
 _user_frames: TTLCache[int, TokenBucket] = TTLCache(100_000, 600)
+
+
+class UserSlots:
+    """At most ``size`` frames of one user that cost the server work (a database thread,
+    Redis calls, a replay) handled at once in this process, across their connections;
+    the next waits for a slot.
+
+    Budgets bound how *much* a user gets through; this bounds how much of the process it
+    holds *at once*. Each connection handles its frames one after the other, so without it
+    a member with 20 connections has 20 subscribes, publishes or acks in flight together:
+    a burst that fits their budgets still fills the database threads and the event loop
+    while other members' live events wait behind it (``loadtest hostile-member``; docs/
+    benchmarks.md). With one slot (the default) a flood gets as much through as before,
+    one frame at a time. A client that sends one frame at a time never waits; a planner's
+    phone and laptop publishing together wait a few milliseconds for each other. Waiting
+    frames belong to that user's connections only: nobody else queues behind them. A
+    subscribe holds the slot until it is answered, not while its replay is written (a slow
+    phone's replay never holds up the user's other frames).
+    """
+
+    __slots__ = ("_held", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        # user -> [semaphore, frames holding or waiting]: present only while it has some.
+        self._held: dict[Hashable, list] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, user_id: Hashable) -> AsyncIterator[None]:
+        entry = self._held.get(user_id)
+        if entry is None:
+            entry = self._held[user_id] = [asyncio.Semaphore(self.size), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._held[user_id]
+
+    def busy(self, user_id: Hashable) -> int:
+        """Frames of the user holding or waiting for a slot (tests, metrics)."""
+        entry = self._held.get(user_id)
+        return entry[1] if entry is not None else 0
+
+
+_user_slots: UserSlots | None = None
+
+
+def user_slots() -> UserSlots:
+    """This process's ``UserSlots`` (``REALTIME_USER_CONCURRENT_FRAMES`` each)."""
+    global _user_slots
+    size = settings.REALTIME_USER_CONCURRENT_FRAMES
+    if _user_slots is None or _user_slots.size != max(1, size):
+        _user_slots = UserSlots(size)
+    return _user_slots
 
 
 class PublishLimiter:

@@ -16,10 +16,12 @@ from django.urls import get_resolver  # noqa: E402
 from core.metrics import start_sampler  # noqa: E402
 from realtime.routing import websocket_application  # noqa: E402
 from wedsync.server.gctune import tune_after_startup  # noqa: E402
+from wedsync.server.request_budget import request_budget  # noqa: E402
 from wedsync.server.token_api import TokenApiHandler, token_api_router  # noqa: E402
 
-# Bearer requests under /api/ skip the browser's middleware (docs/adr/0012-lean-api-path.md).
-http_application = token_api_router(django_asgi_app, TokenApiHandler())
+# Bearer requests under /api/ skip the browser's middleware (docs/adr/0012-lean-api-path.md);
+# a client over its request budget is refused before Django (``request_budget``).
+http_application = request_budget(token_api_router(django_asgi_app, TokenApiHandler()))
 
 # Every server process samples its connections into the shared metric files.
 start_sampler()

@@ -422,6 +422,14 @@ REALTIME_FRAME_BURST = env.int("REALTIME_FRAME_BURST", default=100)
 # The same across all of one user's connections to a process (a user may hold 20).
 REALTIME_USER_FRAME_RATE = env.float("REALTIME_USER_FRAME_RATE", default=100.0)  # frames/s
 REALTIME_USER_FRAME_BURST = env.int("REALTIME_USER_FRAME_BURST", default=200)
+# Frames of one user that cost work (subscribe, unsubscribe, publish, presence, ack) handled
+# at once in one process, across their connections; the next waits (realtime.limits.UserSlots).
+REALTIME_USER_CONCURRENT_FRAMES = env.int("REALTIME_USER_CONCURRENT_FRAMES", default=1)
+# HTTP requests a second of one client (its credentials, else its address) to one process,
+# refused 429 before Django over it; 0 turns it off (wedsync.server.request_budget).
+HTTP_REQUEST_RATE = env.float("HTTP_REQUEST_RATE", default=20.0)
+HTTP_REQUEST_BURST = env.int("HTTP_REQUEST_BURST", default=60)
+HTTP_CLIENT_CONCURRENT_REQUESTS = env.int("HTTP_CLIENT_CONCURRENT_REQUESTS", default=2)
 # A user closed with 4008 or refused with 4029 has their next connections on that process
 # closed at once for this long (seconds; 0: off): a reconnect loop costs almost nothing.
 REALTIME_RECONNECT_COOLDOWN = env.float("REALTIME_RECONNECT_COOLDOWN", default=5.0)
