@@ -460,26 +460,41 @@ def metrics_overview_invalidate() -> None:
         cache.delete(f"{OVERVIEW_KEY}:{minutes}")
 
 
+def _partial(snapshot: MetricSnapshot) -> bool:
+    """Whether a snapshot's figures miss hosts that did not answer (``METRICS_PEERS``)."""
+    peers = (snapshot.totals or {}).get("peers")
+    return isinstance(peers, dict) and peers.get("partial") is True
+
+
 class SnapshotReader:
     """Scaling's reader of the measured load (scaling.readings), from the minute
-    snapshots; plugged in by ``MonitoringConfig.ready``."""
+    snapshots; plugged in by ``MonitoringConfig.ready``.
+
+    A snapshot taken while some hosts of ``METRICS_PEERS`` did not answer
+    (``totals["peers"]["partial"]``) counts only the others: read as the deployment's load
+    it would look like a drop and scale in exactly when hosts are in trouble. Both reads
+    leave such snapshots out (the dashboard shows every snapshot as it was read).
+    """
 
     def history(self, start: dt.datetime, end: dt.datetime) -> list[Observation]:
         rows = (
             MetricSnapshot.objects.filter(taken_at__gte=start, taken_at__lte=end)
             .order_by("taken_at")
-            .values_list("taken_at", "connections", "deliveries_per_s")
+            .values_list("taken_at", "connections", "deliveries_per_s", "totals__peers__partial")
         )
-        return [Observation(at, connections, deliveries) for at, connections, deliveries in rows]
+        return [
+            Observation(at, connections, deliveries)
+            for at, connections, deliveries, partial in rows
+            if partial is not True
+        ]
 
     def latest(
         self, *, now: dt.datetime, max_age: dt.timedelta
     ) -> tuple[CurrentMetrics, dt.datetime] | None:
-        snapshot = (
-            MetricSnapshot.objects.filter(taken_at__lte=now, taken_at__gte=now - max_age)
-            .order_by("-taken_at", "-id")
-            .first()
-        )
+        recent = MetricSnapshot.objects.filter(
+            taken_at__lte=now, taken_at__gte=now - max_age
+        ).order_by("-taken_at", "-id")
+        snapshot = next((s for s in recent.iterator() if not _partial(s)), None)
         if snapshot is None:
             return None
         current = CurrentMetrics(
