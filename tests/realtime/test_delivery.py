@@ -1,12 +1,20 @@
-"""The per-connection outbox (realtime/delivery.py): order, bounds, the writer's life."""
+"""The per-connection outbox (realtime/delivery.py): order, bounds, the writer's life; and
+the delivery latency of events filled from the log."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
+import orjson
 import pytest
+from channels.db import database_sync_to_async
+from django.utils import timezone
 
-from realtime.delivery import Outbox, OutboxFull
+from core import metrics
+from realtime.delivery import Outbox, OutboxFull, TopicStream, fill
+from realtime.models import Event
+from realtime.services import event_publish_system
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -165,3 +173,66 @@ async def test_outbox__stop_drops_what_is_queued():
     box.put_nowait("after")
     await settle()
     assert socket.frames == []
+
+
+# --- late events in the delivery latency ----------------------------------------------------
+
+
+def _latency_figures() -> tuple[float, float]:
+    """(count, sum in seconds) of this process's delivery latency histogram."""
+    count = total = 0.0
+    for metric in metrics.DELIVERY_LATENCY.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count"):
+                count += sample.value
+            elif sample.name.endswith("_sum"):
+                total += sample.value
+    return count, total
+
+
+@database_sync_to_async
+def _stored_long_ago(topic: str, count: int, seconds: float) -> None:
+    for i in range(count):
+        event_publish_system(topic, "message.posted", {"text": f"late {i}"})
+    Event.objects.filter(topic=topic).update(
+        created_at=timezone.now() - dt.timedelta(seconds=seconds)
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_fill__events_the_layer_lost_count_in_the_latency_as_late_as_they_are():
+    # given: three events stored 30 s ago that never reached the connection live (the
+    # layer lost them, as through a Redis outage)
+    await _stored_long_ago("wedding:8801", 3, 30)
+    socket = Socket()
+    box = outbox(socket, maxsize=16)
+    stream = TopicStream("wedding:8801", last_seq=0, syncing=False)
+    count, total = _latency_figures()
+
+    # when: the gap fill or the sweep's catch-up delivers them from the log
+    await fill(stream, box, None, live=True)
+    await box.drain(1)
+
+    # then: delivered in order, each counted about 30 s late (the latency alert sees it)
+    assert [orjson.loads(f)["seq"] for f in socket.frames] == [1, 2, 3]
+    new_count, new_total = _latency_figures()
+    assert new_count - count == 3
+    assert 3 * 29 <= new_total - total <= 3 * 60
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_fill__a_replay_is_not_late():
+    # given: the same old events, replayed to a subscriber that was away
+    await _stored_long_ago("wedding:8802", 3, 30)
+    socket = Socket()
+    box = outbox(socket, maxsize=16)
+    stream = TopicStream("wedding:8802", last_seq=0)
+    count, _ = _latency_figures()
+
+    # when
+    await fill(stream, box, None, live=False)
+    await box.drain(1)
+
+    # then: delivered, not counted as late deliveries
+    assert len(socket.frames) == 3
+    assert _latency_figures()[0] == count
