@@ -73,6 +73,9 @@ class Publishers:
         self.by_wedding: list[list[_Publisher]] = [[] for _ in weddings]
         self.failed = 0
         self.ok_total = 0  # over every run, for the progress line
+        # The seqs acknowledged per topic, when a caller wants them (the soak's proof);
+        # None: not kept (a long run at a high rate would hold them all).
+        self.acked: dict[str, list[int]] | None = None
         self._tasks: set[asyncio.Task] = set()
 
     @property
@@ -142,11 +145,13 @@ class Publishers:
         started = time.perf_counter()
         text = publish_text(time.time_ns(), f"{publisher.name}-{next(publisher.count)}")
         try:
-            await publisher.client.publish(publisher.topic, EVENT, {"text": text})
+            seq = await publisher.client.publish(publisher.topic, EVENT, {"text": text})
         except ClientError as exc:
             stats.errors[exc.code] += 1
         else:
             stats.ok += 1
+            if self.acked is not None:
+                self.acked.setdefault(publisher.topic, []).append(seq)
             self.ok_total += 1
             stats.reply_ms.add((time.perf_counter() - started) * 1000)
         finally:

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -78,17 +79,30 @@ class StartedServer:
     """An ASGI server process of our own; ``stop()`` ends it and its process group."""
 
     def __init__(
-        self, kind: str, overrides: dict[str, str], log_dir: Path, workers: int = 1
+        self,
+        kind: str,
+        overrides: dict[str, str],
+        log_dir: Path,
+        workers: int = 1,
+        *,
+        host: str = "127.0.0.1",
+        wrap: Callable[[list[str]], list[str]] | None = None,
+        log_name: str = "loadtest-server",
     ) -> None:
+        """``host``: the address to bind (the soak's server binds its namespace's);
+        ``wrap``: turns the server's argv into the one started (``ip netns exec ...``,
+        which execs the server: the PID started is still the server's)."""
         self.kind = kind
         self.workers = workers
+        self.host = host
         self.port = free_port()
         self.env = server_env(overrides)
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"loadtest-server-{self.port}.log"
+        self.log_path = log_dir / f"{log_name}-{self.port}.log"
         self._log: IO[bytes] = open(self.log_path, "w+b")  # closed in stop()
+        argv = asgi_server_command(host, self.port, kind, workers)
         self.proc = subprocess.Popen(
-            asgi_server_command("127.0.0.1", self.port, kind, workers),
+            wrap(argv) if wrap is not None else argv,
             cwd=settings.BASE_DIR,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -98,14 +112,14 @@ class StartedServer:
             preexec_fn=_raise_nofile,  # the server's own fd limit
         )
         try:
-            wait_healthy("127.0.0.1", self.port, STARTUP_TIMEOUT_S, self.proc)
+            wait_healthy(host, self.port, STARTUP_TIMEOUT_S, self.proc)
         except Exception:
             self.stop()
             raise
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/realtime/"
+        return f"ws://{self.host}:{self.port}/ws/realtime/"
 
     @property
     def pids(self) -> list[int]:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from .netns import Network, missing_requirements
+from bench.netns import Network, missing_requirements
+
 from .processes import (
     HostServer,
     PrivatePostgres,

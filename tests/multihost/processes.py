@@ -1,4 +1,4 @@
-"""The processes of the hosts (``tests.multihost.netns``): a private Redis and PostgreSQL
+"""The processes of the hosts (``bench.netns``): a private Redis and PostgreSQL
 on the data host, and server processes on the web hosts.
 
 Private, because a partition must cut a web host from *its* Redis, and the machine's
@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.netns import Host
 from tests.servers import BASE_DIR, production_env
 from wedsync.server.asgi_server import asgi_server_command
-
-from .netns import Host
 
 REDIS_PORT = 6379
 POSTGRES_PORT = 5432

@@ -1,6 +1,6 @@
 """Several hosts, really: the guarantees of PROTOCOL §7 across a real network.
 
-Three hosts are network namespaces on one bridge (``tests.multihost.netns``): ``data``
+Three hosts are network namespaces on one bridge (``bench.netns``): ``data``
 runs a private Redis and PostgreSQL, ``web1`` and ``web2`` a server process each, and
 the test's clients sit in the root namespace. While publishers on both servers run,
 a server is crashed, a web host is cut from Redis, and every host's traffic is slowed;

@@ -1,14 +1,14 @@
 """Several hosts on one Linux machine: network namespaces joined by a bridge.
 
-Why: the fault tests elsewhere kill processes on one loopback, where a "network fault"
-can only be a dead process. Here each host is a network namespace with its own address,
-routes and interfaces, so a partition or latency is a real network fault: segments are
-dropped or held by the kernel between two TCP stacks, and the processes on both sides
-learn of it only as they would in a data centre, by timeouts.
+Why: on one loopback a "network fault" can only be a dead process. Here each host is a
+network namespace with its own address, routes and interfaces, so a partition or latency
+is a real network fault: segments are dropped or held by the kernel between two TCP
+stacks, and the processes on both sides learn of it only as they would in a data centre,
+by timeouts.
 
 The layout (``Network``)::
 
-    root namespace (the test process, its clients)   10.77.N.1 ----+
+    root namespace (the caller, its clients)          10.77.N.1 ----+
     host "data" (its own namespace)                   10.77.N.10 ---+-- bridge br0, in a
     host "web1"                                       10.77.N.21 ---+   namespace "switch"
     ...                                                             |   of its own
@@ -21,8 +21,12 @@ tap devices relayed by ``relay.py``, which delays frames in user space (see ther
 Faults: ``Network.cut`` drops every segment between a host and one TCP port of another,
 both ways (policy-routing rules, so other traffic between the two carries on: a web host
 loses Redis but keeps PostgreSQL and its clients); ``Network.set_delay`` adds latency to
-what hosts send. Everything made is removed by ``Network.close`` (also when a test
-fails), and namespaces left by a run that was killed are removed by the next.
+what hosts send. Everything made is removed by ``Network.close`` (also when a test or a
+soak fails), and namespaces left by a run that was killed are removed by the next.
+
+Used by the multi-host test (``tests/multihost``) and by the soak's network stall
+(``bench.soak``); one copy for both, under ``bench`` because the tests may import the
+benchmarks' code but not the other way round.
 
 Needs root, iproute2 (``ip netns``, veth, bridge, ``ip rule``) and either sch_netem or
 /dev/net/tun; ``missing_requirements`` says what is missing.
@@ -71,7 +75,7 @@ def missing_requirements() -> list[str]:
     if sys.platform != "linux":
         return ["network namespaces need Linux"]
     if os.geteuid() != 0:
-        return ["network namespaces need root (run the test as root)"]
+        return ["network namespaces need root (run it as root)"]
     if shutil.which("ip") is None:
         return ["iproute2's `ip` is not installed"]
     probe = f"{PREFIX}{os.getpid()}-probe"
@@ -134,8 +138,8 @@ def remove_stale() -> None:
 
 
 def _delete_namespace(name: str) -> None:
-    """Kill what still runs in namespace ``name`` (processes this test module started
-    there) and delete it; its veths and taps go with it."""
+    """Kill what still runs in namespace ``name`` (processes its maker started there) and
+    delete it; its veths and taps go with it."""
     for pid in ip("netns", "pids", name, check=False).split():
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
@@ -206,11 +210,12 @@ class Host:
             answer = self._relay.stdout.readline().strip()
             if answer != "ok":
                 raise RuntimeError(f"the relay of {self.name} answered {answer!r}")
-        elif seconds > 0:
-            self.run(["tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay",
-                      f"{seconds * 1000:g}ms"])  # fmt: skip
         else:
-            self.run(["tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
+            # Replaced, never deleted: deleting the qdisc would drop the frames it holds,
+            # and a delay holds frames, it does not lose them (nor does netem's queue:
+            # its default 1,000 packets would overflow on a busy host's long delay).
+            self.run(["tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay",
+                      f"{seconds * 1000:g}ms", "limit", "1000000"])  # fmt: skip
 
     def close(self) -> None:
         """Stop the relay (its taps vanish) and delete the namespace with what runs in it."""

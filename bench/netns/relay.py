@@ -8,7 +8,7 @@ the switch's bridge, and every frame between them passes through here, where fra
 leaving the host wait ``delay`` seconds first, as under netem on the host's interface.
 Both kernels' TCP stacks see the latency for real; nothing in the product is touched.
 
-Run by ``tests.multihost.netns`` (never by hand): ``python relay.py HOST_TAP SWITCH_TAP
+Run by ``bench.netns.netns`` (never by hand): ``python relay.py HOST_TAP SWITCH_TAP
 [HOST_TAP SWITCH_TAP ...]``. It creates the taps in its own network namespace, prints
 ``ready``, and the caller moves them where they belong (an attached tap keeps working in
 another namespace). Commands on stdin, one a line, each answered ``ok``:
