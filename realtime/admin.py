@@ -1,4 +1,5 @@
-"""Read-only admin of the event log, for staff: events, acknowledgements, topic cursors.
+"""Read-only admin of the event log, for staff: events, acknowledgements, topic cursors;
+and the platform identities that sign users in, which administrators may link and unlink.
 
 The log is written only by ``realtime.services``; editing a row here would break the
 guarantees of PROTOCOL §7 (a changed payload would differ from what clients received,
@@ -13,7 +14,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from core.admin import SwitchLogAdmin
-from realtime.models import Ack, Event, ReadOnlyModeChange, TopicCursor
+from realtime.models import Ack, Event, ExternalIdentity, ReadOnlyModeChange, TopicCursor
 from realtime.services import read_only_mode_set
 
 
@@ -66,3 +67,19 @@ class ReadOnlyModeChangeAdmin(SwitchLogAdmin):
     """Maintenance: while on, publishes and acks are refused with the reason given here."""
 
     switch_service = read_only_mode_set
+
+
+@admin.register(ExternalIdentity)
+class ExternalIdentityAdmin(admin.ModelAdmin):
+    """Platform identities (JWT issuer + subject, PROTOCOL §2 v1.1). Stored on first sight
+    by email; an administrator links what email may not (staff, a second subject, an
+    email shared by two users) and deletes a row to unlink. Django's model permissions
+    apply: changing who a subject signs in as is a superuser's or a granted right."""
+
+    list_display = ("subject", "issuer", "user", "created_at")
+    list_filter = ("issuer",)
+    search_fields = ("=subject", "user__username", "user__email")
+    list_select_related = ("user",)
+    raw_id_fields = ("user",)
+    readonly_fields = ("created_at",)
+    ordering = ("-created_at", "-id")

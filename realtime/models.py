@@ -194,3 +194,39 @@ class StreamEpoch(models.Model):
 
     def __str__(self) -> str:
         return f"stream epoch {self.epoch}"
+
+
+class ExternalIdentity(models.Model):
+    """A user's identity at the platform's sign-in (Supabase Auth): the issuer and subject
+    of the JWTs that authenticate them (``realtime.jwt_auth``, PROTOCOL §2 v1.1).
+
+    Stored the first time a JWT's ``email`` matches exactly one active user; from then on
+    the subject alone finds the user, whatever the email becomes on either side. One
+    subject per user and issuer: a second one is linked by an administrator here, never
+    by email. Deleting a row unlinks the account (the next JWT is matched by email again).
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="realtime_external_identities",
+    )
+    # The JWT's ``iss`` (empty when it has none) and ``sub``, as the platform sends them.
+    issuer = models.CharField(max_length=255, blank=True, default="")
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "external identity"
+        verbose_name_plural = "external identities"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["issuer", "subject"], name="realtime_external_identity_subject"
+            ),
+            models.UniqueConstraint(
+                fields=["user", "issuer"], name="realtime_external_identity_one_per_issuer"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} at {self.issuer or 'the platform'} (user {self.user_id})"

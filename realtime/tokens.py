@@ -10,6 +10,14 @@ token already issued. Version 0 (no row) gives the fingerprint of the password h
 alone, as tokens had before versions existed, so those stay valid.
 Tokens are compact and URL-safe; they travel in ``?token=`` and ``Authorization: Bearer``.
 They are credentials: never log them.
+
+Wherever a token is accepted, a JWT of the platform's sign-in (Supabase Auth) is too
+(PROTOCOL §2, v1.1; ``realtime.jwt_auth``): a credential shaped as a JWT, while a JWT
+key source is configured, is verified there, and its user is held to the same rules
+here: deactivated, refused; "sign out everywhere" refuses every JWT issued (``iat``)
+before it. A JWT carries no password fingerprint: a password change here closes the
+user's open connections but does not refuse the platform's JWTs (the platform's password
+is not ours).
 """
 
 from __future__ import annotations
@@ -26,12 +34,14 @@ from django.conf import settings
 from django.core import signing
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from core.cache import get_cache
 from core.db import in_db_thread
 from weddings.caching import access_ttl, auser_cached, user_cached
 
+from . import jwt_auth
 from .layer import group_send_bounded
 from .messages import ACCESS_GROUP, user_revoked_message
 from .models import TokenVersion
@@ -161,7 +171,10 @@ def tokens_revoke_all(user: User) -> int:
     user, in every server process, closes with 4001. Returns the new version."""
     with transaction.atomic():
         TokenVersion.objects.get_or_create(user_id=user.pk)
-        TokenVersion.objects.filter(user_id=user.pk).update(version=F("version") + 1)
+        # update() skips auto_now: the time is set here, as JWTs issued before it are refused.
+        TokenVersion.objects.filter(user_id=user.pk).update(
+            version=F("version") + 1, changed_at=timezone.now()
+        )
         version = token_version_load(user.pk)
         token_version_invalidate(user.pk)
 
@@ -219,7 +232,10 @@ def token_issue(*, user: User, ttl: int | None = None, not_after: int | None = N
 
 
 def token_expires_at(token: str) -> int:
-    """The expiry (Unix seconds) of a token issued here; TokenInvalid when it is not one."""
+    """The expiry (Unix seconds) of a token issued here; TokenInvalid when it is not one.
+    For a platform JWT (which authentication has accepted), its ``exp``."""
+    if jwt_auth.is_jwt(token):
+        return jwt_auth.jwt_expires_at(token)
     return _payload(token)[1]
 
 
@@ -249,7 +265,19 @@ def _payload(token: str) -> tuple[int, int, str]:
 
 
 def token_authenticate(token: str) -> User:
-    """The user a token names; raises a TokenError subclass when it must be refused."""
+    """The user a token (or a platform JWT) names; raises a TokenError subclass when it
+    must be refused."""
+    if jwt_auth.is_jwt(token):
+        try:
+            claims = jwt_auth.jwt_verify(token)
+            user = user_cached(jwt_auth.jwt_user_id(claims))
+            if user is None:
+                raise TokenJwtRefused("user_unknown", "The token's user no longer exists.")
+            version = token_version(user.pk)
+            revoked = jwt_auth.revoked_at(user.pk, version) if version else None
+        except jwt_auth.JwtRefused as exc:
+            raise _refusal(exc) from None
+        return _jwt_user(user, claims, version, revoked)
     user_id, expires, fingerprint = _payload(token)
     if _now() >= expires:
         raise TokenExpired()
@@ -259,7 +287,19 @@ def token_authenticate(token: str) -> User:
 
 async def atoken_authenticate(token: str) -> User:
     """``token_authenticate`` for consumers and async views: a cached user costs no
-    thread; a miss reads the database in a realtime database thread."""
+    thread; a miss reads the database in a realtime database thread (and a JWKS fetch
+    runs in a worker thread)."""
+    if jwt_auth.is_jwt(token):
+        try:
+            claims = await jwt_auth.ajwt_verify(token)
+            user = await auser_cached(await jwt_auth.ajwt_user_id(claims))
+            if user is None:
+                raise TokenJwtRefused("user_unknown", "The token's user no longer exists.")
+            version = await atoken_version(user.pk)
+            revoked = await jwt_auth.arevoked_at(user.pk, version) if version else None
+        except jwt_auth.JwtRefused as exc:
+            raise _refusal(exc) from None
+        return _jwt_user(user, claims, version, revoked)
     user_id, expires, fingerprint = _payload(token)
     if _now() >= expires:
         raise TokenExpired()
@@ -274,4 +314,35 @@ def _token_user(user: User | None, fingerprint: str, version: int) -> User:
     if not user.is_active:
         raise TokenUserInactive()
     setattr(user, CONNECT_VERSION_ATTR, version)  # a fresh instance of the cached row
+    return user
+
+
+class TokenJwtRefused(TokenError):
+    """A platform JWT refused for a reason of its own (``user_unknown``,
+    ``user_ambiguous``, ``jwt_keys_unavailable``); the code is set per refusal."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _refusal(exc: jwt_auth.JwtRefused) -> TokenError:
+    """The TokenError of a JWT refusal: the token's own codes where they mean the same,
+    so a client that renews on ``token_expired`` does so for JWTs too."""
+    if exc.code == "token_expired":
+        return TokenExpired(str(exc))
+    if exc.code == "token_invalid":
+        return TokenInvalid(str(exc))
+    return TokenJwtRefused(exc.code, str(exc))
+
+
+def _jwt_user(user: User, claims: dict, version: int, revoked: float | None) -> User:
+    """The user of a verified platform JWT, under the rules every credential obeys."""
+    if not user.is_active:
+        raise TokenUserInactive()
+    # "Sign out everywhere" at ``revoked``: a JWT issued before it is refused. The same
+    # second counts as before (iat has whole seconds): the client signs in again.
+    if revoked is not None and int(claims["iat"]) < math.ceil(revoked):
+        raise TokenInvalid("The token was issued before the user signed out everywhere.")
+    setattr(user, CONNECT_VERSION_ATTR, version)  # closes with the others on the next bump
     return user

@@ -12,6 +12,7 @@ tests/test_settings.py holds it in place.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
@@ -98,3 +99,54 @@ def check_core_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Che
             )
         ]
     return []
+
+
+# The HS256 secret's minimum, as realtime.jwt_auth.MIN_SECRET_BYTES (the composition root
+# reads settings only; tests/realtime/test_jwt.py holds the two equal).
+JWT_MIN_SECRET_BYTES = 32
+# A JWKS over plain http is accepted from this host only: nothing between can change it.
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@register(Tags.security, TAG)
+def check_jwt_secret(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """wedsync.E003: an HS256 secret short enough to be guessed offline from one JWT."""
+    secret = getattr(settings, "REALTIME_JWT_SECRET", "")
+    if secret and len(secret.encode()) < JWT_MIN_SECRET_BYTES:
+        return [
+            Error(
+                f"REALTIME_JWT_SECRET is {len(secret.encode())} bytes: anyone holding one "
+                "platform JWT could guess a secret this short offline and sign in as anyone.",
+                hint=(
+                    f"Use the platform's JWT secret as it is (Supabase's is at least "
+                    f"{JWT_MIN_SECRET_BYTES} characters), or leave it empty to turn HS256 off."
+                ),
+                id="wedsync.E003",
+            )
+        ]
+    return []
+
+
+@register(Tags.security, TAG)
+def check_jwt_jwks_url(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """wedsync.E004: signing keys fetched where they could be swapped on the way."""
+    url = getattr(settings, "REALTIME_JWT_JWKS_URL", "")
+    if not url:
+        return []
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return []
+    if parts.scheme == "http" and (settings.DEBUG or parts.hostname in _LOOPBACK):
+        return []
+    return [
+        Error(
+            f"REALTIME_JWT_JWKS_URL is not an https URL ({url!r}): whoever can change the "
+            "keys on the way can sign in as anyone.",
+            hint=(
+                "Use the platform's https JWKS URL, e.g. "
+                "https://<project>.supabase.co/auth/v1/.well-known/jwks.json "
+                "(plain http only to 127.0.0.1, or with DJANGO_DEBUG=true)."
+            ),
+            id="wedsync.E004",
+        )
+    ]

@@ -402,6 +402,23 @@ REALTIME_TOKEN_MAX_TTL = env.int("REALTIME_TOKEN_MAX_TTL", default=60 * 60 * 24 
 # a log or a history is long dead.
 REALTIME_TICKET_TTL = env.int("REALTIME_TICKET_TTL", default=30)
 
+# Platform sign-in (PROTOCOL §2, v1.1; realtime/jwt_auth.py; ADR 0021): JWTs issued by the
+# platform's auth (Supabase Auth) are accepted wherever a realtime token is, once a key
+# source is set. HS256 with the shared secret (Supabase's "JWT secret"; at least 32
+# bytes, wedsync.E003), RS256/ES256 with the keys of a JWKS URL (https, wedsync.E004).
+# Neither set: off, and a JWT is refused like any unknown token.
+REALTIME_JWT_SECRET = env.str("REALTIME_JWT_SECRET", default="")
+REALTIME_JWT_JWKS_URL = env.str("REALTIME_JWT_JWKS_URL", default="")
+# Seconds the fetched keys are used before they are fetched again (a token naming an
+# unknown key fetches them at once, at most every 10 s); Supabase caches its own for 10 min.
+REALTIME_JWT_JWKS_TTL = env.int("REALTIME_JWT_JWKS_TTL", default=600)
+# Supabase issues "authenticated" to signed-in users; its anon and service keys carry none.
+REALTIME_JWT_AUDIENCE = env.str("REALTIME_JWT_AUDIENCE", default="authenticated")
+# e.g. https://<project>.supabase.co/auth/v1; empty: the issuer is not checked.
+REALTIME_JWT_ISSUER = env.str("REALTIME_JWT_ISSUER", default="")
+# Clock skew in seconds allowed on exp, nbf and iat.
+REALTIME_JWT_LEEWAY = env.int("REALTIME_JWT_LEEWAY", default=30)
+
 # Per-connection limits (PROTOCOL §4, §8; enforced by realtime/limits.py and the consumer).
 REALTIME_PUBLISH_RATE = env.float("REALTIME_PUBLISH_RATE", default=20.0)  # publishes/s
 REALTIME_PUBLISH_BURST = env.int("REALTIME_PUBLISH_BURST", default=40)
