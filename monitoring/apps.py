@@ -25,8 +25,10 @@ class MonitoringConfig(AppConfig):
         from scaling import readings
         from scaling.signals import decision_applied
 
-        from .selectors import SnapshotReader
+        from .selectors import SnapshotReader, fast_reading
         from .services import scaling_decision_applied
 
         readings.set_reader(SnapshotReader())
+        # The fast reactive path's live figures (the emergency check every few seconds).
+        readings.set_fast_reader(fast_reading)
         decision_applied.connect(scaling_decision_applied, dispatch_uid="monitoring")

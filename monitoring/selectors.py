@@ -29,6 +29,7 @@ from realtime.models import Ack, Event
 from realtime.presence import get_presence_store
 from scaling.decisions import CurrentMetrics
 from scaling.demand import Observation
+from scaling.emergency import FastReading
 from scaling.selectors import decision_payload, recent_decisions, wedding_day_mode
 from weddings.models import Booking, Supplier, SupplierMembership, Wedding
 
@@ -505,3 +506,40 @@ class SnapshotReader:
             error_rate=snapshot.error_rate,
         )
         return current, snapshot.taken_at
+
+
+# The previous fast reading, shared through the cache: the next one, whichever worker
+# process takes it, derives the delivery p95 of the seconds in between. Kept a minute: a
+# reading after a longer gap has no p95 (it would mix in a minute of old deliveries).
+FAST_PREVIOUS_KEY = "monitoring:fast-reading:v1"
+FAST_PREVIOUS_TTL = 60.0
+
+
+def fast_reading() -> FastReading:
+    """Scaling's fast reader (scaling.readings.fast, plugged in ``MonitoringConfig.ready``):
+    the server processes' figures now, as they last sampled them (every
+    ``METRICS_SAMPLE_INTERVAL``), from ``METRICS_PEERS`` or this host's files, with the
+    delivery p95 since the previous fast reading. Read by the emergency check every
+    ``SCALING_FAST_INTERVAL`` seconds."""
+    totals = figures.read_deployment_totals()
+    now = timezone.now()
+    cache = get_cache()
+    previous = cache.get(FAST_PREVIOUS_KEY)
+    cache.set(FAST_PREVIOUS_KEY, {"at": now.timestamp(), "totals": totals}, FAST_PREVIOUS_TTL)
+    seconds = now.timestamp() - previous["at"] if previous else None
+    if seconds is not None and seconds <= 0:
+        previous, seconds = None, None
+    derived = figures.derive(previous["totals"] if previous else None, totals, seconds)
+    peers = totals.get("peers")
+    return FastReading(
+        at=now,
+        connections=int(derived["connections"]),
+        # Without a previous reading the histogram holds every delivery since the files
+        # were made: no p95 of "now".
+        latency_p95_s=derived["latency"]["p95"] if previous else None,
+        latency_samples=int(derived["latency_samples"]) if previous else 0,
+        window_s=seconds,
+        cpu=derived["server_cpu"],
+        outbox_depth=int(derived["outbox_depth"]),
+        partial=isinstance(peers, dict) and peers.get("partial") is True,
+    )

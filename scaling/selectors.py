@@ -23,6 +23,7 @@ from scaling.demand import (
     WeddingPlan,
     relevant,
 )
+from scaling.emergency import EmergencyThresholds
 from scaling.models import ScalingDecision, WeddingDayModeChange
 from weddings.models import Booking, TimelineItem, Wedding
 
@@ -200,6 +201,29 @@ def scaling_policy() -> ScalingPolicy:
         min_workers=settings.SCALING_MIN_WORKERS,
         max_workers=settings.SCALING_MAX_WORKERS,
         prescale_lead=dt.timedelta(hours=settings.SCALING_PRESCALE_HOURS),
+    )
+
+
+def emergency_thresholds() -> EmergencyThresholds:
+    """The emergency rule's limits: ``EmergencyThresholds`` with the deployment's settings
+    (SCALING_FAST_*) over them."""
+    return replace(
+        EmergencyThresholds(),
+        utilisation=settings.SCALING_FAST_UTILISATION,
+        latency_p95_s=settings.SCALING_FAST_LATENCY_P95,
+        cpu=settings.SCALING_FAST_CPU,
+        outbox_per_process=settings.SCALING_FAST_OUTBOX_DEPTH,
+    )
+
+
+def last_emergency(*, since: dt.datetime) -> ScalingDecision | None:
+    """The newest emergency decision made since ``since``, whatever its actuator made of
+    it (a pending or failed one counts: the check must not hammer a slow or broken
+    actuator every few seconds; the minute evaluation retries a failed apply)."""
+    return (
+        ScalingDecision.objects.filter(made_at__gte=since, inputs__has_key="emergency")
+        .order_by("-made_at", "-id")
+        .first()
     )
 
 

@@ -1,5 +1,6 @@
-"""Writes of wedding-day operations: switching wedding-day mode, and the scaling
-evaluation (decide, persist, apply, broadcast) with its wedding-day mode automation."""
+"""Writes of wedding-day operations: switching wedding-day mode, the scaling evaluation
+(decide, persist, apply, broadcast) with its wedding-day mode automation, and the
+emergency check of the fast reactive path."""
 
 from __future__ import annotations
 
@@ -8,16 +9,25 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from core.cache import get_cache
 from core.switches import switch_reason_clean
 from realtime.models import Event
 from realtime.services import event_publish_system
-from scaling import selectors
+from scaling import readings, selectors
 from scaling.actuators import ActuatorResult, Desired, get_actuator
 from scaling.decisions import Decision, ScalingPolicy, decide, weddings_in_window
 from scaling.demand import WeddingPlan, forecast, learn_correction
+from scaling.emergency import (
+    EmergencyThresholds,
+    FastReading,
+    breaches,
+    emergency_decide,
+    severity,
+)
 from scaling.models import REASON_MAX_LENGTH, ScalingDecision, WeddingDayModeChange
 from scaling.selectors import decision_payload, wedding_day_mode_invalidate
 from scaling.signals import decision_applied
@@ -111,6 +121,79 @@ def scaling_evaluate(
         apply=changed or first,
         notice_due=notice_due,
         inputs=inputs,
+        now=now,
+    )
+
+
+# The emergency check's streak (how many readings in a row were over a limit, and when the
+# last was read), shared by every worker process through the cache: beat hands each run
+# to whichever process is free.
+FAST_STATE_KEY = "scaling:fast-streak:v1"
+# Readings in a row over a limit before the emergency rule acts: one is a blip.
+FAST_STREAK = 2
+
+
+def scaling_emergency_check(
+    *,
+    now: dt.datetime | None = None,
+    reading: FastReading | None = None,
+    policy: ScalingPolicy | None = None,
+    limits: EmergencyThresholds | None = None,
+) -> ScalingDecision | None:
+    """The fast reactive path: compare the live figures with the emergency limits and,
+    when they are over in ``FAST_STREAK`` consecutive readings, store, apply and broadcast
+    an emergency scale-out at once (bypassing the scale-out cooldown, never scaling in).
+    Called every ``SCALING_FAST_INTERVAL`` seconds by beat
+    (``scaling.tasks.emergency_check``); ``reading`` defaults to ``readings.fast()``.
+
+    Within ``scale_out_cooldown`` of an emergency scale-out another one needs a breach
+    ``limits.growth`` times as severe. The row is an ordinary applied change, so the
+    minute evaluation's scale-in cooldown holds the new capacity. Returns the stored
+    decision, or None.
+    """
+    reading = reading if reading is not None else readings.fast()
+    if reading is None:
+        return None
+    now = now or timezone.now()
+    policy = policy or selectors.scaling_policy()
+    limits = limits or selectors.emergency_thresholds()
+    interval = float(settings.SCALING_FAST_INTERVAL)
+    capacity = selectors.current_capacity(policy=policy)
+    found = breaches(reading, capacity, policy, limits)
+
+    cache = get_cache()
+    at = reading.at.timestamp()
+    state = cache.get(FAST_STATE_KEY) or {}
+    # Consecutive: the previous check read a breach too, at most two intervals ago (one
+    # run that beat dropped as expired does not break the streak; a longer gap does).
+    consecutive = state.get("streak", 0) > 0 and 0 < at - state.get("at", 0) <= 2 * interval
+    streak = (state["streak"] + 1 if consecutive else 1) if found else 0
+    cache.set(FAST_STATE_KEY, {"at": at, "streak": streak}, ttl=max(60.0, 4 * interval))
+    if streak < FAST_STREAK:
+        if found:
+            logger.info("scaling: emergency limit over, reading %s: %s", streak,
+                        "; ".join(b.text for b in found))  # fmt: skip
+        return None
+
+    worst = severity(found)
+    last = selectors.last_emergency(since=now - policy.scale_out_cooldown)
+    if last is not None and worst < last.inputs["emergency"]["severity"] * limits.growth:
+        return None
+    decision = emergency_decide(
+        reading, found, capacity, policy, now, streak=streak, interval=interval
+    )
+    if decision is None:
+        logger.warning("scaling: emergency limit over but at the maximum capacity: %s",
+                       "; ".join(b.text for b in found))  # fmt: skip
+        return None
+    logger.warning("scaling: emergency scale-out: %s", decision.reason)
+    before = (capacity.asgi_processes, capacity.celery_workers, capacity.connection_limit)
+    return _decision_record(
+        decision=decision,
+        capacity_before=before,
+        apply=True,
+        notice_due=False,
+        inputs=decision.inputs,
         now=now,
     )
 

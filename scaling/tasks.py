@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
-from scaling.services import scaling_evaluate
+from scaling.services import scaling_emergency_check, scaling_evaluate
 from scaling.warming import cache_warm
 
 
@@ -20,6 +20,15 @@ def warm_cache() -> dict[str, Any]:
 def evaluate_scaling() -> dict[str, Any] | None:
     """Every minute (beat): decide the capacity, and store/apply/broadcast a change."""
     row = scaling_evaluate()
+    if row is None:
+        return None
+    return {"id": row.pk, "action": row.action, "status": row.actuator_status}
+
+
+@shared_task(name="scaling.tasks.emergency_check", ignore_result=True)
+def emergency_check() -> dict[str, Any] | None:
+    """Every SCALING_FAST_INTERVAL seconds (beat): the fast reactive path's check."""
+    row = scaling_emergency_check()
     if row is None:
         return None
     return {"id": row.pk, "action": row.action, "status": row.actuator_status}

@@ -582,6 +582,22 @@ CELERY_BEAT_SCHEDULE["scaling-evaluate"] = {
     "schedule": SCALING_EVALUATE_INTERVAL,
     "options": {"expires": max(1, SCALING_EVALUATE_INTERVAL - 5)},
 }
+# The fast reactive path (docs/scaling.md, ADR 0022): every SCALING_FAST_INTERVAL seconds
+# the emergency check reads the server processes' figures and, over one of these limits
+# in two readings in a row, scales out at once. 0 turns it off. The limits sit above the
+# minute rule's (80 %, 500 ms, 75 %): it skips the cooldown, so it acts on a clear breach.
+SCALING_FAST_INTERVAL = env.float("SCALING_FAST_INTERVAL", default=5.0)
+SCALING_FAST_UTILISATION = env.float("SCALING_FAST_UTILISATION", default=0.90)
+SCALING_FAST_LATENCY_P95 = env.float("SCALING_FAST_LATENCY_P95", default=1.0)  # seconds
+SCALING_FAST_CPU = env.float("SCALING_FAST_CPU", default=0.90)  # of one core
+SCALING_FAST_OUTBOX_DEPTH = env.int("SCALING_FAST_OUTBOX_DEPTH", default=2000)  # per process
+if SCALING_FAST_INTERVAL > 0:
+    CELERY_BEAT_SCHEDULE["scaling-emergency-check"] = {
+        "task": "scaling.tasks.emergency_check",
+        "schedule": SCALING_FAST_INTERVAL,
+        "options": {"expires": SCALING_FAST_INTERVAL},  # a late reading is worthless
+    }
+
 
 # Declared number of ASGI server processes in this deployment. It cannot be detected, so
 # the operator states it; a system check refuses several with the in-process layer.
