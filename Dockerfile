@@ -30,6 +30,7 @@ COPY manage.py ./
 COPY core/ core/
 COPY weddings/ weddings/
 COPY realtime/ realtime/
+COPY webhooks/ webhooks/
 COPY scaling/ scaling/
 COPY monitoring/ monitoring/
 COPY web/ web/

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.db.models.fields.json import KT
+from django.dispatch import Signal
 from django.utils import timezone
 
 from core import metrics
@@ -53,6 +54,10 @@ _EVENT_NAME_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 _ORDER_LOCKS = tuple(threading.RLock() for _ in range(64))
 # Pruning deletes in slices so that no single statement holds locks for long.
 PRUNE_BATCH = 2000
+# Sent inside the storing transaction for every stored event (``event=``), whichever path
+# stored it: a hook for apps above this one (outbound webhooks, ADR 0023). A receiver must
+# be cheap and defer real work to ``transaction.on_commit``.
+event_stored = Signal()
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,7 @@ def _stored(stored: Event) -> None:
     snapshots.event_stored(stored)
     transaction.on_commit(partial(broadcast_event, stored))
     transaction.on_commit(partial(metrics.published, stored.event, stored.priority))
+    event_stored.send(sender=Event, event=stored)
 
 
 def _append_one_statement(

@@ -62,11 +62,13 @@ INSTALLED_APPS = [
     "axes",  # sign-in throttling (AXES_* below; docs/security.md)
     "django_guid",  # the request id of every log line (DJANGO_GUID below)
     # The project's apps, lowest layer first (imports point down this list; `make lint`
-    # holds it with import-linter): core <- weddings <- realtime <- scaling <- monitoring
-    # <- web <- wedsync (the composition root). README "Where things are" and ADR 0014.
+    # holds it with import-linter): core <- weddings <- realtime <- webhooks <- scaling
+    # <- monitoring <- web <- wedsync (the composition root). README "Where things are",
+    # ADR 0014.
     "core",
     "weddings",  # label "wedsync": the tables and migrations keep their names
     "realtime",
+    "webhooks",  # outbound webhooks: reads the event log (ADR 0023)
     "scaling",
     "monitoring",
     "web",
@@ -598,6 +600,30 @@ if SCALING_FAST_INTERVAL > 0:
         "options": {"expires": SCALING_FAST_INTERVAL},  # a late reading is worthless
     }
 
+# --- outbound webhooks (docs/integration.md, ADR 0023) ------------------------------------
+
+# Seconds an HTTP call to an endpoint may take per step (connect, send, each read).
+WEBHOOKS_TIMEOUT = env.float("WEBHOOKS_TIMEOUT", default=10.0)
+# Attempts of one event before its delivery is dead (its topic then waits for a replay);
+# the waits between them: base, 2 base, 4 base ... capped. 12 attempts of 5 s .. 1 h wait
+# about 3 h in all.
+WEBHOOKS_MAX_ATTEMPTS = env.int("WEBHOOKS_MAX_ATTEMPTS", default=12)
+WEBHOOKS_BACKOFF_BASE = env.float("WEBHOOKS_BACKOFF_BASE", default=5.0)  # seconds
+WEBHOOKS_BACKOFF_MAX = env.float("WEBHOOKS_BACKOFF_MAX", default=3600.0)  # seconds
+# Events one delivery run sends at most before it queues the next run (others get a turn).
+WEBHOOKS_BATCH = env.int("WEBHOOKS_BATCH", default=100)
+# Endpoints on loopback, private, link-local or reserved addresses (SSRF: the cluster's
+# own services, cloud metadata) are refused unless allowed; development allows them.
+WEBHOOKS_ALLOW_PRIVATE = env.bool("WEBHOOKS_ALLOW_PRIVATE", default=DEBUG)
+# Days delivered records are kept in admin (dead and waiting ones stay until delivered).
+WEBHOOKS_RETENTION_DAYS = env.int("WEBHOOKS_RETENTION_DAYS", default=7)
+# Seconds between sweeps: a run of every active endpoint, for kicks or retries lost.
+WEBHOOKS_SWEEP_INTERVAL = env.int("WEBHOOKS_SWEEP_INTERVAL", default=30)
+CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {
+    "task": "webhooks.tasks.sweep",
+    "schedule": WEBHOOKS_SWEEP_INTERVAL,
+    "options": {"expires": max(1, WEBHOOKS_SWEEP_INTERVAL - 5)},
+}
 
 # Declared number of ASGI server processes in this deployment. It cannot be detected, so
 # the operator states it; a system check refuses several with the in-process layer.
