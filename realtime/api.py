@@ -2,8 +2,10 @@
 connect ticket (v1.1); and the staff view of open connections.
 
 Every endpoint accepts the Django session (with CSRF for writes) or a token as
-``Authorization: Bearer <token>``. Errors are JSON ``{"error": {"code", "message"}}``;
-a wedding that does not exist and one the user may not see get the same 404.
+``Authorization: Bearer <token>``; the publish, the history and the snapshot also accept
+an API key of the platform's backend there (``realtime.api_keys``, ADR 0024). Errors are
+JSON ``{"error": {"code", "message"}}``; a wedding that does not exist and one the user
+may not see get the same 404.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from weddings import selectors as domain
 from weddings.caching import auser_access
 from weddings.models import Supplier, Wedding
 
-from . import selectors, services
+from . import api_keys, catalogue, selectors, services
 from .access import plan_only_on, snapshot_view
 from .connection_counts import get_connection_counter, supplier_limit
 from .epoch import aepoch_current, epoch_current
@@ -55,6 +57,8 @@ def api_authenticate(request: HttpRequest) -> HttpResponse | None:
     """Set ``request.user`` from a bearer token, or keep the session user (with the CSRF
     check for writes); the JSON error response when neither will do, else None."""
     header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer ") and api_keys.is_api_key(header[7:].strip()):
+        return api_keys.request_authenticate(request, header[7:].strip())
     if header.startswith("Bearer "):
         try:
             request.user = token_authenticate(header[7:].strip())
@@ -73,6 +77,8 @@ async def aapi_authenticate(request: HttpRequest) -> HttpResponse | None:
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         return await in_db_thread(api_authenticate)(request)
+    if api_keys.is_api_key(header[7:].strip()):
+        return await api_keys.arequest_authenticate(request, header[7:].strip())
     try:
         request.user = await atoken_authenticate(header[7:].strip())
     except TokenError as exc:
@@ -86,7 +92,10 @@ api_view, async_api_view = api_views(api_authenticate, aapi_authenticate)
 
 
 def _visible_wedding(request: HttpRequest, wedding_id: int) -> Wedding:
-    wedding = domain.weddings_visible_to(request.user).filter(pk=wedding_id).first()
+    weddings = domain.weddings_visible_to(request.user)
+    if (key := api_keys.request_key(request)) is not None and not key.covers_wedding(wedding_id):
+        weddings = Wedding.objects.none()  # outside the key's scope: as a hidden wedding
+    wedding = weddings.filter(pk=wedding_id).first()
     if wedding is None:
         err = topic_forbidden(f"wedding:{wedding_id}")
         raise ApiError("not_found", err.message, 404)
@@ -145,6 +154,7 @@ def weddings_view(request: HttpRequest) -> HttpResponse:
 
 
 @async_api_view("GET")
+@api_keys.aaudited
 async def wedding_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     """The wedding snapshot with the topic seq it includes and (v1.1) the stream epoch
     that seq counts in (PROTOCOL §9).
@@ -157,16 +167,25 @@ async def wedding_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     loads in a database thread; while the database is unreachable that is a 503, and a
     read served wholly from the cache is marked read-only.
     """
-    if not await _may_read_wedding(request.user, wedding_id):
+    key = api_keys.request_key(request)
+    visible = key.covers_wedding(wedding_id) if key else None
+    if not (visible or (key is None and await _may_read_wedding(request.user, wedding_id))):
         raise ApiError("not_found", topic_forbidden(f"wedding:{wedding_id}").message, 404)
+    if key is not None:
+        api_keys.require(key, "read")
     # The user's snapshot budget (PROTOCOL §8): 429 rate_limited over it.
     await get_user_limits().check_frame("snapshot", request.user.pk)
     state = await _snapshot_aget(wedding_id)
     if state is None:  # no such wedding (staff), or deleted since the access was cached
         raise ApiError("not_found", topic_forbidden(f"wedding:{wedding_id}").message, 404)
-    access = await auser_access(request.user.pk)
-    staff = bool(request.user.is_staff and access["staff"])
-    response = json_response(snapshot_view(state, staff=staff, supplier_ids=access["suppliers"]))
+    if key is not None:  # staff's view, as the key's history
+        response = json_response(snapshot_view(state, staff=True, supplier_ids=()))
+    else:
+        access = await auser_access(request.user.pk)
+        staff = bool(request.user.is_staff and access["staff"])
+        response = json_response(
+            snapshot_view(state, staff=staff, supplier_ids=access["suppliers"])
+        )
     if not await database_reachable():
         response["X-WedSync-Read-Only"] = "database unreachable; served from the cache"
     return response
@@ -227,6 +246,7 @@ def _int_param(request: HttpRequest, name: str, default: int, low: int, high: in
 
 
 @api_view("GET", "POST")
+@api_keys.audited
 def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     """GET: history after ``since`` (the HTTP fallback for gaps). POST: publish.
 
@@ -236,6 +256,8 @@ def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     if request.method == "POST":
         return _publish(request, wedding_id)
     wedding = _visible_wedding(request, wedding_id)
+    if (key := api_keys.request_key(request)) is not None:
+        api_keys.require(key, "read")
     since = _int_param(request, "since", 0, 0, 2**62)
     limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
     told = _epoch_param(request)
@@ -285,11 +307,18 @@ def _publish(request: HttpRequest, wedding_id: int) -> HttpResponse:
         raise RealtimeError(
             "invalid_payload", "idempotency_key must be a string", field="idempotency_key"
         )
-    # The user's publish budget, shared with their WebSocket connections and every
-    # process (PROTOCOL §8): 429 rate_limited with retry_after_ms.
-    async_to_sync(get_user_limits().check_publish)(
-        request.user.pk, data["event"], len(request.body)
-    )
+    if (grant := api_keys.request_key(request)) is not None:
+        # A key: its scope, then its own budget, shared by every process (429).
+        api_keys.require(grant, "publish")
+        catalogue.spec_for(data["event"])  # invalid_payload outside the catalogue, as members
+        api_keys.require_event(grant, data["event"])
+        async_to_sync(get_user_limits().check_frame)("api_key_publish", grant.id)
+    else:
+        # The user's publish budget, shared with their WebSocket connections and every
+        # process (PROTOCOL §8): 429 rate_limited with retry_after_ms.
+        async_to_sync(get_user_limits().check_publish)(
+            request.user.pk, data["event"], len(request.body)
+        )
     result = services.event_publish(
         topic=f"wedding:{wedding_id}",
         event=data["event"],
@@ -300,6 +329,8 @@ def _publish(request: HttpRequest, wedding_id: int) -> HttpResponse:
     body: dict[str, Any] = {"status": "ok", "topic": result.event.topic, "seq": result.event.seq}
     if not result.created:
         body["duplicate"] = True
+    if grant is not None:
+        body["actor"] = grant.actor
     return json_response(body, 201 if result.created else 200)
 
 

@@ -349,6 +349,9 @@ FRAME_BUDGETS: dict[str, tuple[str, str]] = {
     # page's state): served from the cache, but not for free, and a client reloads one
     # only after a gap it could not fill.
     "snapshot": ("snapshots", "REALTIME_USER_SNAPSHOT"),
+    # An API key's publishes (ADR 0024), per key (its id, not a user's): a backend's
+    # budget of its own, every event type alike.
+    "api_key_publish": ("publishes", "REALTIME_API_KEY_PUBLISH"),
 }
 
 # How many local buckets a process keeps, and how long (s): an evicted bucket starts full

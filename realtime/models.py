@@ -230,3 +230,70 @@ class ExternalIdentity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} at {self.issuer or 'the platform'} (user {self.user_id})"
+
+
+class ApiKey(models.Model):
+    """A server-to-server credential of the platform's backend (ADR 0024): named, scoped,
+    expiring, revocable. Shown once as ``wsk_<prefix>_<secret>``; only the SHA-256 of the
+    whole key is stored (``realtime.api_keys``).
+
+    Each key acts through a service user of its own (``user``: no password, a member of
+    nothing): the events it publishes name that user as their actor, its idempotency keys
+    are its own. The scope narrows what the key may do; it never widens it.
+    """
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="realtime_api_key",
+        editable=False,
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        editable=False,
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never.")
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Scope, nothing by default: a wedding is in it when listed in ``wedding_ids`` or its
+    # topic in ``topics`` (``wedding:<id>``, or ``wedding:*`` for every wedding). Event
+    # types: catalogue names, ``prefix.*`` or ``*``; empty: none.
+    wedding_ids = models.JSONField(default=list, blank=True)
+    topics = models.JSONField(default=list, blank=True)
+    event_types = models.JSONField(default=list, blank=True)
+    can_read = models.BooleanField(default=False)
+    can_publish = models.BooleanField(default=False)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} (wsk_{self.prefix}_…)"
+
+
+class ApiKeyUse(models.Model):
+    """One use of an API key, allowed or refused: the audit trail (ADR 0024)."""
+
+    key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="uses")
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=200)
+    status = models.PositiveSmallIntegerField()
+    outcome = models.CharField(max_length=32)  # "ok", "duplicate" or the error code
+    topic = models.CharField(max_length=64, blank=True, default="")
+    seq = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key use"
+        indexes = [models.Index(fields=["key", "-at"], name="realtime_apikeyuse_key_at")]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} {self.status} {self.outcome}"

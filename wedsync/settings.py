@@ -490,6 +490,10 @@ REALTIME_USER_SNAPSHOT_BURST = env.int("REALTIME_USER_SNAPSHOT_BURST", default=3
 # Realtime tokens issued per user (POST /api/realtime/token): burst, refilled per minute.
 REALTIME_TOKEN_ISSUE_PER_MINUTE = env.float("REALTIME_TOKEN_ISSUE_PER_MINUTE", default=10.0)
 REALTIME_TOKEN_ISSUE_BURST = env.int("REALTIME_TOKEN_ISSUE_BURST", default=10)
+# API keys of the platform's backend (ADR 0024): each key's publishes a second, shared by
+# every process (per key, beside and instead of the per-user budgets); over it 429.
+REALTIME_API_KEY_PUBLISH_RATE = env.float("REALTIME_API_KEY_PUBLISH_RATE", default=20.0)
+REALTIME_API_KEY_PUBLISH_BURST = env.int("REALTIME_API_KEY_PUBLISH_BURST", default=100)
 
 # Event log retention (PROTOCOL §7): replay with `since` reaches back this far; older
 # events are pruned hourly (realtime.tasks.prune_event_log). Topic seqs never restart.
