@@ -287,6 +287,18 @@ def _hours(delta: dt.timedelta) -> str:
     return f"{delta.total_seconds() / 3600:g} h"
 
 
+def plain(value: Any) -> Any:
+    """``value`` with its datetimes (ISO strings) and timedeltas (seconds) JSON-ready,
+    through dicts: what a decision's audit ``inputs`` hold."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
 def _inputs(
     forecast: Forecast,
     ahead: SlotForecast | None,
@@ -297,16 +309,6 @@ def _inputs(
     in_window: list[WeddingPlan],
 ) -> dict[str, Any]:
     """What the decision saw, as JSON-ready values (for the audit row to come)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, dt.datetime):
-            return value.isoformat()
-        if isinstance(value, dt.timedelta):
-            return value.total_seconds()
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
     return {
         "now": now.isoformat(),
         "forecast_made_at": forecast.made_at.isoformat(),

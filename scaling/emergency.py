@@ -28,7 +28,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from scaling.decisions import Capacity, Decision, ScalingPolicy
+from scaling.decisions import Capacity, Decision, ScalingPolicy, plain
 
 
 @dataclass(frozen=True)
@@ -197,16 +197,6 @@ def _inputs(
     streak: int,
 ) -> dict[str, Any]:
     """What the emergency decision saw, JSON-ready; ``emergency`` marks the row as one."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, dt.datetime):
-            return value.isoformat()
-        if isinstance(value, dt.timedelta):
-            return value.total_seconds()
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
     return {
         "now": now.isoformat(),
         "emergency": {
