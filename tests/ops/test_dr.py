@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
 from ops.dr import pg
 from ops.dr.pg import DrError
@@ -174,7 +175,11 @@ def test_primary_lost_mid_peak__restored_from_the_archive_and_a_standby_promoted
     # when, instead, the standby runbook is followed (after the archive's: a promoted
     # standby archives its new timeline, which the restores above must not meet): the
     # standby is promoted, its log verified, the epoch bumped (an asynchronous standby
-    # may lack the last acknowledged commits), and served; a client resumes
+    # may lack the last acknowledged commits), and served; a client resumes. The restored
+    # copy's servers go, and with them what they cached in the drill's Redis (its stream
+    # epoch): the standby's deployment is another deployment, not one sharing its cache.
+    drill.retire_servers()
+    redis.Redis.from_url(drill.redis.url).flushall()
     promote_at = time.time()
     pg.run(
         [pg.pg_bin("pg_ctl"), "promote", "-D", str(standby.pgdata), "-w", "-t", "60"],
