@@ -26,10 +26,10 @@ from core.db import in_db_thread
 
 from .access import connections_recheck
 from .connection_counts import get_connection_counter
-from .delivery import topic_positions
+from .delivery import Outbox, TopicStream, catch_up_topic, topic_positions
 from .errors import RealtimeError
 from .presence import DiffBatcher, get_presence_store
-from .protocol import CLOSE_RESTARTING, CLOSE_STALE, CLOSE_UNAUTHENTICATED
+from .protocol import CLOSE_OVERLOADED, CLOSE_RESTARTING, CLOSE_STALE, CLOSE_UNAUTHENTICATED
 from .tokens import CONNECT_VERSION_ATTR
 
 if TYPE_CHECKING:
@@ -176,15 +176,39 @@ class ConsumerRegistry:
         current = await topic_positions(sorted(topics))
         # The hub's memory must never answer a subscribe with a seq below the log's head.
         self._hub.check_heads(current)
+        # Behind now and already behind that far at the last sweep: the layer lost the
+        # message (or never had it), as for every connection of a topic through a Redis
+        # outage; fill from the log, read once per topic for all of them.
+        lagging: dict[str, list[tuple[RealtimeConsumer, TopicStream]]] = {}
+        upto: dict[str, int] = {}
         for consumer in consumers:
             for topic, stream in list(consumer.streams.items()):
                 if stream.syncing:
                     continue
-                # Behind now and already behind that far at the last sweep: the layer
-                # lost the message (or never had it); fill from the log.
-                if stream.last_seq < stream.behind:
-                    await consumer.rt_catch_up({"topic": topic, "seq": stream.behind})
+                if stream.last_seq < stream.behind and not consumer.closing:
+                    lagging.setdefault(topic, []).append((consumer, stream))
+                    upto[topic] = max(upto.get(topic, 0), stream.behind)
                 stream.behind = current.get(topic, 0)
+        for topic, members in lagging.items():
+            await self._catch_up(topic, members, upto[topic])
+
+    async def _catch_up(
+        self, topic: str, members: list[tuple[RealtimeConsumer, TopicStream]], upto: int
+    ) -> None:
+        owners = {id(consumer.outbox): consumer for consumer, _ in members}
+
+        async def overflowed(outbox: Outbox) -> None:
+            await owners[id(outbox)].close(CLOSE_OVERLOADED, "client too slow")
+
+        try:
+            last = await catch_up_topic(
+                topic, [(stream, consumer.outbox) for consumer, stream in members], upto, overflowed
+            )
+        except DatabaseError:
+            logger.warning("catch-up of %s skipped: the database is unreachable", topic)
+            return
+        if last:
+            self._hub.saw(topic, last)
 
 
 def _take_fresh_user(consumer: RealtimeConsumer, user: Any) -> None:

@@ -69,6 +69,41 @@ def _topic_positions(names: list[str]) -> dict[str, int]:
     return dict(TopicCursor.objects.filter(topic__in=names).values_list("topic", "last_seq"))
 
 
+async def catch_up_topic(
+    topic: str,
+    streams: list[tuple[TopicStream, Outbox]],
+    upto: int,
+    on_full: Callable[[Outbox], Awaitable[None]],
+) -> int:
+    """Deliver the logged events of ``topic`` up to ``upto`` to every stream of ``streams``
+    that lacks them (the sweep's catch-up after the channel layer lost messages): the log
+    is read once, page by page from the stream furthest behind, for all of them, instead
+    of once per connection. Each stream takes what it lacks in order (``deliver``: a
+    duplicate dropped, a gap filled); an outbox that overflows is handed to ``on_full``
+    (its connection closes) and skipped. Returns the last seq read (0: none)."""
+    after = min(stream.last_seq for stream, _ in streams)
+    full: set[int] = set()
+    last = 0
+    while after < upto:
+        page = await events_after(topic, after, upto)
+        if not page:
+            break
+        for stream, outbox in streams:
+            if id(outbox) in full or stream.syncing:
+                continue
+            try:
+                for seq, text, stored_at in page:
+                    if seq > stream.last_seq:
+                        await deliver(stream, outbox, seq, text, stored_at)
+            except OutboxFull:
+                full.add(id(outbox))
+                await on_full(outbox)
+        last = after = page[-1][0]
+        if len(page) < PAGE:
+            break
+    return last
+
+
 # The current seq of each topic (one query for the whole process): the sweep's check for
 # events the channel layer lost (``ConsumerRegistry.sweep``).
 topic_positions = in_db_thread(_topic_positions)
@@ -236,8 +271,11 @@ async def fill(stream: TopicStream, outbox: Outbox, upto: int | None, *, live: b
             return
 
 
-async def deliver(stream: TopicStream, outbox: Outbox, seq: int, text: str) -> None:
-    """Send one live event in order: drop a duplicate, fill a gap from the log first."""
+async def deliver(
+    stream: TopicStream, outbox: Outbox, seq: int, text: str, stored_at: float | None = None
+) -> None:
+    """Send one live event in order: drop a duplicate, fill a gap from the log first.
+    ``stored_at``: when it was stored, for an event read from the log (the latency)."""
     if stream.syncing:
         stream.pending[seq] = text
         return
@@ -247,7 +285,7 @@ async def deliver(stream: TopicStream, outbox: Outbox, seq: int, text: str) -> N
         await fill(stream, outbox, seq - 1, live=True)
         if seq <= stream.last_seq:
             return
-    outbox.put_nowait(stream.view(text))
+    outbox.put_nowait(stream.view(text), stored_at)
     metrics.delivered()
     stream.last_seq = seq
 

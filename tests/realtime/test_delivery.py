@@ -12,7 +12,7 @@ from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from core import metrics
-from realtime.delivery import Outbox, OutboxFull, TopicStream, fill
+from realtime.delivery import Outbox, OutboxFull, TopicStream, catch_up_topic, fill
 from realtime.models import Event
 from realtime.services import event_publish_system
 
@@ -236,3 +236,34 @@ async def test_fill__a_replay_is_not_late():
     # then: delivered, not counted as late deliveries
     assert len(socket.frames) == 3
     assert _latency_figures()[0] == count
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_catch_up_topic__each_stream_gets_what_it_lacks_in_order_once():
+    # given: 6 events the layer lost, and three connections of the topic at different
+    # positions (one has everything, one is behind by 4, one by 6 with a tiny outbox)
+    await _stored_long_ago("wedding:8803", 6, 1)
+    sockets = [Socket(), Socket(), Socket()]
+    boxes = [outbox(sockets[0], maxsize=16), outbox(sockets[1], maxsize=16), outbox(sockets[2], 2)]
+    streams = [
+        TopicStream("wedding:8803", last_seq=6, syncing=False),
+        TopicStream("wedding:8803", last_seq=2, syncing=False),
+        TopicStream("wedding:8803", last_seq=0, syncing=False),
+    ]
+    overflowed: list[Outbox] = []
+
+    async def on_full(box: Outbox) -> None:
+        overflowed.append(box)
+
+    # when: the sweep catches the topic up to seq 6
+    last = await catch_up_topic("wedding:8803", list(zip(streams, boxes, strict=True)), 6, on_full)
+    for box in boxes[:2]:
+        await box.drain(1)
+
+    # then: the one behind by 4 got 3..6 once and in order, the one up to date nothing;
+    # the one whose outbox cannot take 6 frames is handed over to be closed
+    assert last == 6
+    assert sockets[0].frames == []
+    assert [orjson.loads(f)["seq"] for f in sockets[1].frames] == [3, 4, 5, 6]
+    assert streams[1].last_seq == 6
+    assert overflowed == [boxes[2]]
