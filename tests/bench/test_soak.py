@@ -19,7 +19,7 @@ import os
 import shutil
 
 import pytest
-from django.core.management import call_command
+from django.core.management import call_command, load_command_class
 from django.core.management.base import CommandError
 
 from bench.netns import missing_requirements
@@ -206,3 +206,17 @@ def test_soak__every_acknowledged_event_arrives_through_every_fault(tmp_path) ->
     assert len(judged) >= 3, memory["processes"]
     assert all(p["within"] for p in judged), judged
     assert report["passed"]
+
+
+@pytest.mark.parametrize("command", ["soak", "loadtest"])
+def test_help__lists_every_option(command):
+    # given the command as manage.py loads it
+    parser = load_command_class("bench", command).create_parser("manage.py", command)
+
+    # when its --help is rendered (a bare "%" in a help text once made it raise)
+    text = parser.format_help()
+
+    # then
+    assert "--json" in text
+    if command == "soak":
+        assert "% of the baseline" in text and "--faults" in text

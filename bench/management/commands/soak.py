@@ -43,7 +43,7 @@ _OPTIONS: list[tuple[str, Any, str, str]] = [
     ("--sample-every", float, "S", "seconds between RSS samples (default 5)"),
     ("--progress-every", float, "S", "seconds between progress lines (default 10)"),
     ("--drain-timeout", float, "S", "seconds to wait for the last deliveries (default 30)"),
-    ("--rss-bound-pct", float, "P", "allowed RSS growth, % of the baseline (default 25)"),
+    ("--rss-bound-pct", float, "P", "allowed RSS growth, %% of the baseline (default 25)"),
     ("--rss-bound-mib", float, "MIB", "allowed RSS growth at least this (default 40)"),
 ]
 
