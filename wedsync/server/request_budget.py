@@ -40,8 +40,8 @@ from typing import Any
 from cachetools import TTLCache
 from django.conf import settings
 
-from core import metrics
-from realtime.limits import TokenBucket, UserSlots
+from core.http import ApiError
+from realtime.limits import TokenBucket, UserSlots, rate_limited
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -106,17 +106,8 @@ def _exempt(scope: Scope) -> bool:
     return path in EXEMPT_PATHS or path.startswith(static)
 
 
-async def _refuse(send: Any, wait: float, rate: float) -> None:
-    retry_ms = max(1, round(wait * 1000))
-    body = json.dumps(
-        {
-            "error": {
-                "code": "rate_limited",
-                "message": f"more than {rate:g} requests a second; retry in {retry_ms} ms",
-                "retry_after_ms": retry_ms,
-            }
-        }
-    ).encode()
+async def _refuse(send: Any, err: ApiError, wait: float) -> None:
+    body = json.dumps({"error": err.as_dict()}).encode()
     await send(
         {
             "type": "http.response.start",
@@ -146,12 +137,12 @@ def request_budget(app: ASGIApp) -> ASGIApp:
             key = client_key(scope)
             wait = budget.wait(key)
             if wait:
-                metrics.rate_limited()
+                err = rate_limited("requests", rate, wait)  # PROTOCOL §8's error, counted
                 # Answered once a token is back (at most TARPIT_MAX_S): a client that
                 # retries at once, on a kept-alive connection, is held to the budget's
                 # pace instead of costing the process a refusal as fast as it can send.
                 await asyncio.sleep(min(wait, TARPIT_MAX_S))
-                await _refuse(send, wait, rate)
+                await _refuse(send, err, wait)
                 return
             # As a member's WebSocket frames (``realtime.limits.UserSlots``): one client's
             # requests take their turn, they never fill the process's threads together.
