@@ -582,7 +582,7 @@ SCALING_MIN_ASGI = env.int("SCALING_MIN_ASGI", default=2)
 SCALING_MAX_ASGI = env.int("SCALING_MAX_ASGI", default=40)
 SCALING_MIN_WORKERS = env.int("SCALING_MIN_WORKERS", default=1)
 SCALING_MAX_WORKERS = env.int("SCALING_MAX_WORKERS", default=20)
-SCALING_PRESCALE_HOURS = env.float("SCALING_PRESCALE_HOURS", default=2.0)
+SCALING_PRESCALE_HOURS = env.float("SCALING_PRESCALE_HOURS", default=1.0)
 CELERY_BEAT_SCHEDULE["scaling-evaluate"] = {
     "task": "scaling.tasks.evaluate_scaling",
     "schedule": SCALING_EVALUATE_INTERVAL,

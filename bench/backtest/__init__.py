@@ -17,8 +17,10 @@ from .history import (
     History,
     SyntheticWedding,
     calendar_shares,
+    profile_share,
     synthetic_history,
     wedding_calendar,
+    wedding_profile,
 )
 from .model import RollingCorrection, model_expected
 from .replaying import replay
@@ -34,7 +36,9 @@ __all__ = [
     "capacity_cost",
     "mape",
     "model_expected",
+    "profile_share",
     "replay",
     "synthetic_history",
     "wedding_calendar",
+    "wedding_profile",
 ]

@@ -1,26 +1,31 @@
 """The backtest's synthetic history: a wedding calendar drawn from industry shares, and
 15-minute truth (connections, deliveries/s) from it, with noise, a viral day and a storm.
 
-Each wedding's load is the demand model's own profile (``wedding_connections``) with the
-wedding's true devices per vendor; the truth then adds what the model does not know
-(planners and couples online, noise, the two events). Pure: everything comes from a
-seeded ``random.Random``.
+Each wedding's load follows a profile of its own (``wedding_profile``: the day's ramps
+earlier or later, longer or shorter, a smaller or bigger evening peak) that the demand
+model does not know, with the wedding's true devices per vendor; the truth then adds
+what the model does not know either (planners and couples online, noise, the two
+events). ``model_profile=True`` gives every wedding the model's own shape instead, as
+the first backtest did. Pure: everything comes from seeded ``random.Random`` s.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime as dt
+import itertools
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from zoneinfo import ZoneInfo
 
 from scaling.demand import (
+    LOAD_PROFILE,
     PROFILE_END,
     PROFILE_START,
     SLOT,
+    TIMELINE_FLOOR,
     DemandParams,
     WeddingPlan,
     wedding_connections,
@@ -67,6 +72,46 @@ SLOT_NOISE_SD = 0.07
 VIRAL_FACTOR = 3.0
 VIRAL_FROM_HOUR = 12
 STORM_ZONE = "America/New_York"
+# A wedding's timeline runs this many hours after its ceremony.
+MIN_WINDOW_HOURS, MAX_WINDOW_HOURS = 8.0, 12.0
+
+
+# A wedding's own profile: the model's points moved by a shift (hours), stretched in time,
+# and with shares of their own (the photos' dip, the evening peak, the tail) drawn from
+# these ranges. The vows' plateau (share 1.0) is kept: every vendor is on for the vows.
+PROFILE_SHIFT_H = (-0.75, 0.75)
+PROFILE_STRETCH = (0.75, 1.35)
+PROFILE_SHARES = {  # index of the point in LOAD_PROFILE: (low, high)
+    1: (0.1, 0.5),  # the morning ramp (hair & make-up, venue dressing)
+    2: (0.4, 0.8),
+    5: (0.45, 0.85),  # photos, drinks
+    6: (0.5, 1.0),  # speeches, first dance
+    7: (0.15, 0.45),  # the party's tail
+}
+
+
+def wedding_profile(rng: random.Random) -> tuple[tuple[float, float], ...]:
+    """One wedding's profile ((hours from the ceremony, share), ...), drawn around the
+    model's ``LOAD_PROFILE``: what a real calendar's weddings look like to a model that
+    knows one average shape."""
+    shift = rng.uniform(*PROFILE_SHIFT_H)
+    stretch = rng.uniform(*PROFILE_STRETCH)
+    points = []
+    for i, (hours, share) in enumerate(LOAD_PROFILE):
+        if i in PROFILE_SHARES:
+            share = rng.uniform(*PROFILE_SHARES[i])
+        points.append((hours * stretch + shift, share))
+    return tuple(points)
+
+
+def profile_share(points: Sequence[tuple[float, float]], hours: float) -> float:
+    """The share of ``points`` (linear between them, 0 outside) ``hours`` from the vows."""
+    if hours <= points[0][0] or hours >= points[-1][0]:
+        return 0.0
+    for (h0, s0), (h1, s1) in itertools.pairwise(points):
+        if h0 <= hours <= h1:
+            return s0 + (s1 - s0) * (hours - h0) / (h1 - h0)
+    return 0.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +124,7 @@ class SyntheticWedding:
     devices_per_vendor: float
     time_zone: str
     window_hours: float
+    profile: tuple[tuple[float, float], ...] | None = None  # None: the model's own
 
     def plan(self, wedding_id: int | None = None) -> WeddingPlan:
         """What the demand model sees: the booking, not what happened."""
@@ -122,7 +168,7 @@ def wedding_calendar(year: int, count: int, rng: random.Random) -> list[Syntheti
                 vendors=max(4, round(rng.gauss(14, 4))),
                 devices_per_vendor=max(1.0, rng.gauss(TRUE_DEVICES_MEAN, TRUE_DEVICES_SD)),
                 time_zone=zone,
-                window_hours=rng.uniform(8, 12),
+                window_hours=rng.uniform(MIN_WINDOW_HOURS, MAX_WINDOW_HOURS),
             )
         )
     return weddings
@@ -162,18 +208,36 @@ class History:
 
 
 def add_wedding(
-    series: list[float], start: dt.datetime, plan: WeddingPlan, params: DemandParams
+    series: list[float],
+    start: dt.datetime,
+    plan: WeddingPlan,
+    params: DemandParams,
+    profile: Sequence[tuple[float, float]] | None = None,
 ) -> None:
-    """Add one wedding's connections (``wedding_connections`` at mid-slot, as the model
-    takes them) to the slots of ``series`` from ``start`` that its profile or window spans
-    (the span ``scaling.demand.relevant`` uses)."""
-    first = plan.ceremony_utc + PROFILE_START
-    last = max(plan.ceremony_utc + PROFILE_END, plan.window_end_utc)
+    """Add one wedding's connections at mid-slot to the slots of ``series`` from ``start``
+    that its profile or window spans: ``wedding_connections`` (the model's shape, the span
+    ``scaling.demand.relevant`` uses) or, given a ``profile``, that shape with the same
+    timeline floor."""
+    if profile is None:
+        first = plan.ceremony_utc + PROFILE_START
+        last = max(plan.ceremony_utc + PROFILE_END, plan.window_end_utc)
+    else:
+        first = plan.ceremony_utc + dt.timedelta(hours=profile[0][0])
+        last = max(plan.ceremony_utc + dt.timedelta(hours=profile[-1][0]), plan.window_end_utc)
     lo = max(0, math.floor((first - start) / SLOT))
     hi = min(len(series), math.ceil((last - start) / SLOT) + 1)
     half = SLOT / 2
+    devices = plan.vendors * params.devices_per_vendor
     for t in range(lo, hi):
-        series[t] += wedding_connections(plan, start + t * SLOT + half, params)
+        at = start + t * SLOT + half
+        if profile is None:
+            series[t] += wedding_connections(plan, at, params)
+            continue
+        hours = (at - plan.ceremony_utc).total_seconds() / 3600
+        share = profile_share(profile, hours)
+        if hours > 0 and at < plan.window_end_utc:
+            share = max(share, TIMELINE_FLOOR)
+        series[t] += devices * share
 
 
 def _baseline(at: dt.datetime) -> float:
@@ -187,15 +251,25 @@ def _baseline(at: dt.datetime) -> float:
 
 
 def synthetic_history(
-    start: dt.date, days: int, seed: int, weddings_per_year: int = 5000
+    start: dt.date,
+    days: int,
+    seed: int,
+    weddings_per_year: int = 5000,
+    *,
+    model_profile: bool = False,
 ) -> History:
-    """``days`` days of 15-minute truth from ``start`` (UTC), with a viral day and a storm."""
+    """``days`` days of 15-minute truth from ``start`` (UTC), with a viral day and a storm;
+    each wedding with a profile of its own unless ``model_profile``. The calendar and the
+    noise are the same either way (the profiles come from a generator of their own)."""
     rng = random.Random(seed)  # noqa: S311 (a reproducible history, not security)
+    shapes = random.Random(f"{seed}:profiles")  # noqa: S311
     t0 = dt.datetime(start.year, start.month, start.day, tzinfo=UTC)
     end = t0 + dt.timedelta(days=days)
     weddings: list[SyntheticWedding] = []
     for year in range(start.year - 1, end.year + 1):
         weddings += wedding_calendar(year, weddings_per_year, rng)
+    if not model_profile:
+        weddings = [replace(w, profile=wedding_profile(shapes)) for w in weddings]
     margin = dt.timedelta(days=1)
     weddings = [w for w in weddings if t0 - margin <= w.booked_ceremony_utc < end + margin]
     weddings.sort(key=lambda w: w.booked_ceremony_utc)
@@ -214,14 +288,7 @@ def synthetic_history(
         for i, w in enumerate(weddings):
             local = w.booked_ceremony_utc.astimezone(ZoneInfo(w.time_zone)).date()
             if w.time_zone == STORM_ZONE and local == storm:
-                weddings[i] = SyntheticWedding(
-                    w.booked_ceremony_utc,
-                    w.ceremony_utc + dt.timedelta(days=1),
-                    w.vendors,
-                    w.devices_per_vendor,
-                    w.time_zone,
-                    w.window_hours,
-                )
+                weddings[i] = replace(w, ceremony_utc=w.ceremony_utc + dt.timedelta(days=1))
                 moved += 1
         events.append(
             {
@@ -248,7 +315,8 @@ def synthetic_history(
         actual = WeddingPlan(
             w.ceremony_utc, w.vendors, w.ceremony_utc + dt.timedelta(hours=w.window_hours)
         )
-        add_wedding(conn, t0, actual, DemandParams(devices_per_vendor=w.devices_per_vendor))
+        params = DemandParams(devices_per_vendor=w.devices_per_vendor)
+        add_wedding(conn, t0, actual, params, w.profile)
     deliveries = [0.0] * n
     viral_day = (viral - t0.date()).days if viral else -1
     for d in range(days):

@@ -27,9 +27,11 @@ from scaling.demand import (
     slot_forecast,
 )
 
-from .history import SLOTS_PER_DAY, History
+from .history import MAX_WINDOW_HOURS, SLOTS_PER_DAY, History
 from .model import RollingCorrection, model_expected
 from .scoring import report, scored_from
+
+WINDOW_REACH = dt.timedelta(hours=MAX_WINDOW_HOURS)
 
 
 @dataclass
@@ -82,8 +84,10 @@ def replay(
     policy: ScalingPolicy | None = None,
     progress: Callable[[int, int], None] | None = None,
     without_protocol: bool = False,
+    prices: tuple[float, float] | None = None,
 ) -> dict:
-    """Replay ``history`` day by day; the forecast errors and each policy's cost, as JSON."""
+    """Replay ``history`` day by day; the forecast errors and each policy's cost, as JSON
+    (with ``prices``, per process-hour and per worker-hour, each policy's cost too)."""
     params = params or DemandParams()
     policy = policy or ScalingPolicy()
     n, truth, deli = history.slots, history.connections, history.deliveries
@@ -91,7 +95,10 @@ def replay(
     how = [hour_of_week(history.at(t)) for t in range(n)]
     rolling = RollingCorrection(params)
     model_fc = [0.0] * n
-    lookahead = math.ceil(policy.prescale_lead / SLOT) + 1
+    # The forecast handed to decide() reaches past the longest wedding window (window lead
+    # + up to 12 h of timeline), as production's 48 h forecast does: the Saturday
+    # protocol's floor reads it up to the end of the last window.
+    lookahead = math.ceil(max(policy.scale_in_lead, policy.window_lead + WINDOW_REACH) / SLOT) + 1
     fleets = {
         "demand_model": Fleet.at_minimum(policy),
         "reactive_only": Fleet.at_minimum(policy),
@@ -143,8 +150,8 @@ def replay(
             fleets["reactive_only"].step(empty, current, policy, now)
         if progress:
             progress(d + 1, history.days)
-    result = report(history, expected, model_fc, fleets, warmup_days, min_truth, policy)
-    result["share_of_time_scale_in_blocked_pct"] = (
+    result = report(history, expected, model_fc, fleets, warmup_days, min_truth, policy, prices)
+    result["share_of_time_a_wedding_in_window_pct"] = (
         100 * in_window_slots / (n - lo) if n > lo else None
     )
     return result

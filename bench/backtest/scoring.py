@@ -46,8 +46,10 @@ def report(
     warmup_days: int,
     min_truth: float,
     policy: ScalingPolicy,
+    prices: tuple[float, float] | None = None,
 ) -> dict:
-    """The figures over the days after the warm-up."""
+    """The figures over the days after the warm-up; with ``prices`` (per process-hour,
+    per worker-hour) each policy's cost."""
     lo = scored_from(history, warmup_days)
     truth = history.connections[lo:]
     naive = history.connections[lo - WEEK_SLOTS : len(history.connections) - WEEK_SLOTS]
@@ -86,6 +88,9 @@ def report(
             "peak_processes": max(fleet.processes[lo:], default=0),
             "changes": fleet.changes,
         }
+        if prices is not None:
+            p = policies[name]
+            p["cost"] = p["process_hours"] * prices[0] + p["worker_hours"] * prices[1]
     model, naive_mape = errors["demand_model"]["mape_pct"], errors["seasonal_naive"]["mape_pct"]
     return {
         "start": history.start.date().isoformat(),

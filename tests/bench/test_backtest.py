@@ -9,7 +9,7 @@ import random
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from bench.backtest import (
     SLOTS_PER_DAY,
@@ -18,10 +18,18 @@ from bench.backtest import (
     capacity_cost,
     mape,
     model_expected,
+    profile_share,
     synthetic_history,
     wedding_calendar,
+    wedding_profile,
 )
-from scaling.demand import DemandParams, Observation, hour_of_week, learn_correction
+from scaling.demand import (
+    LOAD_PROFILE,
+    DemandParams,
+    Observation,
+    hour_of_week,
+    learn_correction,
+)
 
 UTC = dt.UTC
 
@@ -57,6 +65,43 @@ def test_synthetic_history__is_repeatable_for_a_seed():
     c = synthetic_history(dt.date(2025, 3, 1), 3, seed=12, weddings_per_year=500)
     assert a.connections == b.connections and len(a.connections) == 3 * SLOTS_PER_DAY
     assert a.connections != c.connections
+
+
+def test_wedding_profile__differs_from_the_models_within_its_ranges():
+    # given
+    rng = random.Random(5)
+
+    # when
+    profiles = [wedding_profile(rng) for _ in range(200)]
+
+    # then: every vows plateau is kept, each shape is the wedding's own
+    model = list(LOAD_PROFILE)
+    assert all(p[3][1] == p[4][1] == 1.0 for p in profiles)
+    assert all(list(p) != model for p in profiles)
+    assert len({p[6][1] for p in profiles}) == 200  # the evening peaks differ
+    starts = [p[0][0] for p in profiles]
+    assert min(starts) < -7 < -5.5 < max(starts)  # ramps earlier and later than the model's -6 h
+    assert all(0.5 <= p[6][1] <= 1.0 and 0.45 <= p[5][1] <= 0.85 for p in profiles)
+    assert profile_share(profiles[0], 0.0) == 1.0
+    assert profile_share(profiles[0], profiles[0][-1][0] + 1) == 0.0
+
+
+def test_synthetic_history__own_profiles_change_the_load_not_the_calendar():
+    # given the same seed with and without the weddings' own profiles
+    own = synthetic_history(dt.date(2025, 6, 1), 7, seed=11, weddings_per_year=2000)
+    model = synthetic_history(
+        dt.date(2025, 6, 1), 7, seed=11, weddings_per_year=2000, model_profile=True
+    )
+
+    # then: the same weddings booked, another load
+    assert own.plans == model.plans and own.weddings == model.weddings > 0
+    assert own.connections != model.connections
+    assert sum(own.connections) == pytest.approx(sum(model.connections), rel=0.25)
+
+
+def test_scaling_backtest__refuses_a_negative_price():
+    with pytest.raises(CommandError, match="must be ≥ 0"):
+        call_command("scaling_backtest", "--days", "1", "--price-per-process-hour", "-1")
 
 
 def test_synthetic_history__storm_and_viral_day_are_recorded():
@@ -141,6 +186,10 @@ def test_scaling_backtest__short_run_writes_the_figures_of_its_history_as_json(t
         "--start",
         "2025-06-01",
         "--without-protocol",
+        "--price-per-process-hour",
+        "0.5",
+        "--price-per-worker-hour",
+        "0.25",
         "--json",
         str(path),
         stdout=out,
@@ -161,6 +210,9 @@ def test_scaling_backtest__short_run_writes_the_figures_of_its_history_as_json(t
         "history_weeks": 8,
         "min_truth": floor,
         "without_protocol": True,
+        "model_profile": False,
+        "price_per_process_hour": 0.5,
+        "price_per_worker_hour": 0.25,
     }
     assert (result["start"], result["days"], result["scored_from"]) == (
         "2025-06-01", 14, "2025-06-08"
@@ -204,8 +256,11 @@ def test_scaling_backtest__short_run_writes_the_figures_of_its_history_as_json(t
         assert 2 * week_slots / 4 <= policy["process_hours"] <= policy["peak_processes"] * 168, name
         assert 1 * week_slots / 4 <= policy["worker_hours"] <= 20 * week_slots / 4, name
         assert policy["changes"] >= 0
-    blocked = result["share_of_time_scale_in_blocked_pct"]
-    assert 0 <= blocked <= 100
+        # the cost model: process-hours and worker-hours at their prices
+        expected_cost = policy["process_hours"] * 0.5 + policy["worker_hours"] * 0.25
+        assert policy["cost"] == pytest.approx(expected_cost), name
+    in_window = result["share_of_time_a_wedding_in_window_pct"]
+    assert 0 < in_window <= 100  # a June fortnight has weddings in their window
 
     # the day after the viral Saturday is scored as an event day, with its own figures
     assert [(e["event"], e["date"]) for e in result["event_days"]] == [("viral", "2025-06-08")]

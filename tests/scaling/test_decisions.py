@@ -60,18 +60,31 @@ def test_decide__scales_out_at_once_to_the_forecast_with_30_percent_headroom():
 @pytest.mark.parametrize(
     ("peak_in", "scales_out"),
     [
-        (dt.timedelta(hours=1, minutes=45), True),
-        (dt.timedelta(hours=2), True),
-        (dt.timedelta(hours=2, minutes=30), False),
+        (dt.timedelta(minutes=45), True),
+        (dt.timedelta(hours=1), True),
+        (dt.timedelta(hours=1, minutes=30), False),
     ],
 )
-def test_decide__pre_scales_for_a_peak_within_two_hours_not_earlier(peak_in, scales_out):
+def test_decide__pre_scales_for_a_peak_within_the_hour_not_earlier(peak_in, scales_out):
     fc = _forecast(base=100, peaks={peak_in: 9000})
 
     decision = decide(fc, _quiet(), _capacity(asgi=4), POLICY, NOW)
 
     assert (decision.asgi_processes == 12) is scales_out
     assert decision.asgi_processes <= 4 or scales_out
+
+
+def test_decide__keeps_what_a_peak_within_two_hours_needs_instead_of_scaling_in():
+    # given: an oversized fleet of 14, a peak of 8,800 (12 processes) in 1 h 30
+    fc = _forecast(base=100, peaks={dt.timedelta(hours=1, minutes=30): 8800})
+
+    # when
+    decision = decide(fc, _quiet(), _capacity(asgi=14, workers=5), POLICY, NOW)
+
+    # then: down to the peak's 12 (not to the 1 process 100 connections need), so no
+    # process released now is started again within the hour
+    assert decision.action == "scale_in"
+    assert decision.asgi_processes == 12
 
 
 def test_decide__flags_a_24_hour_notice_for_a_peak_beyond_current_capacity():
@@ -124,22 +137,56 @@ def test_decide__current_load_above_the_forecast_wins():
 # --- hysteresis and cooldown --------------------------------------------------------
 
 
-def test_decide__scales_in_one_step_at_a_time_after_the_cooldown():
-    decision = decide(_forecast(base=100), _quiet(), _capacity(asgi=10, workers=5), POLICY, NOW)
+REACTIVE = Forecast(made_at=NOW, slots=())  # no calendar: what reactive-only decides on
+
+
+def test_decide__without_a_forecast_scales_in_one_step_at_a_time_after_the_cooldown():
+    decision = decide(REACTIVE, _quiet(), _capacity(asgi=10, workers=5), POLICY, NOW)
 
     assert decision.action == "scale_in"
     assert (decision.asgi_processes, decision.celery_workers) == (9, 4)
     assert "ASGI processes: 10 → 9" in decision.reason
 
 
-def test_decide__no_scale_in_within_the_scale_in_cooldown():
-    recently = NOW - dt.timedelta(minutes=10)
+def test_decide__a_forecast_that_saw_the_next_two_hours_scales_in_at_once():
+    # given: 2,900 connections now and for the next 2 h; 10 processes
+    fc = _forecast(base=2900)
 
-    decision = decide(_forecast(base=100), _quiet(), _capacity(10, 5, recently), POLICY, NOW)
+    # when
+    decision = decide(fc, _quiet(2900), _capacity(asgi=10, workers=5), POLICY, NOW)
+    blind = decide(REACTIVE, _quiet(2900), _capacity(asgi=10, workers=5), POLICY, NOW)
 
-    assert decision.action == "hold"
-    assert decision.asgi_processes == 10
-    assert "ASGI processes: scale-in waits for the cooldown" in decision.reason
+    # then: straight to 2900 × (1.3 + 0.05) → 4 (reactive-only would keep 5 with its
+    # 20 % margin); reactive-only steps to 9
+    assert decision.asgi_processes == 4
+    assert blind.asgi_processes == 9
+
+
+def test_decide__a_forecast_too_short_for_two_hours_scales_in_as_reactive_only():
+    fc = _forecast(base=3000)
+    short = Forecast(made_at=NOW, slots=fc.slots[:6])  # 1 h 30
+
+    decision = decide(short, _quiet(3000), _capacity(asgi=10, workers=5), POLICY, NOW)
+
+    assert decision.asgi_processes == 9
+
+
+@pytest.mark.parametrize(
+    ("forecast_", "since", "scales_in"),
+    [
+        (REACTIVE, dt.timedelta(minutes=20), False),  # 30 min without a forecast
+        (REACTIVE, dt.timedelta(minutes=31), True),
+        (_forecast(base=100), dt.timedelta(minutes=10), False),  # 15 min with one
+        (_forecast(base=100), dt.timedelta(minutes=16), True),
+    ],
+)
+def test_decide__no_scale_in_within_the_scale_in_cooldown(forecast_, since, scales_in):
+    decision = decide(forecast_, _quiet(), _capacity(10, 5, NOW - since), POLICY, NOW)
+
+    assert (decision.action == "scale_in") is scales_in
+    if not scales_in:
+        assert decision.asgi_processes == 10
+        assert "ASGI processes: scale-in waits for the cooldown" in decision.reason
 
 
 def test_decide__scale_out_only_waits_for_its_short_cooldown():
@@ -160,11 +207,10 @@ def test_decide__scale_out_only_waits_for_its_short_cooldown():
 
 
 def test_decide__holds_inside_the_hysteresis_band():
-    # given: 3000 connections need 4 processes at 30 % headroom but 5 at 50 %
-    fc = _forecast(base=3000)
-
+    # given: 3000 connections need 4 processes at 30 % headroom but 5 at 50 %, and no
+    # forecast has seen what comes next
     # when
-    decision = decide(fc, _quiet(connections=3000), _capacity(asgi=5), POLICY, NOW)
+    decision = decide(REACTIVE, _quiet(connections=3000), _capacity(asgi=5), POLICY, NOW)
 
     # then: no flapping between 4 and 5
     assert decision.asgi_processes == 5
@@ -189,28 +235,62 @@ def test_decide__a_breached_limit_in_the_scale_out_cooldown_holds_never_scales_i
 # --- the Saturday protocol ----------------------------------------------------------
 
 
+# A forecast with the evening peak of a wedding day 5 h ahead: 8,000 connections (11
+# processes with 30 % headroom), beyond the 2 h any scale-in looks at.
+EVENING = {dt.timedelta(hours=5): 8000}
+
+
 @pytest.mark.parametrize(
-    ("ceremony_in", "window_hours", "blocked"),
+    ("ceremony_in", "window_hours", "in_window"),
     [
         (dt.timedelta(hours=1, minutes=30), 10, True),  # within 2 h of the vows
-        (dt.timedelta(hours=-11), 12, True),  # the party's timeline still runs
+        (dt.timedelta(hours=-4), 10, True),  # the reception's timeline still runs
         (dt.timedelta(hours=3), 10, False),  # not yet in its window
         (dt.timedelta(hours=-11), 10, False),  # its timeline ended an hour ago
     ],
 )
-def test_decide__no_scale_in_while_a_wedding_is_in_its_window(ceremony_in, window_hours, blocked):
-    fc = _forecast(base=100, weddings=[_wedding(ceremony_in, window_hours)])
+def test_decide__a_wedding_in_its_window_keeps_what_its_window_will_need(
+    ceremony_in, window_hours, in_window
+):
+    fc = _forecast(base=100, peaks=EVENING, weddings=[_wedding(ceremony_in, window_hours)])
 
-    decision = decide(fc, _quiet(), _capacity(asgi=10, workers=5), POLICY, NOW)
+    decision = decide(fc, _quiet(), _capacity(asgi=14, workers=5), POLICY, NOW)
 
-    if blocked:
-        assert decision.action == "hold"
-        assert (decision.asgi_processes, decision.celery_workers) == (10, 5)
-        assert "no scale-in, 1 wedding(s) in their window (Saturday protocol)" in decision.reason
+    assert decision.action == "scale_in"
+    if in_window:
+        # down to the evening's 11, not to the 1 process the next 2 h need
+        assert decision.asgi_processes == 11
+        assert "ASGI processes: scale-in stops at 11, 1 wedding(s) in their window" in (
+            decision.reason
+        )
         assert decision.inputs["weddings_in_window"] == [7]
+        assert decision.inputs["window_floor"]["asgi"] == 11
     else:
-        assert decision.action == "scale_in"
+        assert decision.asgi_processes == 2  # the minimum
         assert decision.inputs["weddings_in_window"] == []
+
+
+def test_decide__no_scale_in_when_the_window_needs_all_there_is():
+    fc = _forecast(base=100, peaks=EVENING, weddings=[_wedding(dt.timedelta(hours=-1))])
+
+    decision = decide(fc, _quiet(), _capacity(asgi=11, workers=5), POLICY, NOW)
+
+    assert decision.asgi_processes == 11
+    assert "ASGI processes: no scale-in, 1 wedding(s) in their window need it until" in (
+        decision.reason
+    )
+
+
+def test_decide__the_window_floor_ends_with_the_last_window():
+    # given: the evening peak comes after the only wedding's window has closed
+    wedding = _wedding(dt.timedelta(hours=-6), window_hours=8)  # ends in 2 h
+    fc = _forecast(base=100, peaks=EVENING, weddings=[wedding])
+
+    decision = decide(fc, _quiet(), _capacity(asgi=14, workers=5), POLICY, NOW)
+
+    # then: nobody in a window needs the evening's capacity; the next 2 h need the minimum
+    assert decision.asgi_processes == 2
+    assert decision.inputs["window_floor"]["asgi"] == 1
 
 
 def test_decide__the_saturday_protocol_does_not_stop_a_scale_out():
@@ -256,7 +336,8 @@ def test_decide__carries_its_inputs_as_json():
     assert inputs["current"]["connections"] == 100
     assert inputs["capacity"]["asgi_processes"] == 4
     assert inputs["policy"]["headroom"] == 0.3
-    assert inputs["policy"]["prescale_lead"] == 7200.0
+    assert inputs["policy"]["prescale_lead"] == 3600.0
+    assert inputs["policy"]["scale_in_lead"] == 7200.0
 
 
 def test_decide__on_the_demand_model_a_wedding_saturday_is_provisioned_before_the_vows():
@@ -266,14 +347,14 @@ def test_decide__on_the_demand_model_a_wedding_saturday_is_provisioned_before_th
     plans = [WeddingPlan(ceremony, 14, ceremony + dt.timedelta(hours=10), i) for i in range(40)]
     capacity = _capacity(asgi=1, workers=1)
 
-    # when: decisions 3 h and 1 h 45 before the vows
-    early_at = ceremony - dt.timedelta(hours=3)
-    due_at = ceremony - dt.timedelta(hours=1, minutes=45)
+    # when: decisions 2 h 15 and 45 min before the vows
+    early_at = ceremony - dt.timedelta(hours=2, minutes=15)
+    due_at = ceremony - dt.timedelta(minutes=45)
     early = decide(forecast(plans, early_at), _quiet(10), capacity, policy, early_at)
     due = decide(forecast(plans, due_at), _quiet(10), capacity, policy, due_at)
 
     # then: 40 × 14 × 1.5 + 10 = 850 devices at the vows, × 1.3 / 200 → 6 processes,
-    # reached 1 h 45 before; 3 h before only the morning ramp is in the lead
+    # reached 45 min before; 2 h 15 before only the morning ramp is in the lead
     assert due.inputs["forecast_peak"]["connections"] == pytest.approx(850)
     assert due.asgi_processes == 6
     assert early.asgi_processes < due.asgi_processes
