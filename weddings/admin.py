@@ -2,7 +2,10 @@
 
 Admin edits write the ORM directly rather than through ``weddings.services``, so they
 are not broadcast; each saved change of a timeline item still raises its ``version``,
-so live clients holding the old one get ``conflict`` with the current item.
+so live clients holding the old one get ``conflict`` with the current item. Guests have a
+page of their own, filtered by RSVP, diet and date (a wedding's page would carry up to
+``MAX_GUESTS_PER_WEDDING`` rows inline); ``Guest.clean`` refuses one past that cap, and
+every save drops the wedding's cached guests.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from django.db.models import Count, F, QuerySet
 from django.forms import BaseFormSet, ModelForm
 from django.http import HttpRequest
 
-from weddings.models import Booking, Supplier, SupplierMembership, TimelineItem, Wedding
+from weddings.models import Booking, Guest, Supplier, SupplierMembership, TimelineItem, Wedding
 
 TIMESTAMPS = ("created_at", "updated_at")
 
@@ -69,6 +72,22 @@ class TimelineItemInline(admin.TabularInline):
     )
     readonly_fields = ("version",)
     show_change_link = True  # suppliers are edited on the item's own page
+
+
+@admin.register(Guest)
+class GuestAdmin(admin.ModelAdmin):
+    list_display = ("name", "wedding", "rsvp", "diet", "table")
+    list_filter = ("rsvp", "diet", "wedding__date")
+    search_fields = (
+        "name",
+        "table",
+        "dietary_note",
+        "wedding__partner_one",
+        "wedding__partner_two",
+    )
+    list_select_related = ("wedding",)
+    autocomplete_fields = ("wedding",)
+    readonly_fields = TIMESTAMPS
 
 
 @admin.register(Wedding)

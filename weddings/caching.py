@@ -7,6 +7,12 @@
 * ``supplier_profile(supplier_id)`` (key ``supplier:<id>``): a supplier's public card.
 * ``user_cached(user_id)`` (key ``user:<id>``): the user row behind a session or token,
   read on every WebSocket connect and request (``wedsync.auth_backends``, tokens).
+* ``wedding_guests(wedding_id)`` (key ``guests:<id>``): a wedding's guest rows, read with
+  every snapshot (``GET /api/weddings/<id>/``), each reader shown its part
+  (``guest_view_for``, the role matrix's ``guests.*`` rows).
+* ``user_coordinator_of(user_id)`` (key ``coordinator:<id>``): the suppliers a user is a
+  coordinator of; with the access and the snapshot's booked suppliers it tells a
+  planner from a vendor without a query (``guest_view_for``).
 
 ``auser_access`` and ``auser_cached`` are the async forms: a cache hit runs on the event
 loop, a miss loads in a realtime database thread (``core.db.in_db_thread``).
@@ -39,7 +45,9 @@ from django.dispatch import receiver
 
 from core.cache import get_cache
 from core.db import in_db_thread
-from weddings.models import Booking, Supplier, SupplierMembership, Wedding
+from weddings import roles
+from weddings.models import Booking, Guest, Supplier, SupplierMembership, Wedding
+from weddings.selectors import guest_view, guests_load, guests_visible
 
 
 def access_ttl() -> float:
@@ -168,6 +176,89 @@ def supplier_profile(supplier_id: int) -> dict[str, Any] | None:
     )
 
 
+def guests_key(wedding_id: int) -> str:
+    """The cache key of a wedding's guest rows."""
+    return f"guests:{wedding_id}"
+
+
+def wedding_guests(wedding_id: int) -> list[dict[str, Any]]:
+    """``weddings.selectors.guests_load`` through the cache (warmed before the day)."""
+    return get_cache().get_or_load(guests_key(wedding_id), lambda: guests_load(wedding_id))
+
+
+async def awedding_guests(wedding_id: int) -> list[dict[str, Any]]:
+    """``wedding_guests`` for async code: a hit costs no thread."""
+    return await get_cache().aget_or_load(
+        guests_key(wedding_id), lambda: in_db_thread(guests_load)(wedding_id)
+    )
+
+
+def coordinator_key(user_id: int) -> str:
+    """The cache key of the suppliers a user coordinates."""
+    return f"coordinator:{user_id}"
+
+
+def user_coordinator_of_load(user_id: int) -> list[int]:
+    """The ids of the suppliers whose membership gives the user the coordinator role."""
+    return sorted(
+        SupplierMembership.objects.filter(
+            user_id=user_id, role=SupplierMembership.Role.COORDINATOR
+        ).values_list("supplier_id", flat=True)
+    )
+
+
+def user_coordinator_of(user_id: int) -> list[int]:
+    """``user_coordinator_of_load`` through the cache (an access entry's lifetime)."""
+    return get_cache().get_or_load(
+        coordinator_key(user_id), lambda: user_coordinator_of_load(user_id), ttl=access_ttl()
+    )
+
+
+async def auser_coordinator_of(user_id: int) -> list[int]:
+    """``user_coordinator_of`` for async code: a hit costs no thread."""
+    return await get_cache().aget_or_load(
+        coordinator_key(user_id),
+        lambda: in_db_thread(user_coordinator_of_load)(user_id),
+        ttl=access_ttl(),
+    )
+
+
+def guest_role(
+    *, staff: bool, supplier_ids: Iterable[int], coordinator_of: Iterable[int],
+    booked: list[dict[str, Any]],
+) -> tuple[roles.Role, set[str]]:  # fmt: skip
+    """The role on a wedding of a user who may see it, and the categories of their
+    suppliers booked on it, from the cached facts: their access (``staff``, their
+    ``supplier_ids``), the suppliers they coordinate, and the snapshot's ``booked``
+    suppliers (``{"id", "category"}``). Someone who may see it and is not staff and has
+    no supplier booked on it is of its couple (``roles.role_on_wedding``)."""
+    mine, coordinated = set(supplier_ids), set(coordinator_of)
+    acting = [supplier for supplier in booked if supplier["id"] in mine]
+    categories = {supplier["category"] for supplier in acting}
+    editor = "planner" in categories or any(s["id"] in coordinated for s in acting)
+    role = roles.role_on_wedding(staff=staff, acting=bool(acting), editor=editor, couple=True)
+    return (role if role is not None else roles.COUPLE), categories  # couple=True: never None
+
+
+async def aguest_view_for(
+    *, user_id: int | None, wedding_id: int, staff: bool, supplier_ids: Iterable[int],
+    booked: list[dict[str, Any]],
+) -> dict[str, Any] | None:  # fmt: skip
+    """The snapshot's ``guests`` for a reader who may see the wedding (None: nothing of
+    them), from the cache on the event loop: the guest rows, and for a vendor the
+    suppliers they coordinate. ``user_id`` None with ``staff``: an API key (staff's view).
+    """
+    coordinator_of: list[int] = []
+    if not staff and user_id is not None and set(supplier_ids) & {s["id"] for s in booked}:
+        coordinator_of = await auser_coordinator_of(user_id)
+    role, categories = guest_role(
+        staff=staff, supplier_ids=supplier_ids, coordinator_of=coordinator_of, booked=booked
+    )
+    if not guests_visible(role, categories):
+        return None  # nothing to read: the rows are not even fetched
+    return guest_view(await awedding_guests(wedding_id), role=role, categories=categories)
+
+
 def _invalidate(keys: list[str]) -> None:
     if not keys:
         return
@@ -216,6 +307,7 @@ def _booking_changed(sender: type, instance: Booking, **kwargs: Any) -> None:
 @receiver(post_delete, sender=SupplierMembership, dispatch_uid="access_membership_deleted")
 def _membership_changed(sender: type, instance: SupplierMembership, **kwargs: Any) -> None:
     access_invalidate([instance.user_id])
+    _invalidate([coordinator_key(instance.user_id)])
 
 
 @receiver(m2m_changed, sender=Wedding.couple.through, dispatch_uid="access_couple_changed")
@@ -242,3 +334,14 @@ def _user_changed(sender: type, instance: Any, **kwargs: Any) -> None:
 @receiver(post_delete, sender=Supplier, dispatch_uid="supplier_profile_deleted")
 def _supplier_changed(sender: type, instance: Supplier, **kwargs: Any) -> None:
     supplier_invalidate(instance.pk)
+
+
+@receiver(post_save, sender=Guest, dispatch_uid="guests_guest_saved")
+@receiver(post_delete, sender=Guest, dispatch_uid="guests_guest_deleted")
+def _guest_changed(sender: type, instance: Guest, **kwargs: Any) -> None:
+    _invalidate([guests_key(instance.wedding_id)])
+
+
+@receiver(post_delete, sender=Wedding, dispatch_uid="guests_wedding_deleted")
+def _wedding_deleted(sender: type, instance: Wedding, **kwargs: Any) -> None:
+    _invalidate([guests_key(instance.pk)])

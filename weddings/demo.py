@@ -1,4 +1,5 @@
-"""Demo data: a Saturday of weddings with suppliers, couples, timelines, logins and tokens.
+"""Demo data: a Saturday of weddings with suppliers, couples, timelines, guests, logins and
+tokens.
 
 Used by ``python manage.py seed_demo`` (a newcomer's first run) and by the load benchmark,
 which seeds thousands of users: so one password hash serves a whole run (PBKDF2 takes
@@ -28,7 +29,7 @@ from django.contrib.auth.hashers import make_password
 from django.db import transaction
 from django.utils import timezone
 
-from weddings.models import Booking, Supplier, SupplierMembership, TimelineItem, Wedding
+from weddings.models import Booking, Guest, Supplier, SupplierMembership, TimelineItem, Wedding
 
 MAX_WEDDINGS = 10_000
 MAX_VENDORS_PER_WEDDING = 500
@@ -48,6 +49,20 @@ _SURNAMES = tuple(
     "Ahmed Brennan Clarke Dhillon Evans Fletcher Green Hughes Iqbal Jones Kowalski Lewis "
     "Murphy Nowak Okafor Patel".split()
 )
+
+
+# A few guests per wedding (the guest data of ADR 0026: RSVP, diet, table), enough for
+# every view of them to show something; ``guest_count`` stays the planned head count.
+_DEMO_GUESTS = (6, 12)
+_DIETS = (
+    [Guest.Diet.NONE] * 6
+    + [Guest.Diet.VEGETARIAN, Guest.Diet.VEGETARIAN, Guest.Diet.VEGAN, Guest.Diet.GLUTEN_FREE]
+    + [Guest.Diet.NUT_ALLERGY, Guest.Diet.HALAL]
+)
+_NOTES = {
+    Guest.Diet.NUT_ALLERGY: "Severe nut allergy: no traces, EpiPen carried",
+    Guest.Diet.GLUTEN_FREE: "Coeliac: separate toaster and board",
+}
 
 
 @dataclass(frozen=True)
@@ -355,6 +370,25 @@ def _new_user(context: _Context, user_model, username: str, **names: str):
     )
 
 
+def _guests(rng: random.Random, wedding: Wedding) -> list[Guest]:
+    """A few guests of a demo wedding: most accepted, seated at tables 1-3 (or not yet)."""
+    guests = []
+    for _ in range(rng.randint(*_DEMO_GUESTS)):
+        diet = rng.choice(_DIETS)
+        rsvp = rng.choices(Guest.Rsvp.values, weights=(2, 7, 1))[0]
+        guests.append(
+            Guest(
+                wedding=wedding,
+                name=f"{rng.choice(_FIRST_NAMES)} {rng.choice(_SURNAMES)}",
+                rsvp=rsvp,
+                diet=diet,
+                dietary_note=_NOTES.get(diet, ""),
+                table="" if rsvp == Guest.Rsvp.DECLINED else str(rng.randint(1, 3)),
+            )
+        )
+    return guests
+
+
 def _seed_round(context: _Context, count: int) -> list[dict[str, Any]]:
     """Write ``count`` weddings with everything they need, in a few bulk inserts."""
     rng = context.rng
@@ -458,6 +492,7 @@ def _seed_round(context: _Context, count: int) -> list[dict[str, Any]]:
     Booking.objects.bulk_create(bookings)
     Wedding.couple.through.objects.bulk_create(couple_rows)
     TimelineItem.objects.bulk_create(items)
+    Guest.objects.bulk_create(guest for wedding in wedding_rows for guest in _guests(rng, wedding))
     through = TimelineItem.suppliers.through
     through.objects.bulk_create(
         through(timelineitem_id=item.pk, supplier_id=supplier.pk)

@@ -195,3 +195,69 @@ class TimelineItem(TimestampedModel):
 
     def __str__(self) -> str:
         return f"{self.title} @ {self.starts_at:%H:%M}"
+
+
+# Guests of one wedding, at most: a bound on every guest read (the snapshot carries the
+# list) and on what one wedding's staff can add. A 1,000-guest list is ~150 kB of JSON.
+MAX_GUESTS_PER_WEDDING = 1000
+
+
+class Guest(TimestampedModel):
+    """One guest of a wedding: their RSVP, what they eat, and where they sit.
+
+    The table is a name on the guest (``table``), not a model of its own: the day needs
+    who sits where and what each table eats, and a table with nobody at it serves
+    nobody (ADR 0026). Who reads what of this is the role matrix's ``guests.*`` rows.
+    """
+
+    class Rsvp(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        DECLINED = "declined", "Declined"
+
+    class Diet(models.TextChoices):
+        NONE = "none", "No requirement"
+        VEGETARIAN = "vegetarian", "Vegetarian"
+        VEGAN = "vegan", "Vegan"
+        PESCATARIAN = "pescatarian", "Pescatarian"
+        HALAL = "halal", "Halal"
+        KOSHER = "kosher", "Kosher"
+        GLUTEN_FREE = "gluten_free", "Gluten-free"
+        DAIRY_FREE = "dairy_free", "Dairy-free"
+        NUT_ALLERGY = "nut_allergy", "Nut allergy"
+        OTHER = "other", "Other (see the note)"
+
+    wedding = models.ForeignKey(Wedding, on_delete=models.CASCADE, related_name="guests")
+    name = models.CharField(max_length=120)
+    rsvp = models.CharField(
+        "RSVP", max_length=10, choices=Rsvp.choices, default=Rsvp.PENDING, db_index=True
+    )
+    diet = models.CharField(max_length=20, choices=Diet.choices, default=Diet.NONE)
+    dietary_note = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Shown to the caterer without the guest's name: write the need "
+        "(“severe nut allergy, no traces”), not who has it.",
+    )
+    table = models.CharField(
+        max_length=40, blank=True, help_text="Table name or number; blank: not seated yet."
+    )
+
+    class Meta:
+        ordering = ("wedding_id", "name", "id")
+        indexes = [models.Index(fields=("wedding", "table"))]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_rsvp_display()})"
+
+    def clean(self) -> None:
+        """A new guest of a wedding that has ``MAX_GUESTS_PER_WEDDING`` already is refused
+        (the admin's form shows it; the services check it under the wedding's lock)."""
+        super().clean()
+        if self._state.adding and self.wedding_id is not None:
+            count = Guest.objects.filter(wedding_id=self.wedding_id).count()
+            if count >= MAX_GUESTS_PER_WEDDING:
+                raise ValidationError(
+                    f"This wedding has {count} guests, the most one wedding may have "
+                    f"({MAX_GUESTS_PER_WEDDING})."
+                )

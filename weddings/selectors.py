@@ -1,4 +1,4 @@
-"""Reads of the wedding domain: who may see and edit a wedding, and its timeline.
+"""Reads of the wedding domain: who may see and edit a wedding, its timeline, its guests.
 
 The visibility rule (PROTOCOL §3): staff see every wedding; anyone else sees the
 weddings they are in the couple of, and those where a supplier they work for has an
@@ -8,6 +8,7 @@ active booking. Inactive and anonymous users see nothing.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,16 @@ from django.db import connection
 from django.db.models import Q, QuerySet
 
 from core.wire import wire_time
-from weddings.models import Booking, Supplier, SupplierMembership, TimelineItem, Wedding
+from weddings import roles
+from weddings.models import (
+    MAX_GUESTS_PER_WEDDING,
+    Booking,
+    Guest,
+    Supplier,
+    SupplierMembership,
+    TimelineItem,
+    Wedding,
+)
 
 
 def is_active_user(user: Any) -> bool:
@@ -169,3 +179,84 @@ def timeline_item_as_dict(item: TimelineItem) -> dict[str, Any]:
         "pinned": item.pinned,
         "version": item.version,
     }
+
+
+# --- guests (ADR 0026) ------------------------------------------------------------------
+
+
+def guests_load(wedding_id: int) -> list[dict[str, Any]]:
+    """A wedding's guests as plain rows, by name (one query; at most
+    ``MAX_GUESTS_PER_WEDDING``): what ``weddings.caching.wedding_guests`` caches."""
+    return list(
+        Guest.objects.filter(wedding_id=wedding_id)
+        .order_by("name", "id")
+        .values("id", "name", "rsvp", "diet", "dietary_note", "table")[:MAX_GUESTS_PER_WEDDING]
+    )
+
+
+def _table_order(name: str) -> tuple[int, int, str]:
+    """Tables in the order a room plan numbers them: 2 before 10, names after numbers, the
+    unseated ("") last."""
+    if not name:
+        return (2, 0, "")
+    return (0, int(name), name) if name.isdigit() else (1, 0, name.casefold())
+
+
+def guests_visible(role: roles.Role | None, categories: Iterable[str] = ()) -> bool:
+    """Whether ``guest_view`` shows anything to this reader (any ``guests.*`` row)."""
+    return any(
+        roles.allows(action, role, categories)
+        for action in ("guests.list", "guests.seating", "guests.catering")
+    )
+
+
+def guest_view(
+    guests: list[dict[str, Any]], *, role: roles.Role | None, categories: Iterable[str] = ()
+) -> dict[str, Any] | None:
+    """What a reader of a wedding sees of its guests (``guests_load`` rows), by the role
+    matrix's ``guests.*`` rows; None: nothing at all (the key is left out of the snapshot).
+
+    ``totals`` counts the RSVPs. Each table of ``tables`` (a guest without one is in the
+    table ``""``) counts its guests who have not declined (``count``); the seating adds
+    their ``names``; the catering its ``diets`` (of those guests, by diet) and
+    ``dietary_notes`` (their notes, with the diet, never the name); the whole list adds
+    ``guests``, every guest with every field, declined ones too.
+    """
+    full = roles.allows("guests.list", role, categories)
+    seating = full or roles.allows("guests.seating", role, categories)
+    catering = full or roles.allows("guests.catering", role, categories)
+    if not (seating or catering):
+        return None  # guests_visible
+    totals = {choice: 0 for choice in Guest.Rsvp.values}
+    tables: dict[str, dict[str, Any]] = {}
+    for guest in guests:
+        totals[guest["rsvp"]] += 1
+        if guest["rsvp"] == Guest.Rsvp.DECLINED:
+            continue
+        table = tables.setdefault(guest["table"], _table(guest["table"], seating, catering))
+        table["count"] += 1
+        if seating:
+            table["names"].append(guest["name"])
+        if catering:
+            table["diets"][guest["diet"]] = table["diets"].get(guest["diet"], 0) + 1
+            if guest["dietary_note"]:
+                table["dietary_notes"].append(
+                    {"diet": guest["diet"], "note": guest["dietary_note"]}
+                )
+    view: dict[str, Any] = {
+        "totals": totals,
+        "tables": [tables[name] for name in sorted(tables, key=_table_order)],
+    }
+    if full:
+        view["guests"] = [dict(guest) for guest in guests]
+    return view
+
+
+def _table(name: str, seating: bool, catering: bool) -> dict[str, Any]:
+    table: dict[str, Any] = {"table": name, "count": 0}
+    if seating:
+        table["names"] = []
+    if catering:
+        table["diets"] = {}
+        table["dietary_notes"] = []
+    return table

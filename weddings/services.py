@@ -1,4 +1,4 @@
-"""Every write of the wedding domain: timeline items and bookings.
+"""Every write of the wedding domain: timeline items, bookings and guests.
 
 Each service runs in ``transaction.atomic`` and may be called inside an outer
 transaction (the realtime event log wraps them in its own): it neither commits nor
@@ -22,7 +22,7 @@ from django.db import transaction
 from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
-from weddings.models import TimelineItem, Wedding
+from weddings.models import MAX_GUESTS_PER_WEDDING, Guest, TimelineItem, Wedding
 from weddings.selectors import active_supplier_ids
 
 # A shift is a delay or a gain on the day; more than a day either way is a new plan.
@@ -253,3 +253,82 @@ def timeline_shift(
     moved.sort(key=lambda item: (item.starts_at, item.pk))
     prefetch_related_objects(moved, "suppliers")
     return moved
+
+
+# --- guests (ADR 0026) ------------------------------------------------------------------
+
+GUEST_FIELDS = frozenset({"name", "rsvp", "diet", "dietary_note", "table"})
+_GUEST_TEXT = {  # field: (max length, required)
+    "name": (Guest._meta.get_field("name").max_length, True),
+    "dietary_note": (Guest._meta.get_field("dietary_note").max_length, False),
+    "table": (Guest._meta.get_field("table").max_length, False),
+}
+_GUEST_CHOICES = {"rsvp": Guest.Rsvp.values, "diet": Guest.Diet.values}
+
+
+def _guest_validated(values: dict[str, Any]) -> dict[str, Any]:
+    """Check guest fields (any of ``GUEST_FIELDS``); return them stripped."""
+    errors: dict[str, list[str]] = {}
+    cleaned = dict(values)
+    for name in sorted(values.keys() - GUEST_FIELDS):
+        errors[name] = ["Not a field of a guest."]
+    for name, (max_length, required) in _GUEST_TEXT.items():
+        value = values.get(name, "")
+        if name not in values:
+            continue
+        if not isinstance(value, str) or (required and not value.strip()):
+            errors[name] = ["Enter the guest's name."] if required else ["Enter text."]
+        elif len(value.strip()) > max_length:
+            errors[name] = [f"At most {max_length} characters."]
+        else:
+            cleaned[name] = value.strip()
+    for name, choices in _GUEST_CHOICES.items():
+        if name in values and values[name] not in choices:
+            errors[name] = [f"One of: {', '.join(choices)}."]
+    if errors:
+        raise ValidationError(errors)
+    return cleaned
+
+
+@transaction.atomic
+def guest_create(
+    *,
+    wedding_id: int,
+    name: str,
+    rsvp: str = Guest.Rsvp.PENDING,
+    diet: str = Guest.Diet.NONE,
+    dietary_note: str = "",
+    table: str = "",
+) -> Guest:
+    """Add a guest to a wedding; refused (``ValidationError`` on ``wedding``) when it has
+    ``MAX_GUESTS_PER_WEDDING`` already. The wedding's row is locked while the guests are
+    counted, so two concurrent adds cannot both take the last place."""
+    cleaned = _guest_validated(
+        {"name": name, "rsvp": rsvp, "diet": diet, "dietary_note": dietary_note, "table": table}
+    )
+    if not Wedding.objects.select_for_update().filter(pk=wedding_id).exists():
+        raise Wedding.DoesNotExist(f"no wedding {wedding_id}")
+    count = Guest.objects.filter(wedding_id=wedding_id).count()
+    if count >= MAX_GUESTS_PER_WEDDING:
+        raise ValidationError(
+            {"wedding": [f"This wedding has {count} guests, the most one wedding may have "
+                         f"({MAX_GUESTS_PER_WEDDING})."]}
+        )  # fmt: skip
+    return Guest.objects.create(wedding_id=wedding_id, **cleaned)
+
+
+@transaction.atomic
+def guest_update(*, guest_id: int, **changes: Any) -> Guest:
+    """Change some fields of a guest (RSVP, diet, note, table, name)."""
+    cleaned = _guest_validated(changes)
+    guest = Guest.objects.select_for_update().get(pk=guest_id)
+    for name, value in cleaned.items():
+        setattr(guest, name, value)
+    guest.save()
+    return guest
+
+
+@transaction.atomic
+def guest_delete(*, guest_id: int) -> None:
+    """Remove a guest from their wedding's list."""
+    Guest.objects.get(pk=guest_id).delete()

@@ -37,8 +37,10 @@ def world_keys(world: dict[str, Any]) -> list[str]:
     """Every key the world's rows could be cached under, for cleaning Redis."""
     return (
         [f"snapshot:{w.pk}" for w in world["weddings"].values()]
+        + [f"guests:{w.pk}" for w in world["weddings"].values()]
         + [f"supplier:{s.pk}" for s in world["suppliers"].values()]
         + [f"access:{u.pk}" for u in world["users"].values()]
+        + [f"coordinator:{u.pk}" for u in world["users"].values()]
     )
 
 
@@ -100,10 +102,11 @@ def expected_keys(world: dict[str, Any], place: str) -> set[str]:
     vendor = "london_vendor" if place == "london" else "ny_vendor"
     return {
         f"snapshot:{world['weddings'][place].pk}",
-        f"supplier:{world['suppliers'][place].pk}",
+        f"guests:{world['weddings'][place].pk}",
         f"access:{world['users'][vendor].pk}",
         f"access:{world['users'][couple].pk}",
-    }
+        f"coordinator:{world['users'][vendor].pk}",
+    }  # no supplier profile: nothing on the day reads one
 
 
 # --- which weddings ---------------------------------------------------------------------------
@@ -181,8 +184,9 @@ def test_cache_warm__fills_exactly_the_expected_keys_and_is_idempotent(settings:
     assert first == {
         "weddings": 1,
         "snapshots": 1,
-        "suppliers": 1,
+        "guest_lists": 1,
         "users": 2,
+        "vendors": 1,
         "keys": first["keys"],
     }
     assert set(first["keys"]) == expected
@@ -230,18 +234,20 @@ def test_warm_cache_command__prints_progress_and_a_summary() -> None:
         time_zone="UTC",
         couple=(couple,),
     )
-    drop_from_redis([f"snapshot:{wedding.pk}", f"access:{couple.pk}"])
+    keys = [f"snapshot:{wedding.pk}", f"guests:{wedding.pk}", f"access:{couple.pk}"]
+    drop_from_redis(keys)
     out, err = StringIO(), StringIO()
 
     # when
     call_command("warm_cache", "--horizon-hours", "2", stdout=out, stderr=err)
 
     # then
-    assert "warm_cache: 2/2 entries (100 %)" in err.getvalue()
-    assert "Warmed 1 wedding(s): 1 snapshot(s), 0 supplier profile(s), 1 access entry" in (
-        out.getvalue()
-    )
-    drop_from_redis([f"snapshot:{wedding.pk}", f"access:{couple.pk}"])
+    assert "warm_cache: 3/3 entries (100 %)" in err.getvalue()
+    assert (
+        "Warmed 1 wedding(s): 1 snapshot(s), 1 guest list(s), 1 access entry, "
+        "0 coordinator entries (3 keys)."
+    ) in out.getvalue()
+    drop_from_redis(keys)
 
 
 def test_beat_schedule__warms_every_15_minutes_and_expires_late_runs() -> None:
@@ -281,11 +287,17 @@ def test_warm_cache_task__a_real_worker_fills_exactly_the_expected_keys(
     make_booking(supplier=late_supplier, wedding=late)
     expected = {
         f"snapshot:{soon.pk}",
-        f"supplier:{supplier.pk}",
+        f"guests:{soon.pk}",
         f"access:{vendor.pk}",
         f"access:{couple.pk}",
+        f"coordinator:{vendor.pk}",
     }
-    unexpected = {f"snapshot:{late.pk}", f"supplier:{late_supplier.pk}", f"access:{late_vendor.pk}"}
+    unexpected = {
+        f"snapshot:{late.pk}",
+        f"supplier:{supplier.pk}",  # nothing on the day reads a supplier profile
+        f"supplier:{late_supplier.pk}",
+        f"access:{late_vendor.pk}",
+    }
     # The worker builds its cache from plain settings: the default namespace, not the
     # per-test one conftest gives this process. Only this world's keys are touched there.
     namespace = "wedsync"

@@ -5,9 +5,12 @@ inside a transaction that is rolled back at the end, so the database is left as 
 (it holds that transaction open for the whole run: use a development or scratch
 database). The trace, from a seeded RNG, is a Saturday at 13:00 at the venues: each
 operation picks a wedding with a Zipf-like skew toward ceremonies near that moment, then
-one of its vendors, and either fetches the wedding's snapshot, checks the vendor user's
-access (every subscribe does), reads a supplier profile, or, for ``--write-ratio`` of the
-operations, invalidates the snapshot as a stored event does. (``seed_demo`` itself is not
+one of its vendors, and either fetches the wedding's snapshot as ``GET /api/weddings/<id>/``
+does (the snapshot, then the guest rows: two gets), checks the vendor user's access (every
+subscribe does), reads the vendor's coordinator entry (which tells a planner from a
+vendor for the guest view), or, for ``--write-ratio`` of the operations, invalidates the
+snapshot as a stored event does. Supplier profiles are not read: nothing on the day
+reads them (docs/scaling.md). (``seed_demo`` itself is not
 seeded: venues and ceremony times, and so the skew, differ a little between runs.)
 
 Each configuration (no cache, L1 only, L2 only, both tiers, both tiers after warming)
@@ -43,9 +46,15 @@ from weddings.demo import DemoSeedError, seed_demo
 # Zipf exponent of the wedding popularity by distance of the ceremony from "now": 1.1
 # puts ~35 % of the traffic on the nearest of 25 weddings, ~80 % on the nearest eight.
 ZIPF_S = 1.1
-# The mix of a vendor's reads on the day: mostly the running order, then the access
-# check of each (re)subscribe, then supplier cards.
-READ_MIX = (("snapshot", 0.6), ("access", 0.3), ("supplier", 0.1))
+# The mix of a vendor's reads on the day: mostly the running order (with its guests),
+# then the access check of each (re)subscribe, then the coordinator entry.
+READ_MIX = (("snapshot", 0.6), ("access", 0.3), ("coordinator", 0.1))
+# The keys one operation of each kind reads, in order.
+KEYS_READ = {
+    "snapshot": ("snapshot", "guests"),
+    "access": ("access",),
+    "coordinator": ("coordinator",),
+}
 CONFIGS = (
     ("no cache", False, False, False),
     ("L1 only", True, False, False),
@@ -69,6 +78,7 @@ class _Result:
     latency_ns: dict[str, list[int]] = field(
         default_factory=lambda: {"l1": [], "l2": [], "miss": []}
     )
+    by_kind: dict[str, dict[str, int]] = field(default_factory=dict)  # key kind: gets, hits
     warm_s: float = 0.0
     run_s: float = 0.0
     redis_bytes: float = 0.0
@@ -102,6 +112,10 @@ class _Result:
                 "combined": hits / self.gets if self.gets else 0.0,
             },
             "latency": tiers,
+            "hit_ratio_by_key": {
+                kind: counts["hits"] / counts["gets"] if counts["gets"] else 0.0
+                for kind, counts in sorted(self.by_kind.items())
+            },
             "redis_bytes": self.redis_bytes,
             "redis_bytes_written": self.bytes_written,
             "compression_ratio": self.compression_ratio,
@@ -186,7 +200,7 @@ class Command(BaseCommand):
 
 @dataclass(frozen=True)
 class _Op:
-    kind: str  # snapshot | access | supplier | write
+    kind: str  # snapshot | access | coordinator | write
     wedding: int
     supplier: int
     user: int
@@ -225,12 +239,14 @@ def _trace(
 def _loaders() -> dict[str, Callable[[int], Any]]:
     """The uncached reads behind each key kind (the ones the cached loaders wrap)."""
     from realtime.snapshots import snapshot_load
-    from weddings.caching import supplier_profile_load, user_access_load
+    from weddings.caching import user_access_load, user_coordinator_of_load
+    from weddings.selectors import guests_load
 
     return {
         "snapshot": snapshot_load,
+        "guests": guests_load,
         "access": user_access_load,
-        "supplier": supplier_profile_load,
+        "coordinator": user_coordinator_of_load,
     }
 
 
@@ -293,8 +309,9 @@ def _warm(
     plan = warm_plan(now=now, horizon_hours=settings.CACHE_WARM_HORIZON_HOURS)
     for kind, ids in (
         ("snapshot", plan.weddings),
-        ("supplier", plan.suppliers),
+        ("guests", plan.weddings),
         ("access", plan.users),
+        ("coordinator", plan.vendors),
     ):
         for pk in ids:
             cache.get_or_load(f"{kind}:{pk}", lambda k=kind, p=pk: loaders[k](p))
@@ -319,21 +336,23 @@ def _replay(
             if cache is not None:
                 cache.delete(f"snapshot:{op.wedding}")
             continue
-        pk = {"snapshot": op.wedding, "access": op.user, "supplier": op.supplier}[op.kind]
-        result.gets += 1
-        if cache is None:
-            t0 = time.perf_counter_ns()
-            loaders[op.kind](pk)
-            result.latency_ns["miss"].append(time.perf_counter_ns() - t0)
-            result.misses += 1
-        else:
-            tier = _timed_get(
-                cache, f"{op.kind}:{pk}", lambda k=op.kind, p=pk: loaders[k](p), result
-            )
+        for kind in KEYS_READ[op.kind]:
+            pk = op.wedding if kind in ("snapshot", "guests") else op.user
+            counts = result.by_kind.setdefault(kind, {"gets": 0, "hits": 0})
+            result.gets += 1
+            counts["gets"] += 1
+            if cache is None:
+                t0 = time.perf_counter_ns()
+                loaders[kind](pk)
+                result.latency_ns["miss"].append(time.perf_counter_ns() - t0)
+                result.misses += 1
+                continue
+            tier = _timed_get(cache, f"{kind}:{pk}", lambda k=kind, p=pk: loaders[k](p), result)
             if tier == "miss":
                 result.misses += 1
             else:
                 result.hits[tier] += 1
+                counts["hits"] += 1
         if index % tick == 0:
             progress(f"{name}: {index}/{len(trace)}")
     result.run_s = time.perf_counter() - started

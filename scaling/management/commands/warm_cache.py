@@ -12,7 +12,7 @@ from scaling.warming import cache_warm
 
 
 class Command(BaseCommand):
-    help = "Warm snapshots, supplier profiles and access entries of weddings about to start."
+    help = "Warm snapshots, guests and access entries of weddings about to start."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -33,8 +33,9 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(
                 f"Warmed {result['weddings']} wedding(s): {result['snapshots']} snapshot(s), "
-                f"{result['suppliers']} supplier profile(s), {result['users']} access "
-                f"entr{'y' if result['users'] == 1 else 'ies'} ({len(result['keys'])} keys)."
+                f"{result['guest_lists']} guest list(s), {result['users']} access "
+                f"entr{'y' if result['users'] == 1 else 'ies'}, {result['vendors']} coordinator "
+                f"entr{'y' if result['vendors'] == 1 else 'ies'} ({len(result['keys'])} keys)."
             )
         )
 
