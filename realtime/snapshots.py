@@ -8,7 +8,10 @@ always internally consistent (its ``seq`` matches its state), so snapshot + even
 * a stored event on ``wedding:<id>``: dropped when the event is written and again after
   its transaction commits (so a read racing the commit cannot keep the old state);
 * domain writes that bypass the event log (admin edits): saves and deletes of Wedding,
-  TimelineItem (and its suppliers), Booking and Supplier.
+  TimelineItem (and its suppliers), Booking and Supplier (a changed phone number too).
+
+The booked suppliers carry their phone numbers; ``snapshot_contacts`` takes them out for
+a reader the role matrix does not let read them (``read.contacts``: the couple).
 
 Writes through ``QuerySet.update``/``bulk_create`` send no signals: their callers must
 call ``snapshot_invalidate`` themselves (the L1 TTL bounds what they miss otherwise).
@@ -31,6 +34,7 @@ from core.cache import get_cache
 from realtime import selectors
 from realtime.epoch import epoch_current, epoch_load
 from realtime.models import Event, StreamEpoch
+from weddings import roles
 from weddings import selectors as domain
 from weddings.models import Booking, Supplier, TimelineItem, Wedding
 
@@ -55,6 +59,32 @@ def wedding_summary(wedding: Wedding) -> dict[str, Any]:
         "status": wedding.status,
         "notes": wedding.notes,
     }
+
+
+def supplier_summary(supplier: Supplier) -> dict[str, Any]:
+    """A booked supplier as the snapshot shows it; ``phone`` only when it has one, and
+    only for the readers the role matrix lets call it (``read.contacts``,
+    ``snapshot_contacts``)."""
+    summary = {"id": supplier.pk, "name": supplier.name, "category": supplier.category}
+    if supplier.phone.strip():
+        summary["phone"] = supplier.phone.strip()
+    return summary
+
+
+def snapshot_contacts(state: dict[str, Any], *, staff: bool, supplier_ids: Any) -> dict[str, Any]:
+    """A snapshot as a reader with these suppliers sees its contacts: the booked
+    suppliers' phone numbers for the wedding's members (``read.contacts``), none for the
+    couple. ``state`` (shared, from the cache) is not changed."""
+    booked = {supplier["id"] for supplier in state["suppliers"]}
+    acting = bool(booked.intersection(supplier_ids))
+    # Members alike, vendors and planners: never asks which (``editor``).
+    if roles.may("read.contacts", staff=staff, acting=acting, editor=bool):
+        return state
+    suppliers = [
+        {key: value for key, value in supplier.items() if key != "phone"}
+        for supplier in state["suppliers"]
+    ]
+    return {**state, "suppliers": suppliers}
 
 
 def snapshot_load(wedding_id: int) -> dict[str, Any] | None:
@@ -86,7 +116,7 @@ def snapshot_load(wedding_id: int) -> dict[str, Any] | None:
             domain.timeline_item_as_dict(item) for item in domain.timeline_for_wedding(wedding.pk)
         ]
         suppliers = [
-            {"id": b.supplier_id, "name": b.supplier.name, "category": b.supplier.category}
+            supplier_summary(b.supplier)
             for b in wedding.bookings.filter(active=True).select_related("supplier")
         ]
         statuses = selectors.vendor_statuses(topic)
@@ -188,7 +218,7 @@ def _item_suppliers_changed(
 
 @receiver(post_save, sender=Supplier, dispatch_uid="snapshot_supplier_saved")
 def _supplier_saved(sender: type, instance: Supplier, created: bool = False, **kwargs: Any) -> None:
-    # Snapshots show the name and category of each booked supplier.
+    # Snapshots show the name, category and phone number of each booked supplier.
     if created:
         return
     for wedding_id in set(instance.bookings.values_list("wedding_id", flat=True)):

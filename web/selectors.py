@@ -20,7 +20,7 @@ from realtime import selectors as realtime_selectors
 from realtime.access import snapshot_view
 from realtime.models import Ack, Event, TopicCursor
 from realtime.protocol import event_frame
-from realtime.snapshots import snapshot_get
+from realtime.snapshots import snapshot_contacts, snapshot_get
 from weddings import roles
 from weddings import selectors as domain
 from weddings.models import Booking, SupplierMembership, Wedding
@@ -152,6 +152,10 @@ def _viewer(user: Any, wedding: Wedding, booked: set[int]) -> dict[str, Any]:
         "read_only": not roles.may(
             "read.coordination", staff=bool(user.is_staff), acting=bool(mine), editor=bool
         ),
+        # The booked suppliers' phone numbers (read.contacts): the members, not the couple.
+        "contacts": roles.may(
+            "read.contacts", staff=bool(user.is_staff), acting=bool(mine), editor=bool
+        ),
     }
 
 
@@ -209,7 +213,8 @@ def _shift_notices(user: Any, topic: str, seq: int, mine: list[int]) -> list[dic
 def wedding_page_state(*, user: Any, wedding: Wedding) -> dict[str, Any] | None:
     """Everything the live wedding page starts from, consistent at the snapshot's ``seq``.
 
-    The snapshot (PROTOCOL §9) plus the feed of messages and emergencies, the open
+    The snapshot (PROTOCOL §9; the booked suppliers' phone numbers only for those who
+    may read them) plus the feed of messages and emergencies, the open
     emergencies with who acknowledged them, the shifts waiting for this user's
     acknowledgement, the names of the people involved, and what this user may do. All
     of it is read up to the snapshot's ``seq``: the page subscribes with that seq as
@@ -239,6 +244,10 @@ def wedding_page_state(*, user: Any, wedding: Wedding) -> dict[str, Any] | None:
     }
     if viewer["read_only"]:  # the statuses without what only the vendors read
         snapshot = snapshot_view(snapshot, staff=False, supplier_ids=())
+    # The phone numbers only for those who may call them (read.contacts).
+    snapshot = snapshot_contacts(
+        snapshot, staff=viewer["is_staff"], supplier_ids=viewer["supplier_ids"]
+    )
     return {
         **snapshot,
         "topic": topic,

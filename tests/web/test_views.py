@@ -274,6 +274,7 @@ def test_wedding_page__state_is_consistent_at_its_seq(day: Day) -> None:
         "can_edit": True,
         "is_staff": False,
         "read_only": False,
+        "contacts": True,
     }
 
 
