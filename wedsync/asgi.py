@@ -14,14 +14,18 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
 from core.metrics import start_sampler  # noqa: E402
-from realtime.routing import websocket_application  # noqa: E402
+from realtime.routing import sse_application, websocket_application  # noqa: E402
+from realtime.sse import with_sse  # noqa: E402
 from wedsync.server.gctune import tune_after_startup  # noqa: E402
 from wedsync.server.request_budget import request_budget  # noqa: E402
 from wedsync.server.token_api import TokenApiHandler, token_api_router  # noqa: E402
 
 # Bearer requests under /api/ skip the browser's middleware (docs/adr/0012-lean-api-path.md);
-# a client over its request budget is refused before Django (``request_budget``).
-http_application = request_budget(token_api_router(django_asgi_app, TokenApiHandler()))
+# a client over its request budget is refused before Django (``request_budget``). The
+# realtime stream over Server-Sent Events holds no request slot, as a WebSocket holds none.
+http_application = with_sse(
+    request_budget(token_api_router(django_asgi_app, TokenApiHandler())), sse_application
+)
 
 # Every server process samples its connections into the shared metric files.
 start_sampler()
