@@ -583,6 +583,101 @@ def _(w: World) -> Exchange:
     return call(Client(), "GET", "/metrics", **w.bearer(w.vendor))
 
 
+# --- Web Push (docs/web.md, "Push") ---------------------------------------------------------
+
+PUSH_KEY, PUSH_SUBSCRIPTIONS, PUSH_ACK = "/api/push/key", "/api/push/subscriptions", "/api/push/ack"
+
+
+def _push_on(w: World) -> dict[str, Any]:
+    """Push configured; a subscription body of a browser (keys made as it makes them)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from push.conf import b64url, generate_keys
+
+    private, public = generate_keys()
+    w.settings.WEB_PUSH_VAPID_PRIVATE_KEY, w.settings.WEB_PUSH_VAPID_PUBLIC_KEY = private, public
+    w.settings.WEB_PUSH_SUBJECT = "mailto:ops@wedsync.test"
+    point = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
+    keys = {"p256dh": b64url(point), "auth": b64url(b"0123456789abcdef")}
+    return {"endpoint": "https://push.example.com/send/abc", "keys": keys}
+
+
+@case("GET", PUSH_KEY, 200)
+def _(w: World) -> Exchange:
+    _push_on(w)
+    return call(Client(), "GET", PUSH_KEY, **w.bearer(w.vendor))
+
+
+@case("GET", PUSH_KEY, 401)
+def _(w: World) -> Exchange:
+    return call(Client(), "GET", PUSH_KEY)
+
+
+@case("POST", PUSH_SUBSCRIPTIONS, 201)
+def _(w: World) -> Exchange:
+    client, csrf = w.session(w.vendor)
+    return call(client, "POST", PUSH_SUBSCRIPTIONS, _push_on(w), **csrf)
+
+
+@case("POST", PUSH_SUBSCRIPTIONS, 200)
+def _(w: World) -> Exchange:
+    client, csrf = w.session(w.vendor)
+    body = _push_on(w)
+    call(client, "POST", PUSH_SUBSCRIPTIONS, body, **csrf)
+    return call(client, "POST", PUSH_SUBSCRIPTIONS, body, **csrf)
+
+
+@case("POST", PUSH_SUBSCRIPTIONS, 400)
+def _(w: World) -> Exchange:
+    body = {**_push_on(w), "endpoint": "http://push.example.com/send/abc"}
+    return call(Client(), "POST", PUSH_SUBSCRIPTIONS, body, **w.bearer(w.vendor))
+
+
+@case("POST", PUSH_SUBSCRIPTIONS, 401)
+def _(w: World) -> Exchange:
+    return call(Client(), "POST", PUSH_SUBSCRIPTIONS, _push_on(w))
+
+
+@case("POST", PUSH_SUBSCRIPTIONS, 403)
+def _(w: World) -> Exchange:
+    client, _ = w.session(w.vendor, csrf=False)
+    return call(client, "POST", PUSH_SUBSCRIPTIONS, _push_on(w))
+
+
+@case("POST", PUSH_SUBSCRIPTIONS, 409)
+def _(w: World) -> Exchange:
+    body = _push_on(w)
+    w.settings.WEB_PUSH_SUBJECT = ""  # push off
+    return call(Client(), "POST", PUSH_SUBSCRIPTIONS, body, **w.bearer(w.vendor))
+
+
+@case("DELETE", PUSH_SUBSCRIPTIONS, 200)
+def _(w: World) -> Exchange:
+    body = {"endpoint": _push_on(w)["endpoint"]}
+    return call(Client(), "DELETE", PUSH_SUBSCRIPTIONS, body, **w.bearer(w.vendor))
+
+
+@case("POST", PUSH_ACK, 200)
+def _(w: World) -> Exchange:
+    from push.services import ack_token
+    from realtime.models import Event
+
+    _publish(w, "emergency.raised", {"kind": "fire", "text": "drill"})
+    seq = Event.objects.get(topic=w.wedding.topic, event="emergency.raised").seq
+    token = ack_token(w.vendor.pk, w.wedding.topic, seq)
+    return call(Client(), "POST", PUSH_ACK, {"token": token})
+
+
+@case("POST", PUSH_ACK, 401)
+def _(w: World) -> Exchange:
+    return call(Client(), "POST", PUSH_ACK, {"token": "forged"})
+
+
 # --- helpers of the cases ----------------------------------------------------------------------
 
 
@@ -664,7 +759,8 @@ def test_response__matches_the_spec(w: World, settings: Any, method: str, path: 
 UNLISTED = [
     ("get", TOKEN), ("get", TICKET), ("post", CONNECTIONS), ("post", WEDDINGS),
     ("post", "/api/weddings/1/"), ("put", "/api/weddings/1/events"), ("put", METRICS_API),
-    ("put", BENCHMARK), ("post", DESIRED),
+    ("put", BENCHMARK), ("post", DESIRED), ("post", PUSH_KEY), ("get", PUSH_SUBSCRIPTIONS),
+    ("get", PUSH_ACK),
 ]  # fmt: skip
 
 

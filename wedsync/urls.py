@@ -35,6 +35,7 @@ urlpatterns = [
     ),
     path("api/scaling/desired", scaling_api.desired_view, name="scaling-desired"),
     path("", include("realtime.urls")),
+    path("", include("push.urls")),  # Web Push (ADR 0032)
     # The vendor web app: "/" is My Saturday (web/urls.py).
     path("", include("web.urls")),
 ]
