@@ -13,6 +13,9 @@ close with 4001 (``realtime.tokens.tokens_revoke_all``, docs/security.md).
 
 from __future__ import annotations
 
+import hashlib
+import json
+from functools import lru_cache
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -22,10 +25,14 @@ from django.conf import settings
 from django.contrib.auth import SESSION_KEY, logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.staticfiles import finders
+from django.contrib.staticfiles.storage import staticfiles_storage
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -37,6 +44,18 @@ from realtime.tokens import tokens_revoke_all
 from . import selectors
 
 LOGIN_URL = "web:login"
+# What the service worker keeps for the offline wedding page (docs/web.md, "Offline"):
+# the page's stylesheet, icon and every module it imports. Fonts: none (system fonts).
+OFFLINE_SHELL = (
+    "web/app.css",
+    "web/icon.svg",
+    "web/wedding.js",
+    "web/editor.js",
+    "web/realtime.js",
+    "web/util.js",
+    "web/outbox-store.js",
+)
+SERVICE_WORKER = "web/sw.js"
 
 
 def _page_state(request: HttpRequest, wedding_id: int) -> tuple[Any, dict[str, Any] | None]:
@@ -72,11 +91,50 @@ class SignInView(auth_views.LoginView):
             context["demo"] = selectors.demo_logins(Path(settings.VAR_DIR) / "demo.json")
         return context
 
+    def form_valid(self, form: Any) -> HttpResponse:
+        """Signed in: a device last used by someone else (or by nobody known) is cleared
+        of what they left on it (offline copies, unsent actions), before this user's."""
+        response = super().form_valid(form)
+        marker = _device_user_marker(self.request.user.pk)
+        if self.request.COOKIES.get(DEVICE_USER_COOKIE) != marker:
+            response["Clear-Site-Data"] = CLEAR_SITE_DATA
+        response.set_cookie(
+            DEVICE_USER_COOKIE,
+            marker,
+            max_age=DEVICE_USER_MAX_AGE,
+            secure=settings.SESSION_COOKIE_SECURE,
+            httponly=True,
+            samesite="Lax",
+        )
+        return response
+
+
+# Signing out leaves nothing of the user on the device: the service worker's offline
+# copies of the wedding pages and their states, and its registration ("storage" covers
+# Cache Storage, IndexedDB with unsent actions, localStorage; docs/web.md, "Offline").
+# Signing in as another user than the device's last one does the same: a session that
+# merely expired leaves copies that must not be shown to the next user.
+CLEAR_SITE_DATA = '"cache", "storage"'
+# Who signed in last on this browser: an HMAC of the user id (not the id itself), only
+# compared at the next sign-in. A year: as long as a phone stays with its vendor.
+DEVICE_USER_COOKIE = "wedsync_device"
+DEVICE_USER_MAX_AGE = 365 * 24 * 60 * 60
+
+
+def _device_user_marker(user_id: int) -> str:
+    """The device cookie's value for a user: stable, and says nothing of the user."""
+    return salted_hmac("wedsync.web.device-user", str(user_id)).hexdigest()[:32]
+
 
 class SignOutView(auth_views.LogoutView):
     """Sign-out (POST only, with the CSRF token), back to the sign-in page."""
 
     next_page = "web:login"
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = super().post(request, *args, **kwargs)
+        response["Clear-Site-Data"] = CLEAR_SITE_DATA
+        return response
 
 
 def _end_sessions(user_id: int) -> int:
@@ -107,7 +165,9 @@ def sign_out_everywhere(request: HttpRequest) -> HttpResponse:
     tokens_revoke_all(request.user)
     _end_sessions(user_id)
     logout(request)
-    return redirect("web:login")
+    response = redirect("web:login")
+    response["Clear-Site-Data"] = CLEAR_SITE_DATA
+    return response
 
 
 @require_GET
@@ -159,3 +219,44 @@ def wedding_state(request: HttpRequest, wedding_id: int) -> HttpResponse:
     if state is None:
         return json_error("not_found", topic_forbidden(f"wedding:{wedding_id}").message, 404)
     return json_response(state)
+
+
+def _static_bytes(name: str) -> bytes:
+    """A static file's content: from STATIC_ROOT (production), else the app's folder."""
+    try:
+        with staticfiles_storage.open(name) as file:
+            return file.read()
+    except (FileNotFoundError, OSError):
+        found = finders.find(name)
+        if not found:
+            raise
+        return Path(found).read_bytes()
+
+
+def _build_service_worker() -> bytes:
+    """The worker's script with its shell: the URLs it caches and a version that changes
+    with the content of any of them or of the worker itself (the cache's name)."""
+    source = _static_bytes(SERVICE_WORKER)
+    shell = [static(name) for name in OFFLINE_SHELL]
+    digest = hashlib.sha256(source)
+    for name in OFFLINE_SHELL:
+        digest.update(_static_bytes(name))
+    config = {"version": digest.hexdigest()[:16], "shell": shell}
+    return b"self.WEDSYNC_OFFLINE = " + json.dumps(config).encode() + b";\n" + source
+
+
+# Static files change only with a release (a new process); with DEBUG on every request
+# reads them again, so an edited file gives a new version at once.
+_cached_service_worker = lru_cache(maxsize=1)(_build_service_worker)
+
+
+@require_GET
+def service_worker(request: HttpRequest) -> HttpResponse:
+    """The wedding page's service worker (/sw.js): the offline copy of the page, its
+    last state and its shell. Served from the site's root, not /static/, so that its
+    scope may be /weddings/; never cached by HTTP, so a release reaches the browser on
+    its next check."""
+    body = _build_service_worker() if settings.DEBUG else _cached_service_worker()
+    response = HttpResponse(body, content_type="text/javascript; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    return response
