@@ -123,7 +123,7 @@ def test_dockerignore__leaves_out_secrets_local_state_and_development_files():
         "artifacts/x.png", "staticfiles/x.css",
     ):  # fmt: skip
         assert not in_build_context(path), f"{path} would be sent to the build"
-    for path in ("core/cache.py", "web/static/web/realtime.js", "deploy/docker/healthcheck.py"):
+    for path in ("core/cache.py", "clients/js/realtime.js", "deploy/docker/healthcheck.py"):
         assert in_build_context(path)
 
 

@@ -1,5 +1,7 @@
-// The browser's realtime client: one WebSocket to /ws/realtime/ speaking the WedSync
-// protocol (docs/protocol.md), for the pages of the web app. No dependencies.
+// The realtime client (@wedsync/realtime, clients/js): one WebSocket to /ws/realtime/
+// speaking the WedSync protocol (docs/protocol.md), with a Server-Sent Events fallback; the
+// web app's pages import this very file as /static/web/realtime.js (web/finders.py), and
+// Node 20+ runs it with an injected WebSocket. No dependencies.
 //
 // - Topics are subscribed with `since` = the last seq the page has applied (first the
 //   seq of the state the page was rendered with), so nothing is missed between loading
@@ -19,6 +21,13 @@
 // - User actions (publish, ack) go through an outbox: kept while the connection is
 //   down, sent in order once it is live, each publish with an idempotency key that
 //   stays the same on every retry, so the server stores it once.
+// - Fallback (docs/client.md): when the WebSocket fails before it opens a few times in a
+//   row (a captive portal or a proxy that refuses the upgrade), the client reads the
+//   same frames from the server's Server-Sent Events stream (/sse/realtime/, PROTOCOL
+//   §11) with the same `since`/seq tracking, and publishes over the HTTP API (acks and
+//   presence wait for the WebSocket). It tries the WebSocket again every minute, and
+//   when the network changes, and moves back as soon as it opens. `transport` says
+//   which one is in use ("websocket" or "sse"); `onTransport` is told of every change.
 
 const BACKOFF_INITIAL_MS = 500;
 const BACKOFF_MAX_MS = 15000;
@@ -33,13 +42,28 @@ const KEEPALIVE_MS = 25000;
 const GAP_TIMEOUT_MS = 2000;
 const MAX_HELD = 1000;
 const MAX_TOPICS_PER_FRAME = 100;
+// WebSocket handshakes failed in a row (never opened) before the SSE fallback.
+const SSE_AFTER_FAILURES = 3;
+// While on SSE: how often the WebSocket is tried again.
+const WS_RETRY_MS = 60000;
+// The server writes a heartbeat comment every 15 s: a stream silent this long is dead.
+const SSE_SILENCE_MS = 45000;
+// Every topic of the stream was refused (404 forbidden / unknown_topic).
+const SSE_TOPICS_REFUSED = -1;
 // Close codes after which retrying soon would only be refused again.
 const CLOSE_UNAUTHENTICATED = 4001;
 const CLOSE_POLICY = 4008;
 const CLOSE_LIMIT = 4029;
 const CLOSE_OVERLOADED = 1013;
+// What an HTTP refusal of the SSE stream means, as the WebSocket's close codes.
+const SSE_REFUSALS = { 401: CLOSE_UNAUTHENTICATED, 429: CLOSE_LIMIT, 503: CLOSE_OVERLOADED };
 // Errors a publish is retried after (the server could not handle it now).
 const RETRYABLE = new Set(["unavailable", "rate_limited"]);
+// WebSocket readyState values (the SSE stream's too), without a global WebSocket (Node 20
+// has one only with --experimental-websocket).
+const CONNECTING = 0;
+const OPEN = 1;
+const CLOSED = 3;
 
 export class RequestError extends Error {
   constructor(code, message, reply = null) {
@@ -56,9 +80,119 @@ export function newKey() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-export function socketUrl(path = "/ws/realtime/") {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}${path}`;
+/** The WebSocket URL of `path` on the page's server, or on `base` (outside a browser). */
+export function socketUrl(path = "/ws/realtime/", base = null) {
+  const where = base ? new URL(base) : location;
+  const scheme = where.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${where.host}${path}`;
+}
+
+/** Browsers only: the page's network is down (Node has no such signal). */
+function browserOffline() {
+  return typeof navigator !== "undefined" && navigator.onLine === false;
+}
+
+/** The page's CSRF token: the one in its forms (the sign-out form), else the cookie. */
+function pageCsrfToken() {
+  if (typeof document === "undefined") return ""; // not a page: a token authenticates
+  const input = document.querySelector("input[name=csrfmiddlewaretoken]");
+  if (input) return input.value;
+  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+  return match ? decodeURIComponent(match[1]) : "";
+}
+
+/** The HTTP API's events of a wedding topic (publishes over the fallback). */
+function weddingEventsUrl(topic) {
+  const match = /^wedding:([1-9][0-9]*)$/.exec(topic);
+  return match ? `/api/weddings/${match[1]}/events` : null;
+}
+
+/**
+ * One GET of the server's event stream, read with fetch rather than EventSource: the
+ * HTTP status and error of a refusal are visible, and a reconnect is the client's own
+ * (with a fresh ticket and its own positions), never the browser's. Shaped like the
+ * WebSocket for RealtimeClient: `onmessage(text)` per frame, `onclose(code, error)`
+ * once when it ends (not after `close()`).
+ */
+class SseStream {
+  constructor(url, fetchImpl) {
+    this.readyState = CONNECTING;
+    this.fetch = fetchImpl;
+    this.onmessage = null;
+    this.onclose = null;
+    this.controller = new AbortController();
+    this.silence = null;
+    this.expired = false;
+    this._read(url);
+  }
+
+  close() {
+    this.onmessage = this.onclose = null;
+    this.readyState = CLOSED;
+    clearTimeout(this.silence);
+    this.controller.abort();
+  }
+
+  _alive() {
+    clearTimeout(this.silence);
+    this.silence = setTimeout(() => {
+      this.expired = true;
+      this.controller.abort();
+    }, SSE_SILENCE_MS);
+  }
+
+  async _read(url) {
+    let code = 1006;
+    let error = null;
+    try {
+      this._alive();
+      const response = await this.fetch(url, {
+        credentials: "same-origin",
+        cache: "no-store",
+        headers: { Accept: "text/event-stream" },
+        signal: this.controller.signal,
+      });
+      if (!response.ok) {
+        error = await response.json().then((body) => body.error, () => null);
+        const refused = error && (error.code === "forbidden" || error.code === "unknown_topic");
+        code = refused ? SSE_TOPICS_REFUSED : SSE_REFUSALS[response.status] || 1006;
+        return;
+      }
+      this.readyState = OPEN;
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        this._alive();
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          let kind = "message";
+          const data = [];
+          for (const line of block.split("\n")) {
+            if (line.startsWith(":")) continue; // a heartbeat comment
+            const colon = line.indexOf(":");
+            const field = colon < 0 ? line : line.slice(0, colon);
+            const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+            if (field === "event") kind = text;
+            else if (field === "data") data.push(text);
+          }
+          if (!data.length) continue;
+          if (kind === "close") code = JSON.parse(data.join("\n")).code;
+          else if (kind === "message" && this.onmessage) this.onmessage(data.join("\n"));
+        }
+      }
+    } catch (err) {
+      // aborted (closed, or silent too long) or the network failed: 1006
+    } finally {
+      clearTimeout(this.silence);
+      this.readyState = CLOSED;
+      if (this.onclose) this.onclose(code, error);
+    }
+  }
 }
 
 export class RealtimeClient {
@@ -66,11 +200,33 @@ export class RealtimeClient {
    * options: url; onEvent(frame); onState(state);
    * onReset(topic, seq, epoch) → Promise<seq | {seq, epoch}>;
    * historyUrl(topic, since, epoch) → URL of the HTTP history for a topic;
-   * onPresence(frame); onTopicError(topic, status); onOutbox(items); onLive().
+   * onPresence(frame); onTopicError(topic, status); onOutbox(items); onLive();
+   * store: {load() → Promise<items>, save(items)} keeps the outbox across reloads
+   * (outbox-store.js); onDropped(item, error): a restored item the server refused.
+   * Outside a browser (Node, clients/js): baseUrl (the server, for the page's location),
+   * token (for the page's session: `?token=` on the WebSocket, `Authorization: Bearer`
+   * over HTTP), WebSocket and fetch (injected; else the globals).
    */
   constructor(options) {
-    this.url = options.url || socketUrl();
+    this.baseUrl = options.baseUrl || null;
+    this.token = options.token || null;
+    this.WebSocket = options.WebSocket || null;
+    this.fetchImpl = options.fetch || null;
+    this.url = options.url || socketUrl("/ws/realtime/", this.baseUrl);
+    if (this.token) {
+      const url = new URL(this.url);
+      url.searchParams.set("token", this.token);
+      this.url = url.href;
+    }
+    this.sseUrl = options.sseUrl || "/sse/realtime/";
+    this.ticketUrl = options.ticketUrl || "/api/realtime/ticket";
+    this.eventsUrl = options.eventsUrl || weddingEventsUrl;
+    this.csrfToken = options.csrfToken || pageCsrfToken;
     this.on = options;
+    // "websocket", or "sse" after the WebSocket failed to open SSE_AFTER_FAILURES times.
+    this.transport = "websocket";
+    this.wsFailures = 0;
+    this.probeTimer = null;
     // topic → {lastSeq, epoch, held: Map<seq, frame>, resetting, gapTimer}
     this.topics = new Map();
     this.state = "connecting";
@@ -78,14 +234,21 @@ export class RealtimeClient {
     this.refs = 0;
     this.pending = new Map(); // ref → {resolve, reject, timer}
     this.outbox = [];
+    // Actions an earlier page left unsent (`store`) go first, with their keys; the pump
+    // waits for them.
+    this.store = options.store || null;
+    this.restored = this.store ? this._restore() : Promise.resolve();
     this.pumping = false;
     this.attempt = 0;
     this.retryTimer = null;
     this.keepaliveTimer = null;
     this.openTimer = null;
     this.stopped = false;
+    if (typeof window === "undefined") return; // not in a browser: no page events
     window.addEventListener("offline", () => this._wentOffline());
     window.addEventListener("online", () => this._cameOnline());
+    // Another network may let the WebSocket through: try it now rather than in a minute.
+    window.addEventListener("online", () => this._probeSoon(0));
     document.addEventListener("visibilitychange", () => {
       // A phone that slept may have missed its timers: try at once when shown again.
       if (document.visibilityState === "visible" && this.state === "reconnecting") {
@@ -115,6 +278,15 @@ export class RealtimeClient {
     this._connect();
   }
 
+  /** Close the connection and stop reconnecting (state "closed"; `start()` resumes). */
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    clearTimeout(this.probeTimer);
+    this._abandon("stopped");
+    this._setState("closed");
+  }
+
   lastSeq(topic) {
     const t = this.topics.get(topic);
     return t ? t.lastSeq : null;
@@ -136,7 +308,8 @@ export class RealtimeClient {
     return this._enqueue({ kind: "ack", topic, seq, label: "acknowledgement" });
   }
 
-  /** A request that needs a live connection now (presence); rejects otherwise. */
+  /** A request that needs a live connection now (presence); rejects otherwise (also on
+   * the SSE fallback, which carries no presence request: code `unsupported`). */
   request(frame) {
     if (this.state !== "live") {
       return Promise.reject(new RequestError("connection_lost", "not connected"));
@@ -160,32 +333,194 @@ export class RealtimeClient {
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
     if (this.stopped || this.state === "unauthorized") return;
-    if (navigator.onLine === false) {
+    if (browserOffline()) {
       this._setState("offline");
       return; // the "online" event reconnects
     }
     if (this.state !== "connecting") this._setState("reconnecting");
+    if (this.transport === "sse") {
+      this._connectSse();
+      return;
+    }
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = this._newSocket();
     } catch (err) {
-      this._scheduleRetry();
+      this._handshakeFailed();
       return;
     }
     this.ws = ws;
     // A handshake that hangs (a captive portal, a dead route) counts as a failed one.
     this.openTimer = setTimeout(() => {
-      if (ws === this.ws && ws.readyState !== WebSocket.OPEN) {
+      if (ws === this.ws && ws.readyState !== OPEN) {
         this._abandon("connect timeout");
-        this._scheduleRetry();
+        this._handshakeFailed();
       }
     }, REQUEST_TIMEOUT_MS);
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       clearTimeout(this.openTimer);
+      this.wsFailures = 0;
       this._synchronise(ws);
     };
     ws.onmessage = (message) => this._onFrame(message.data);
-    ws.onclose = (close) => this._onClose(ws, close.code);
+    ws.onclose = (close) => {
+      if (opened || ws !== this.ws) {
+        this._onClose(ws, close.code);
+        return;
+      }
+      // Closed before it opened: the upgrade was refused or failed on the way.
+      this._abandon("handshake failed");
+      this._handshakeFailed();
+    };
+  }
+
+  /** A WebSocket that never opened: retry, and after a few in a row fall back to SSE. */
+  _handshakeFailed() {
+    this.wsFailures += 1;
+    if (this.wsFailures >= SSE_AFTER_FAILURES && this.topics.size <= MAX_TOPICS_PER_FRAME) {
+      this._useTransport("sse");
+      this.attempt = 0;
+      this._setState("reconnecting");
+      this._connectSoon(0);
+      return;
+    }
+    this._scheduleRetry();
+  }
+
+  _useTransport(transport) {
+    if (this.transport === transport) return;
+    this.transport = transport;
+    if (transport === "sse") this._probeSoon(WS_RETRY_MS);
+    else clearTimeout(this.probeTimer);
+    if (this.on.onTransport) this.on.onTransport(transport);
+  }
+
+  // --- the SSE fallback ------------------------------------------------------------------
+
+  /** Open the event stream: a fresh connect ticket (the page's session cannot open it:
+   * a same-origin GET carries no Origin), then the topics at their positions. */
+  async _connectSse() {
+    if (!this.topics.size) {
+      // Nothing to follow (every topic was withdrawn): no stream, as a socket with no
+      // subscription stays open and quiet.
+      this.ws = null;
+      this._setState("live");
+      return;
+    }
+    const pending = { close() {} }; // holds the place while the ticket is bought
+    this.ws = pending;
+    let ticket;
+    try {
+      ticket = await this._buyTicket();
+    } catch (err) {
+      if (this.ws !== pending) return; // abandoned meanwhile
+      this.ws = null;
+      if (err.code === "unauthenticated") this._setState("unauthorized");
+      else this._scheduleRetry();
+      return;
+    }
+    if (this.ws !== pending) return;
+    const topics = {};
+    for (const [name, { lastSeq: since, epoch }] of this.topics) {
+      topics[name] = since === null ? {} : epoch ? { since, epoch } : { since };
+    }
+    const query = new URLSearchParams({ topics: JSON.stringify(topics), ticket });
+    const fetchImpl = (url, init) => this._fetch(url, init);
+    const stream = new SseStream(`${this.sseUrl}?${query}`, fetchImpl);
+    this.ws = stream;
+    let first = true;
+    stream.onmessage = (text) => {
+      if (!first) {
+        this._onFrame(text);
+        return;
+      }
+      first = false; // the subscribe's reply
+      this._sseOpened(stream, text);
+    };
+    stream.onclose = (code, error) => {
+      if (stream !== this.ws) return;
+      if (code === SSE_TOPICS_REFUSED) {
+        // Every topic was refused (access withdrawn): stop following them.
+        const statuses = (error && error.topics) || {};
+        for (const name of Object.keys(topics)) this._dropTopic(name, statuses[name] || error);
+      }
+      this._onClose(stream, code);
+    };
+  }
+
+  async _buyTicket() {
+    let response;
+    try {
+      response = await this._fetch(this.ticketUrl, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { Accept: "application/json", "X-CSRFToken": this.csrfToken() },
+        signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      });
+    } catch (err) {
+      throw new RequestError("connection_lost", "the ticket could not be bought");
+    }
+    const body = await response.json().catch(() => ({}));
+    if (response.ok && body.ticket) return body.ticket;
+    const error = body.error || {};
+    throw new RequestError(error.code || "unavailable", error.message, body);
+  }
+
+  async _sseOpened(stream, text) {
+    let reply;
+    try {
+      reply = JSON.parse(text);
+    } catch (err) {
+      return;
+    }
+    await this._applySubscribeReply(reply);
+    if (stream !== this.ws) return;
+    this.attempt = 0;
+    this._setState("live");
+    if (this.on.onLive) this.on.onLive();
+    this._pump();
+  }
+
+  _probeSoon(delay) {
+    clearTimeout(this.probeTimer);
+    if (this.transport !== "sse") return;
+    this.probeTimer = setTimeout(() => this._probeWebSocket(), delay);
+  }
+
+  /** While on SSE: try the WebSocket; once it opens, move over to it (the subscribe
+   * resumes every topic from its last seq, as after any reconnect). */
+  _probeWebSocket() {
+    if (this.transport !== "sse" || this.stopped || this.state === "unauthorized") return;
+    let probe;
+    try {
+      probe = this._newSocket();
+    } catch (err) {
+      this._probeSoon(WS_RETRY_MS);
+      return;
+    }
+    const timer = setTimeout(() => probe.close(), REQUEST_TIMEOUT_MS);
+    probe.onclose = () => {
+      clearTimeout(timer);
+      this._probeSoon(WS_RETRY_MS);
+    };
+    probe.onopen = () => {
+      clearTimeout(timer);
+      if (this.transport !== "sse" || this.stopped) {
+        probe.onclose = null;
+        probe.close(1000, "not needed");
+        return;
+      }
+      this._abandon("the WebSocket is back");
+      clearTimeout(this.retryTimer); // a stream's reconnect no longer wanted
+      this._useTransport("websocket");
+      this.wsFailures = 0;
+      this.ws = probe;
+      probe.onmessage = (message) => this._onFrame(message.data);
+      probe.onclose = (close) => this._onClose(probe, close.code);
+      this._synchronise(probe);
+    };
   }
 
   /** Forget the current socket at once: its late frames and its close are ignored. */
@@ -236,7 +571,7 @@ export class RealtimeClient {
   }
 
   _scheduleRetry() {
-    if (navigator.onLine === false) {
+    if (browserOffline()) {
       this._setState("offline");
       return;
     }
@@ -355,7 +690,7 @@ export class RealtimeClient {
   async _fillFromHistory(name, upTo) {
     const t = this.topics.get(name);
     while (t.lastSeq < upTo) {
-      const response = await fetch(this.on.historyUrl(name, t.lastSeq, t.epoch), {
+      const response = await this._fetch(this.on.historyUrl(name, t.lastSeq, t.epoch), {
         credentials: "same-origin",
         headers: { Accept: "application/json" },
       });
@@ -381,11 +716,29 @@ export class RealtimeClient {
     }, KEEPALIVE_MS / 5);
   }
 
+  /** The injected WebSocket class, else the global one (a TypeError when neither). */
+  _newSocket() {
+    const Socket = this.WebSocket || globalThis.WebSocket;
+    return new Socket(this.url);
+  }
+
+  /** fetch, against `baseUrl` and with the bearer token when the client has them. */
+  _fetch(url, init) {
+    const href = this.baseUrl ? new URL(url, this.baseUrl).href : url;
+    const headers = this.token
+      ? { ...init.headers, Authorization: `Bearer ${this.token}` }
+      : init.headers;
+    return this.fetchImpl
+      ? this.fetchImpl(href, { ...init, headers })
+      : fetch(href, { ...init, headers });
+  }
+
   // --- frames ----------------------------------------------------------------------------
 
   _request(frame) {
+    if (this.transport === "sse") return this._httpRequest(frame);
     const ws = this.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) {
+    if (!ws || ws.readyState !== OPEN) {
       return Promise.reject(new RequestError("connection_lost", "not connected"));
     }
     this.refs += 1;
@@ -404,6 +757,37 @@ export class RealtimeClient {
       this.lastSent = Date.now();
       ws.send(JSON.stringify({ ...frame, ref }));
     });
+  }
+
+  /** On the SSE fallback: a publish over the HTTP API (the same validation, limits and
+   * idempotency key as on the WebSocket); acks, presence and pings need the WebSocket. */
+  async _httpRequest(frame) {
+    const url = frame.type === "publish" ? this.eventsUrl(frame.topic) : null;
+    if (!url) throw new RequestError("unsupported", `${frame.type} needs the WebSocket`);
+    let response;
+    try {
+      response = await this._fetch(url, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: {
+          Accept: "application/json",
+          "Content-Type": "application/json",
+          "X-CSRFToken": this.csrfToken(),
+        },
+        body: JSON.stringify({
+          event: frame.event,
+          payload: frame.payload,
+          idempotency_key: frame.idempotency_key,
+        }),
+        signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      });
+    } catch (err) {
+      throw new RequestError("connection_lost", "the request failed");
+    }
+    const body = await response.json().catch(() => ({}));
+    if (response.ok) return { type: "reply", status: "ok", ...body };
+    const error = body.error || { code: "unavailable", message: `HTTP ${response.status}` };
+    throw new RequestError(error.code, error.message, { type: "reply", status: "error", ...error });
   }
 
   _onFrame(text) {
@@ -502,7 +886,26 @@ export class RealtimeClient {
   }
 
   _outboxChanged() {
-    if (this.on.onOutbox) this.on.onOutbox(this.outbox.map(({ resolve, reject, ...rest }) => rest));
+    const items = this.outbox.map(({ resolve, reject, ...rest }) => rest);
+    if (this.store) this.store.save(items);
+    if (this.on.onOutbox) this.on.onOutbox(items);
+  }
+
+  async _restore() {
+    let items = [];
+    try {
+      items = await this.store.load();
+    } catch (err) {
+      return; // no storage: the outbox is the page's own
+    }
+    const here = new Set(this.outbox.map((item) => item.id));
+    const dropped = (item) => (err) => this.on.onDropped && this.on.onDropped(item, err);
+    const restored = items
+      .filter((item) => !here.has(item.id))
+      .map((item) => ({ ...item, sending: false, resolve: () => {}, reject: dropped(item) }));
+    if (!restored.length) return;
+    this.outbox.unshift(...restored);
+    this._outboxChanged();
   }
 
   /** Send the outbox in order, one at a time, while the connection is live. */
@@ -510,8 +913,11 @@ export class RealtimeClient {
     if (this.pumping) return;
     this.pumping = true;
     try {
+      await this.restored;
       while (this.outbox.length && this.state === "live") {
-        const item = this.outbox[0];
+        // On the SSE fallback acks wait for the WebSocket; publishes go past them.
+        const item = this.outbox.find((i) => this.transport !== "sse" || i.kind === "publish");
+        if (!item) break;
         item.sending = true;
         this._outboxChanged();
         let reply;
@@ -529,7 +935,11 @@ export class RealtimeClient {
           );
         } catch (err) {
           item.sending = false;
-          if (err.code === "connection_lost" || err.code === "timeout") break; // resent later
+          if (err.code === "connection_lost" || err.code === "timeout") {
+            // Resent later: after the reconnect, or (over HTTP, the stream still up) soon.
+            if (this.transport === "sse") setTimeout(() => this._pump(), BACKOFF_INITIAL_MS * 4);
+            break;
+          }
           if (RETRYABLE.has(err.code)) {
             // Not stored (the database is down, maintenance, too fast): keep it, say why,
             // and try again later with the same key.
@@ -541,12 +951,12 @@ export class RealtimeClient {
             await new Promise((resolve) => setTimeout(resolve, wait));
             continue;
           }
-          this.outbox.shift();
+          this.outbox.splice(this.outbox.indexOf(item), 1);
           this._outboxChanged();
           item.reject(err);
           continue;
         }
-        this.outbox.shift();
+        this.outbox.splice(this.outbox.indexOf(item), 1);
         this._outboxChanged();
         item.resolve(reply);
       }
