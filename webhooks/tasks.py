@@ -18,9 +18,12 @@ logger = logging.getLogger(__name__)
 
 def schedule(endpoint_id: int, *, at: dt.datetime | None = None) -> None:
     """Queue a delivery run of an endpoint, now or at ``at``; one per endpoint and time
-    (kicks arriving while a topic waits do not pile up retries)."""
+    (kicks arriving while a topic waits do not pile up retries: each run returns the same
+    stored ``retry_at``). The time is kept to the millisecond: two topics whose retries
+    fall due within one second each get their run (a run at the first finds the second
+    not yet due, and its retry must not be taken for a duplicate)."""
     if at is not None:
-        key = f"webhooks:retry:{endpoint_id}:{int(at.timestamp())}"
+        key = f"webhooks:retry:{endpoint_id}:{round(at.timestamp() * 1000)}"
         if not cache.add(
             key, 1, timeout=max(60, int((at - dt.datetime.now(dt.UTC)).total_seconds()) + 60)
         ):
