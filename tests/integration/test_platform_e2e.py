@@ -126,7 +126,7 @@ def doc_curl(base_url: str, wedding_id: int, api_key: str) -> tuple[int, dict[st
 
 class Worker:
     """``celery -A wedsync worker`` on this run's Redis and database, in production shape,
-    with fast webhook retries (1 s apart: ``tasks.schedule`` keys a retry by the second)."""
+    with fast webhook retries (1 s apart, so the failed first attempts cost the test 2 s)."""
 
     def __init__(self) -> None:
         self.metrics = tempfile.mkdtemp(prefix="wedsync-worker-metrics-")
