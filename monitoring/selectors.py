@@ -30,7 +30,13 @@ from realtime.presence import get_presence_store
 from scaling.decisions import CurrentMetrics
 from scaling.demand import Observation
 from scaling.emergency import FastReading
-from scaling.selectors import decision_payload, recent_decisions, wedding_day_mode
+from scaling.selectors import (
+    decision_payload,
+    recent_decisions,
+    reservation_payload,
+    upcoming_reservations,
+    wedding_day_mode,
+)
 from weddings.models import Booking, Supplier, SupplierMembership, Wedding
 
 from . import figures
@@ -426,6 +432,10 @@ def metrics_overview(*, minutes: int = HISTORY_MINUTES) -> dict[str, Any]:
         "weddings": todays_weddings(),
         "scaling": [
             orjson.loads(orjson.dumps(decision_payload(row))) for row in recent_decisions()
+        ],
+        # Capacity reserved for the next day's peaks, planned or in force (ADR 0033).
+        "reservations": [
+            orjson.loads(orjson.dumps(reservation_payload(row))) for row in upcoming_reservations()
         ],
     }
     cache.set(key, body, OVERVIEW_TTL)

@@ -7,6 +7,10 @@
   ``kubectl scale deployment/wedsync-asgi --replicas={asgi}``) without a shell, within
   ``settings.SCALING_COMMAND_TIMEOUT`` seconds, capturing its output.
 
+Each apply also carries the minimums in force (``{min_asgi}``, ``{min_workers}``): the
+policy's, or a capacity reservation's while one is active (ADR 0033), for an autoscaler
+whose own minimum should follow it (a KEDA ``ScaledObject``'s ``minReplicaCount``).
+
 An actuator never raises for a failed apply: it returns an ``ActuatorResult`` that the
 caller (``scaling.services.scaling_evaluate``) records on the decision and alerts on.
 Contract-tested in ``tests/scaling/test_actuators.py``.
@@ -27,20 +31,29 @@ logger = logging.getLogger(__name__)
 
 # What is kept of a command's output on the decision row: enough for kubectl's error.
 OUTPUT_MAX_CHARS = 4000
-PLACEHOLDERS = ("asgi", "workers", "connection_limit")
+PLACEHOLDERS = ("asgi", "workers", "connection_limit", "min_asgi", "min_workers")
 
 
 @dataclass(frozen=True)
 class Desired:
-    """The capacity to apply: ASGI processes, Celery workers, total connection limit."""
+    """The capacity to apply: ASGI processes, Celery workers, total connection limit, and
+    the minimums in force (the policy's, or an active reservation's; 0: not given)."""
 
     asgi: int
     workers: int
     connection_limit: int
+    min_asgi: int = 0
+    min_workers: int = 0
 
     def values(self) -> dict[str, int]:
         """The template's placeholders and their values."""
-        return dict(asgi=self.asgi, workers=self.workers, connection_limit=self.connection_limit)
+        return dict(
+            asgi=self.asgi,
+            workers=self.workers,
+            connection_limit=self.connection_limit,
+            min_asgi=self.min_asgi,
+            min_workers=self.min_workers,
+        )
 
 
 @dataclass(frozen=True)
@@ -69,14 +82,16 @@ class LogActuator:
         """Log the desired capacity; called once per persisted change."""
         text = (
             f"desired capacity: asgi={desired.asgi} workers={desired.workers} "
-            f"connection_limit={desired.connection_limit}"
+            f"connection_limit={desired.connection_limit} min_asgi={desired.min_asgi} "
+            f"min_workers={desired.min_workers}"
         )
         logger.info("scaling: %s", text)
         return ActuatorResult(ok=True, output=text)
 
 
 class CommandActuator:
-    """Runs a command template with ``{asgi}``, ``{workers}``, ``{connection_limit}``.
+    """Runs a command template with ``{asgi}``, ``{workers}``, ``{connection_limit}``,
+    ``{min_asgi}``, ``{min_workers}`` (a literal brace is doubled: ``{{``).
 
     The template is split with ``shlex`` first and each argument formatted after, so a
     value can never become a second argument or shell syntax; no shell runs at all.

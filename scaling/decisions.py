@@ -26,6 +26,10 @@ The rules, in order (docs/scaling.md says why):
 
 A ``notice`` is set when a slot within ``notice_lead`` (24 h) needs more processes than
 now: the caller posts it on the ``ops`` topic (once per peak; that is the caller's job).
+
+``reservations`` (capacity reserved a day ahead for a forecast peak, ADR 0033) raise the
+minimums of rule 6 while ``now`` is within their span, and only then: a reservation never
+lowers what the rules above want.
 """
 
 from __future__ import annotations
@@ -106,6 +110,35 @@ class Notice:
     peak_at: dt.datetime
     connections: float
     asgi_processes: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Capacity reserved for a forecast peak: at least ``asgi`` processes and ``workers``
+    workers from ``starts_at`` until ``ends_at`` (``scaling.models.CapacityReservation``)."""
+
+    id: int
+    peak_at: dt.datetime
+    asgi: int
+    workers: int
+    starts_at: dt.datetime
+    ends_at: dt.datetime
+
+    def holds(self, now: dt.datetime) -> bool:
+        """Whether the reservation is in force at ``now``: from its start, until its end."""
+        return self.starts_at <= now < self.ends_at
+
+
+def reserved_minimum(
+    reservations: tuple[Reservation, ...], now: dt.datetime
+) -> tuple[int, int, Reservation | None]:
+    """The processes and workers the reservations in force at ``now`` hold (the largest of
+    each), and the one holding the most processes; zeros and None when none is."""
+    held = [r for r in reservations if r.holds(now)]
+    if not held:
+        return 0, 0, None
+    top = max(held, key=lambda r: (r.asgi, r.workers))
+    return max(r.asgi for r in held), max(r.workers for r in held), top
 
 
 @dataclass(frozen=True)
@@ -214,6 +247,7 @@ def _settle(
     since_change: dt.timedelta | None,
     policy: ScalingPolicy,
     reasons: list[str],
+    lower_name: str = "minimum",
 ) -> int:
     """Apply hysteresis, cooldown, the Saturday protocol and bounds to one pool."""
     want = have
@@ -238,7 +272,7 @@ def _settle(
         reasons.append(f"{name}: {have} kept, the load is within the hysteresis band")
     bounded = min(upper, max(lower, want))
     if bounded != want:
-        side = "maximum" if bounded < want else "minimum"
+        side = "maximum" if bounded < want else lower_name
         reasons.append(f"{name}: held at the {side} of {bounded} (wanted {want})")
     if bounded > have:
         reasons.append(f"{name}: {have} → {bounded}")
@@ -253,8 +287,10 @@ def decide(
     capacity: Capacity,
     policy: ScalingPolicy,
     now: dt.datetime,
+    reservations: tuple[Reservation, ...] = (),
 ) -> Decision:
-    """The capacity wanted now; called once a minute by the scaling evaluation."""
+    """The capacity wanted now; called once a minute by the scaling evaluation.
+    ``reservations`` in force at ``now`` raise the minimums (rule 6)."""
     reasons: list[str] = []
     # 1. Forecast, looking prescale_lead ahead.
     ahead = _peak(forecast.slots, now, now + policy.prescale_lead)
@@ -315,11 +351,20 @@ def decide(
         "since_change": since,
         "policy": policy,
     }
+    reserved_asgi, reserved_workers, reserving = reserved_minimum(reservations, now)
+    if reserving is not None:
+        reasons.append(
+            f"reservation #{reserving.id} for the peak at {reserving.peak_at:%a %H:%M} UTC "
+            f"holds at least {reserved_asgi} process(es) and {reserved_workers} worker(s) "
+            f"until {reserving.ends_at:%a %H:%M} UTC"
+        )
+    lower_name = "reserved minimum" if reserving is not None else "minimum"
     asgi = _settle(
         "ASGI processes",
         capacity.asgi_processes,
         asgi_target,
-        lower=policy.min_asgi,
+        lower=min(policy.max_asgi, max(policy.min_asgi, reserved_asgi)),
+        lower_name=lower_name,
         upper=policy.max_asgi,
         scale_in_target=_need(keep_conn, policy.connections_per_process, margin),
         scale_in_floor=floor.asgi if floor else 0,
@@ -330,7 +375,8 @@ def decide(
         "Celery workers",
         capacity.celery_workers,
         workers_target,
-        lower=policy.min_workers,
+        lower=min(policy.max_workers, max(policy.min_workers, reserved_workers)),
+        lower_name=lower_name,
         upper=policy.max_workers,
         scale_in_target=_need(keep_del, policy.deliveries_per_worker, margin),
         scale_in_floor=floor.workers if floor else 0,
@@ -361,7 +407,10 @@ def decide(
         action=action,
         reasons=tuple(reasons),
         notice=notice,
-        inputs=_inputs(forecast, ahead, current, capacity, policy, now, in_window, floor),
+        inputs={
+            **_inputs(forecast, ahead, current, capacity, policy, now, in_window, floor),
+            **({"reservation": plain(asdict(reserving))} if reserving is not None else {}),
+        },
     )
 
 

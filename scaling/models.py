@@ -3,6 +3,8 @@
 ``ScalingDecision`` is the audit log of the scaling evaluation (``scaling.services.
 scaling_evaluate``): one row per decision that changed the desired capacity or carried a
 new 24-hour notice, with its inputs, its reason in words and what the actuator did.
+``CapacityReservation`` is the capacity the evaluation reserves a day ahead for a
+forecast peak (ADR 0033).
 
 Wedding-day mode marks the hours when weddings are live (stricter operations: no
 deploys, scaled-up capacity). Every change is a new ``WeddingDayModeChange`` row, never
@@ -73,4 +75,51 @@ class ScalingDecision(models.Model):
         return (
             f"{self.action} to {self.asgi_processes} ASGI / {self.celery_workers} workers "
             f"at {self.made_at:%Y-%m-%d %H:%M}"
+        )
+
+
+class CapacityReservation(models.Model):
+    """Capacity reserved a day ahead for one forecast peak (ADR 0033): at least
+    ``asgi_processes`` and ``celery_workers`` from ``starts_at`` (the peak less the
+    reservation lead) until ``ends_at`` (the end of the windows of the weddings that make
+    the peak). Written by ``scaling.services.scaling_evaluate`` only: planned when the
+    forecast first shows the peak, updated (never duplicated) while it moves, active from
+    its start (the evaluation's minimums), released after its end, cancelled when the peak
+    leaves the forecast."""
+
+    class Status(models.TextChoices):
+        PLANNED = "planned", "Planned"
+        ACTIVE = "active", "Active"
+        RELEASED = "released", "Released"
+        CANCELLED = "cancelled", "Cancelled"
+
+    OPEN = (Status.PLANNED, Status.ACTIVE)
+
+    peak_at = models.DateTimeField(db_index=True)
+    connections = models.FloatField(help_text="connections forecast at the peak")
+    asgi_processes = models.PositiveIntegerField()
+    celery_workers = models.PositiveIntegerField()
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    status = models.CharField(
+        max_length=10, choices=Status.choices, default=Status.PLANNED, db_index=True
+    )
+    made_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    # When the forecast it was last planned from was made, and what it saw of the peak.
+    forecast_made_at = models.DateTimeField()
+    weddings = models.JSONField(default=list, help_text="ids of the weddings in the peak")
+    # When it became active, and when it was released or cancelled, and why.
+    activated_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ("starts_at", "id")
+        verbose_name = "capacity reservation"
+
+    def __str__(self) -> str:
+        return (
+            f"{self.status}: {self.asgi_processes} ASGI / {self.celery_workers} workers "
+            f"for the peak at {self.peak_at:%Y-%m-%d %H:%M}"
         )

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from core.switches import Switch
 from scaling import readings
-from scaling.decisions import Capacity, CurrentMetrics, Decision, ScalingPolicy
+from scaling.decisions import Capacity, CurrentMetrics, Decision, Reservation, ScalingPolicy
 from scaling.demand import (
     DEFAULT_WINDOW_AFTER,
     HORIZON,
@@ -24,7 +24,7 @@ from scaling.demand import (
     relevant,
 )
 from scaling.emergency import EmergencyThresholds
-from scaling.models import ScalingDecision, WeddingDayModeChange
+from scaling.models import CapacityReservation, ScalingDecision, WeddingDayModeChange
 from weddings.models import Booking, TimelineItem, Wedding
 
 # Wedding-day mode: an audited switch, registered in ScalingConfig.ready so that realtime's
@@ -204,6 +204,12 @@ def scaling_policy() -> ScalingPolicy:
     )
 
 
+def reservation_lead(policy: ScalingPolicy) -> dt.timedelta:
+    """How long before its peak a capacity reservation starts: ``SCALING_RESERVATION_LEAD``
+    hours (by default ``SCALING_PRESCALE_HOURS``), at most the policy's ``notice_lead``."""
+    return min(policy.notice_lead, dt.timedelta(hours=settings.SCALING_RESERVATION_LEAD))
+
+
 def emergency_thresholds() -> EmergencyThresholds:
     """The emergency rule's limits: ``EmergencyThresholds`` with the deployment's settings
     (SCALING_FAST_*) over them."""
@@ -260,3 +266,70 @@ def decision_payload(row: ScalingDecision, decision: Decision | None = None) -> 
             else None
         ),
     }
+
+
+# --- capacity reservations (ADR 0033) ------------------------------------------------------
+
+# The dashboard's and the API's lists stay short whatever the calendar holds.
+RESERVATIONS_SHOWN = 10
+
+
+def open_reservations() -> list[CapacityReservation]:
+    """The planned and active reservations, soonest first (the evaluation's sync)."""
+    return list(CapacityReservation.objects.filter(status__in=CapacityReservation.OPEN))
+
+
+def reservation_input(row: CapacityReservation) -> Reservation:
+    """A stored reservation as ``decide()``'s input."""
+    return Reservation(
+        id=row.pk,
+        peak_at=row.peak_at,
+        asgi=row.asgi_processes,
+        workers=row.celery_workers,
+        starts_at=row.starts_at,
+        ends_at=row.ends_at,
+    )
+
+
+def active_reservations() -> tuple[Reservation, ...]:
+    """The reservations in force (status active), as ``decide()``'s input."""
+    rows = CapacityReservation.objects.filter(status=CapacityReservation.Status.ACTIVE)
+    return tuple(reservation_input(r) for r in rows)
+
+
+def upcoming_reservations(*, limit: int = RESERVATIONS_SHOWN) -> list[CapacityReservation]:
+    """The planned and active reservations, soonest first: the dashboard's panel and the
+    ``reserved`` list of ``GET /api/scaling/desired``."""
+    return open_reservations()[:limit]
+
+
+def reserved_minimums(*, policy: ScalingPolicy) -> tuple[int, int]:
+    """The minimums in force: the policy's, raised by the active reservations (bounded
+    by the policy's maximums); what the actuator is told with each apply."""
+    rows = CapacityReservation.objects.filter(status=CapacityReservation.Status.ACTIVE)
+    asgi = max([policy.min_asgi, *(r.asgi_processes for r in rows)])
+    workers = max([policy.min_workers, *(r.celery_workers for r in rows)])
+    return min(asgi, policy.max_asgi), min(workers, policy.max_workers)
+
+
+def reservation_payload(row: CapacityReservation, change: str | None = None) -> dict[str, Any]:
+    """A reservation as the ``scaling.reserved`` event's payload (with ``change``: what
+    just happened to it), the dashboard's row and the API's list item."""
+    body = {
+        "id": row.pk,
+        "status": row.status,
+        "peak_at": row.peak_at,
+        "connections": round(row.connections),
+        "asgi": row.asgi_processes,
+        "workers": row.celery_workers,
+        "starts_at": row.starts_at,
+        "ends_at": row.ends_at,
+        "made_at": row.made_at,
+        "updated_at": row.updated_at,
+        "forecast_made_at": row.forecast_made_at,
+        "weddings": len(row.weddings),
+        "reason": row.reason,
+    }
+    if change is not None:
+        body["change"] = change
+    return body

@@ -1,12 +1,14 @@
 """Writes of wedding-day operations: switching wedding-day mode, the scaling evaluation
-(decide, persist, apply, broadcast) with its wedding-day mode automation, and the
-emergency check of the fast reactive path."""
+(decide, persist, apply, broadcast) with its wedding-day mode automation and its capacity
+reservations (ADR 0033), and the emergency check of the fast reactive path."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.conf import settings
@@ -20,7 +22,7 @@ from realtime.services import event_publish_system
 from scaling import readings, selectors
 from scaling.actuators import ActuatorResult, Desired, get_actuator
 from scaling.decisions import Decision, ScalingPolicy, decide, weddings_in_window
-from scaling.demand import WeddingPlan, forecast, learn_correction
+from scaling.demand import Forecast, WeddingPlan, forecast, learn_correction
 from scaling.emergency import (
     EmergencyThresholds,
     FastReading,
@@ -28,8 +30,13 @@ from scaling.emergency import (
     emergency_decide,
     severity,
 )
-from scaling.models import REASON_MAX_LENGTH, ScalingDecision, WeddingDayModeChange
-from scaling.selectors import decision_payload, wedding_day_mode_invalidate
+from scaling.models import (
+    REASON_MAX_LENGTH,
+    CapacityReservation,
+    ScalingDecision,
+    WeddingDayModeChange,
+)
+from scaling.selectors import decision_payload, reservation_payload, wedding_day_mode_invalidate
 from scaling.signals import decision_applied
 from weddings.models import Wedding
 
@@ -98,7 +105,11 @@ def scaling_evaluate(
     predicted = forecast(plans, now, learn_correction(plans, observations))
     current, measured_at = selectors.current_metrics(now=now)
     capacity = selectors.current_capacity(policy=policy)
-    decision = decide(predicted, current, capacity, policy, now)
+    changes = capacity_reservations_sync(
+        predicted=predicted, now=now, policy=policy, lead=selectors.reservation_lead(policy)
+    )
+    reservations = selectors.active_reservations()
+    decision = decide(predicted, current, capacity, policy, now, reservations)
 
     in_window = weddings_in_window(predicted.weddings, now, policy.window_lead)
     wedding_day_mode_automate(in_window=in_window)
@@ -111,17 +122,26 @@ def scaling_evaluate(
     notice_due = decision.notice is not None and not selectors.notice_posted(
         peak_at=decision.notice.peak_at, now=now, lead=policy.notice_lead
     )
-    if not (first or changed or notice_due):
+    # A reservation coming into force or ending changes the minimums the actuator is
+    # told (an autoscaler's own minimum follows them) even when the capacity stays.
+    floor_moved = any(c in (_ACTIVATED, _RELEASED, _WITHDRAWN) for _, c in changes)
+    if not (first or changed or notice_due or floor_moved):
         return None
     taken = measured_at.isoformat() if measured_at else None
     inputs = {**decision.inputs, "metrics_taken_at": taken}
+    if floor_moved:
+        inputs["reservations"] = [
+            {"id": row.pk, "change": change} for row, change in changes if change != _UPDATED
+        ]
+        decision = _with_reason(decision, changes)
     return _decision_record(
         decision=decision,
         capacity_before=before,
-        apply=changed or first,
+        apply=changed or first or floor_moved,
         notice_due=notice_due,
         inputs=inputs,
         now=now,
+        policy=policy,
     )
 
 
@@ -195,6 +215,7 @@ def scaling_emergency_check(
         notice_due=False,
         inputs=decision.inputs,
         now=now,
+        policy=policy,
     )
 
 
@@ -206,6 +227,7 @@ def _decision_record(
     notice_due: bool,
     inputs: dict[str, Any],
     now: dt.datetime,
+    policy: ScalingPolicy,
 ) -> ScalingDecision:
     """Store the decision, run the actuator (outside any transaction: a command may take
     its whole timeout), then record its result and broadcast, together."""
@@ -226,8 +248,15 @@ def _decision_record(
             actuator=actuator.name,
         )
     if apply:
+        min_asgi, min_workers = selectors.reserved_minimums(policy=policy)
         result = actuator.apply(
-            Desired(decision.asgi_processes, decision.celery_workers, decision.connection_limit)
+            Desired(
+                decision.asgi_processes,
+                decision.celery_workers,
+                decision.connection_limit,
+                min_asgi=min_asgi,
+                min_workers=min_workers,
+            )
         )
         status = ScalingDecision.Status.APPLIED if result.ok else ScalingDecision.Status.FAILED
     else:
@@ -257,3 +286,249 @@ def _decision_record(
             f"{result.output[:200]}",
         )
     return row
+
+
+# --- capacity reservations (ADR 0033) ------------------------------------------------------
+
+_SLOT = dt.timedelta(minutes=15)
+# A calendar cannot make more peaks than this in a day worth a reservation each; the
+# bound keeps one evaluation's writes small whatever the forecast says.
+MAX_RESERVATIONS = 24
+# What happened to a reservation in one evaluation (the ``change`` of ``scaling.reserved``).
+_PLANNED, _UPDATED, _ACTIVATED = "planned", "updated", "active"
+_RELEASED, _CANCELLED, _WITHDRAWN = "released", "cancelled", "withdrawn"
+
+
+@dataclass(frozen=True)
+class PeakPlan:
+    """A forecast peak worth reserving for: its busiest slot, what it needs, from when
+    until when, and the weddings whose windows make it."""
+
+    peak_at: dt.datetime
+    connections: float
+    asgi: int
+    workers: int
+    starts_at: dt.datetime
+    ends_at: dt.datetime
+    weddings: tuple[int, ...]
+
+
+def _need(load: float, per_unit: float, headroom: float) -> int:
+    return math.ceil(load * (1 + headroom) / per_unit) if load > 0 else 0
+
+
+def reservation_peaks(
+    predicted: Forecast, *, now: dt.datetime, policy: ScalingPolicy, lead: dt.timedelta
+) -> list[PeakPlan]:
+    """The peaks within ``notice_lead`` (24 h) that need more processes than the policy's
+    minimum, one per group of overlapping wedding windows: a pure function of the forecast.
+
+    The busiest slot not yet covered is a peak; its span is ``lead`` before it until the
+    last window (``window_lead`` before the ceremony to the end of the timeline) of the
+    weddings in their window at that slot ends; every slot inside those windows and in the
+    run of busy slots around the peak is then covered (the ramp to the peak and the
+    evening after it belong to it). What is reserved is the peak's processes and the most
+    workers a slot of its windows needs, with the policy's headroom, within its bounds.
+    """
+    horizon = now + policy.notice_lead
+    slots = [s for s in predicted.slots if s.start_utc + _SLOT > now and s.start_utc <= horizon]
+    busy = [
+        s
+        for s in slots
+        if _need(s.connections, policy.connections_per_process, policy.headroom) > policy.min_asgi
+    ]
+    # The runs of consecutive busy slots: a peak covers the whole run it is in (the ramp
+    # before the windows open, a tail after they close), so a run has one reservation.
+    run_of: dict[dt.datetime, tuple[dt.datetime, dt.datetime]] = {}
+    run: list[dt.datetime] = []
+    for at in sorted(s.start_utc for s in busy):
+        if run and at - run[-1] > _SLOT:
+            run_of.update((a, (run[0], run[-1] + _SLOT)) for a in run)
+            run = []
+        run.append(at)
+    run_of.update((a, (run[0], run[-1] + _SLOT)) for a in run)
+    busy.sort(key=lambda s: (-s.connections, s.start_utc))
+    covered: list[tuple[dt.datetime, dt.datetime]] = []
+    peaks: list[PeakPlan] = []
+    for slot in busy:
+        at = slot.start_utc
+        if any(a <= at < b for a, b in covered) or len(peaks) >= MAX_RESERVATIONS:
+            continue
+        making = [
+            w
+            for w in predicted.weddings
+            if w.ceremony_utc - policy.window_lead < at + _SLOT and at <= w.window_end_utc
+        ]
+        since = min([at, *(w.ceremony_utc - policy.window_lead for w in making)])
+        until = max([at + _SLOT, *(w.window_end_utc for w in making)])
+        inside = [s for s in slots if since <= s.start_utc < until]
+        asgi = _need(slot.connections, policy.connections_per_process, policy.headroom)
+        per_worker = policy.deliveries_per_worker
+        workers = max(
+            (_need(s.deliveries_per_s, per_worker, policy.headroom) for s in inside), default=0
+        )
+        covered.append((min(since, run_of[at][0]), max(until, run_of[at][1])))
+        peaks.append(
+            PeakPlan(
+                peak_at=at,
+                connections=slot.connections,
+                asgi=min(policy.max_asgi, asgi),
+                workers=min(policy.max_workers, max(policy.min_workers, workers)),
+                starts_at=at - lead,
+                ends_at=until,
+                weddings=tuple(sorted(w.wedding_id for w in making if w.wedding_id)),
+            )
+        )
+    return sorted(peaks, key=lambda p: p.peak_at)
+
+
+def _matches(row: CapacityReservation, peak: PeakPlan) -> bool:
+    """Whether a stored reservation is this peak's (moved): a wedding in common, or, for a
+    peak of no known wedding, overlapping spans."""
+    if set(row.weddings) & set(peak.weddings):
+        return True
+    return row.starts_at < peak.ends_at and peak.starts_at < row.ends_at
+
+
+def capacity_reservations_sync(
+    *, predicted: Forecast, now: dt.datetime, policy: ScalingPolicy, lead: dt.timedelta
+) -> list[tuple[CapacityReservation, str]]:
+    """Bring the reservations in line with the forecast at ``now``; called by each scaling
+    evaluation before ``decide()``. Returns each reservation that changed with what
+    happened to it (``planned``, ``updated``, ``active``, ``released``, ``cancelled``,
+    ``withdrawn``: an active one cancelled), each also published as ``scaling.reserved``
+    on ``ops`` after commit.
+
+    A peak keeps its reservation while it moves (a wedding in common, else overlapping
+    spans): a planned one follows the forecast; an active one is held (its processes and
+    workers only rise, its end follows the windows) until its end, and is withdrawn only
+    when no wedding window is left in it. A planned one whose peak left the forecast is
+    cancelled. One comes into force at its start and is released at its end.
+    """
+    peaks = reservation_peaks(predicted, now=now, policy=policy, lead=lead)
+    changes: list[tuple[CapacityReservation, str]] = []
+    with transaction.atomic():
+        rows = list(
+            CapacityReservation.objects.select_for_update().filter(
+                status__in=CapacityReservation.OPEN
+            )
+        )
+        unmatched = list(peaks)
+        for row in sorted(rows, key=lambda r: r.peak_at):
+            if row.status == CapacityReservation.Status.ACTIVE and now >= row.ends_at:
+                _close(row, CapacityReservation.Status.RELEASED, now, "its span ended")
+                changes.append((row, _RELEASED))
+                continue
+            candidates = [p for p in unmatched if _matches(row, p)]
+            peak = min(candidates, key=lambda p: abs(p.peak_at - row.peak_at), default=None)
+            if peak is not None:
+                unmatched.remove(peak)
+                if _follow(row, peak, predicted, now):
+                    changes.append((row, _UPDATED))
+            elif row.status == CapacityReservation.Status.PLANNED:
+                _close(row, CapacityReservation.Status.CANCELLED, now, "the peak left the forecast")
+                changes.append((row, _CANCELLED))
+                continue
+            elif not any(
+                w.ceremony_utc - policy.window_lead < row.ends_at and now <= w.window_end_utc
+                for w in predicted.weddings
+            ):
+                _close(row, CapacityReservation.Status.CANCELLED, now, "no wedding is left in it")
+                changes.append((row, _WITHDRAWN))
+                continue
+            if row.status == CapacityReservation.Status.PLANNED and row.starts_at <= now:
+                _activate(row, now)
+                changes.append((row, _ACTIVATED))
+        for peak in unmatched:
+            row = CapacityReservation.objects.create(
+                peak_at=peak.peak_at,
+                connections=peak.connections,
+                asgi_processes=peak.asgi,
+                celery_workers=peak.workers,
+                starts_at=peak.starts_at,
+                ends_at=peak.ends_at,
+                made_at=now,
+                updated_at=now,
+                forecast_made_at=predicted.made_at,
+                weddings=list(peak.weddings),
+                reason=_plan_reason(peak),
+            )
+            changes.append((row, _PLANNED))
+            if row.starts_at <= now:
+                _activate(row, now)
+                changes.append((row, _ACTIVATED))
+        for row, change in changes:
+            logger.info("scaling: reservation %s %s: %s", row.pk, change, row)
+            event_publish_system("ops", "scaling.reserved", reservation_payload(row, change))
+    return changes
+
+
+def _plan_reason(peak: PeakPlan) -> str:
+    return (
+        f"forecast peak of {peak.connections:.0f} connections at {peak.peak_at:%a %d %b %H:%M}"
+        f" UTC ({len(peak.weddings)} wedding(s)) needs {peak.asgi} process(es) and "
+        f"{peak.workers} worker(s)"
+    )
+
+
+def _follow(
+    row: CapacityReservation, peak: PeakPlan, predicted: Forecast, now: dt.datetime
+) -> bool:
+    """Move ``row`` to ``peak``; whether anything that matters changed (saved then)."""
+    if row.status == CapacityReservation.Status.ACTIVE:
+        # In force: hold what was reserved, follow a later end and a bigger need.
+        want = {
+            "asgi_processes": max(row.asgi_processes, peak.asgi),
+            "celery_workers": max(row.celery_workers, peak.workers),
+            "ends_at": max(row.ends_at, peak.ends_at),
+        }
+    else:
+        want = {
+            "peak_at": peak.peak_at,
+            "asgi_processes": peak.asgi,
+            "celery_workers": peak.workers,
+            "starts_at": peak.starts_at,
+            "ends_at": peak.ends_at,
+        }
+    # The weddings it is matched by: the peak's while planned, every one seen once active.
+    if row.status == CapacityReservation.Status.ACTIVE:
+        want["weddings"] = sorted(set(row.weddings) | set(peak.weddings))
+    else:
+        want["weddings"] = list(peak.weddings)
+    moved = {k: v for k, v in want.items() if getattr(row, k) != v}
+    if not moved:
+        return False
+    for field_name, value in moved.items():
+        setattr(row, field_name, value)
+    if row.status == CapacityReservation.Status.PLANNED:
+        row.connections = peak.connections
+        row.reason = _plan_reason(peak)
+    row.forecast_made_at = predicted.made_at
+    row.updated_at = now
+    row.save()
+    return True
+
+
+def _activate(row: CapacityReservation, now: dt.datetime) -> None:
+    row.status = CapacityReservation.Status.ACTIVE
+    row.activated_at = row.updated_at = now
+    row.save(update_fields=["status", "activated_at", "updated_at"])
+
+
+def _close(row: CapacityReservation, status: str, now: dt.datetime, why: str) -> None:
+    row.status = status
+    row.closed_at = row.updated_at = now
+    row.reason = f"{row.reason}; {status}: {why}" if row.reason else f"{status}: {why}"
+    row.save(update_fields=["status", "closed_at", "updated_at", "reason"])
+
+
+def _with_reason(decision: Decision, changes: list[tuple[CapacityReservation, str]]) -> Decision:
+    """The decision with the reservations that came into force or ended named in its
+    reasons (the audit row says why the actuator was called with the same capacity)."""
+    said = [
+        f"reservation #{row.pk} {change} (minimum {row.asgi_processes} process(es), "
+        f"{row.celery_workers} worker(s))"
+        for row, change in changes
+        if change in (_ACTIVATED, _RELEASED, _WITHDRAWN)
+    ]
+    return replace(decision, reasons=(*decision.reasons, *said))

@@ -224,6 +224,30 @@ function renderScaling(decisions) {
   );
 }
 
+// Capacity reservations (ADR 0033): planned or active, soonest first; a released or
+// cancelled one leaves the panel.
+function renderReservations(reservations) {
+  const list = document.getElementById("reservations");
+  if (!list) return;
+  if (!reservations.length) {
+    fill(list, h("li", { class: "quiet" }, "No peak reserved for the next 24 h."));
+    return;
+  }
+  const at = (t) => new Date(t).toLocaleString();
+  fill(
+    list,
+    reservations.map((r) =>
+      h(
+        "li",
+        { dataset: { reservationId: r.id, status: r.status } },
+        h("strong", {}, `${r.asgi} server processes · ${r.workers} workers · ${r.status}`),
+        h("span", { class: "meta" }, ` peak ${at(r.peak_at)} · ${r.connections} connections · ${r.weddings} wedding(s)`),
+        h("div", { class: "meta" }, `from ${at(r.starts_at)} until ${at(r.ends_at)}`),
+      ),
+    ),
+  );
+}
+
 function applyOverview(overview) {
   state.overview = overview;
   renderStale(overview.stale_since);
@@ -236,6 +260,8 @@ function applyOverview(overview) {
   renderWeddings(overview.weddings);
   state.scaling = overview.scaling || [];
   renderScaling(state.scaling);
+  state.reservations = overview.reservations || [];
+  renderReservations(state.reservations);
   if (added) redrawCharts();
 }
 
@@ -326,6 +352,13 @@ function onEvent(frame) {
   } else if (frame.event === "scaling.decided") {
     state.scaling = [p, ...(state.scaling || []).filter((d) => d.id !== p.id)].slice(0, 5);
     renderScaling(state.scaling);
+  } else if (frame.event === "scaling.reserved") {
+    const others = (state.reservations || []).filter((r) => r.id !== p.id);
+    const open = p.status === "planned" || p.status === "active";
+    state.reservations = (open ? [...others, p] : others)
+      .sort((a, b) => new Date(a.starts_at) - new Date(b.starts_at))
+      .slice(0, 10);
+    renderReservations(state.reservations);
   } else if (frame.event.startsWith("alert.")) {
     if (frame.event === "alert.resolved") state.alerts.delete(p.id);
     else state.alerts.set(p.id, p);
