@@ -10,7 +10,9 @@ against a local decrypting push service in tests/push/test_push.py."""
 
 from __future__ import annotations
 
+import html
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,10 +24,12 @@ from playwright.sync_api import expect
 from push.conf import generate_keys
 from push.services import message_for
 from realtime.models import Ack, Event
-from tests.servers import Server
+from tests.servers import BASE_DIR, Server
 from tests.web.conftest import api_publish, browse, browser, day, wait_until  # noqa: F401 -- the web tests' fixtures
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+
+DOCS_SCREENSHOTS = BASE_DIR / "docs" / "screenshots"
 
 NOTIFICATIONS = """() => navigator.serviceWorker.ready
   .then((registration) => registration.getNotifications())
@@ -67,6 +71,37 @@ def _registration_id(cdp: Any, page: Any, scope: str) -> str:
     return found["id"]
 
 
+# The notification as the worker built it, drawn as a phone's shade shows one: headless
+# Chromium has no notification area to take a picture of, so docs/web.md's picture is
+# this card with the real title, body and action titles.
+CARD = """
+<body style="margin:0;background:#1f2430;font:15px system-ui,sans-serif;padding:16px">
+<div style="background:#fff;border-radius:14px;padding:14px 16px;max-width:360px">
+  <div style="color:#555;font-size:12px">WedSync · now</div>
+  <div style="font-weight:600;margin-top:6px">{title}</div>
+  <div style="margin-top:2px">{body}</div>
+  <div style="margin-top:10px;color:#1a56db;font-weight:600">{actions}</div>
+</div></body>"""
+
+
+def _picture_of_the_notification(context: Any, page: Any) -> None:
+    details = page.evaluate("""() => navigator.serviceWorker.ready
+      .then((r) => r.getNotifications())
+      .then(([n]) => ({title: n.title, body: n.body,
+                       actions: n.actions.map((a) => a.title)}))""")
+    card = context.new_page()
+    card.set_viewport_size({"width": 392, "height": 150})
+    card.set_content(
+        CARD.format(
+            title=html.escape(details["title"]),
+            body=html.escape(details["body"]),
+            actions=" · ".join(html.escape(a).upper() for a in details["actions"]),
+        )
+    )
+    card.screenshot(path=str(DOCS_SCREENSHOTS / "push-notification.png"))
+    card.close()
+
+
 def test_push__button_asks_a_pushed_emergency_shows_and_its_action_acks(browse, day) -> None:  # noqa: F811
     # given: the photographer's wedding page, with no permission given to the site
     context = browse.context(day.photographer)
@@ -106,6 +141,8 @@ def test_push__button_asks_a_pushed_emergency_shows_and_its_action_acks(browse, 
     assert shown["tag"] == f"{day.topic}#{event.seq}"
     assert shown["actions"] == ["ack"] and shown["requireInteraction"] is True
     assert shown["data"]["url"] == f"/weddings/{day.wedding.pk}/"
+    if os.environ.get("WEDSYNC_DOC_SCREENSHOTS") == "1":
+        _picture_of_the_notification(context, page)
 
     # when: its "I've seen it" runs in the worker (as notificationclick calls it)
     (worker,) = context.service_workers

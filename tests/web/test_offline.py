@@ -218,8 +218,10 @@ def test_sign_in__clears_the_device_when_another_user_used_it_last() -> None:
     assert fresh["Clear-Site-Data"] == '"cache", "storage"'
     assert "Clear-Site-Data" not in again
     assert other["Clear-Site-Data"] == '"cache", "storage"'
-    # and the marker does not name the user
-    assert str(first.pk) not in again.cookies["wedsync_device"].value
+    # and the marker does not name the user: an opaque digest, one per user
+    marker = again.cookies["wedsync_device"].value
+    assert re.fullmatch(r"[0-9a-f]{32}", marker), marker
+    assert marker != other.cookies["wedsync_device"].value
     assert again.cookies["wedsync_device"]["httponly"]
 
 
