@@ -31,12 +31,15 @@ COPY core/ core/
 COPY weddings/ weddings/
 COPY realtime/ realtime/
 COPY webhooks/ webhooks/
+COPY platform_changes/ platform_changes/
+COPY push/ push/
 COPY scaling/ scaling/
 COPY monitoring/ monitoring/
 COPY web/ web/
 COPY templates/ templates/
 COPY wedsync/ wedsync/
 COPY deploy/docker/healthcheck.py deploy/docker/healthcheck.py
+COPY clients/js/realtime.js clients/js/realtime.js
 
 # Static files with hashed names (DEBUG off: web.storage.HashedStaticFilesStorage), served
 # by WhiteNoise from the image. Settings refuse to load without a secret key when DEBUG is

@@ -29,7 +29,7 @@ from core.http import (
     json_response,
 )
 from weddings import selectors as domain
-from weddings.caching import auser_access
+from weddings.caching import aguest_view_for, auser_access
 from weddings.models import Supplier, Wedding
 
 from . import api_keys, catalogue, selectors, services
@@ -39,7 +39,13 @@ from .epoch import aepoch_current, epoch_current
 from .errors import RealtimeError, topic_forbidden
 from .limits import get_user_limits
 from .protocol import EPOCH_PATTERN, MAX_EPOCH_CHARS, MAX_FRAME_BYTES, event_frame, plan_view_frame
-from .snapshots import snapshot_current, snapshot_key, snapshot_load, wedding_summary
+from .snapshots import (
+    snapshot_contacts,
+    snapshot_current,
+    snapshot_key,
+    snapshot_load,
+    wedding_summary,
+)
 from .tickets import TicketUnavailable, ticket_issue
 from .tokens import (
     TokenError,
@@ -178,14 +184,26 @@ async def wedding_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     state = await _snapshot_aget(wedding_id)
     if state is None:  # no such wedding (staff), or deleted since the access was cached
         raise ApiError("not_found", topic_forbidden(f"wedding:{wedding_id}").message, 404)
-    if key is not None:  # staff's view, as the key's history
-        response = json_response(snapshot_view(state, staff=True, supplier_ids=()))
+    user_id: int | None = None  # an API key: staff's view, as the key's history
+    mine: Any = ()
+    if key is not None:
+        staff = True
+        response_body = snapshot_view(state, staff=True, supplier_ids=())
     else:
         access = await auser_access(request.user.pk)
         staff = bool(request.user.is_staff and access["staff"])
-        response = json_response(
-            snapshot_view(state, staff=staff, supplier_ids=access["suppliers"])
-        )
+        user_id, mine = request.user.pk, access["suppliers"]
+        state = snapshot_contacts(state, staff=staff, supplier_ids=mine)  # read.contacts
+        response_body = snapshot_view(state, staff=staff, supplier_ids=mine)
+    # The reader's part of the guests (ADR 0026, the matrix's guests.* rows), from a cache
+    # entry of its own: a guest edit leaves the snapshot alone. None: nothing of them.
+    guests = await aguest_view_for(
+        user_id=user_id, wedding_id=wedding_id, staff=staff, supplier_ids=mine,
+        booked=state["suppliers"],
+    )  # fmt: skip
+    if guests is not None:
+        response_body = {**response_body, "guests": guests}
+    response = json_response(response_body)
     if not await database_reachable():
         response["X-WedSync-Read-Only"] = "database unreachable; served from the cache"
     return response

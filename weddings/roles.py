@@ -19,13 +19,18 @@ tests/realtime/test_auth_matrix.py tries every cell through the real interfaces.
 
 The couple follow their day: the run sheet, the vendors' arrival, the wedding's
 details. The vendors' coordination (messages, emergencies, who acknowledged what,
-overdue-ack alerts, a status's free-text note) is not theirs to read, and they publish
-nothing (ADR 0016).
+overdue-ack alerts, a status's free-text note) is not theirs to read, nor the vendors'
+phone numbers (``read.contacts``), and they publish nothing (ADR 0016).
+
+The guests (ADR 0026) are read by role and, for a vendor, by what its booked supplier
+does: the couple, planners and staff read the whole list; the venue the seating (names
+per table); the caterer the catering (diets counted per table, the dietary notes without
+names); any other vendor nothing of them (``weddings.selectors.guest_view``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -50,6 +55,9 @@ class Action:
 
     label: str  # the row as docs/security.md shows it
     roles: frozenset[Role]
+    # A vendor has the row only as a user of a booked supplier of one of these
+    # categories (``Supplier.Category`` values); empty: any vendor the roles allow.
+    categories: frozenset[str] = frozenset()
 
 
 # The events of a wedding topic the couple never read (``read.coordination``): they
@@ -61,6 +69,9 @@ COORDINATION_EVENTS = frozenset(
 # Payload fields of the other events that are coordination too.
 COORDINATION_FIELDS = {"vendor.status": frozenset({"note"})}
 
+# The vendors of these rows: the venue lays the tables, the caterer cooks for them.
+VENUE, CATERER = frozenset({"venue"}), frozenset({"caterer"})
+
 MATRIX: dict[str, Action] = {
     # Reading a wedding: live events, replay, the HTTP history and snapshot, the page.
     "subscribe": Action("Subscribe to `wedding:<id>`; read its snapshot and page", EVERYONE),
@@ -71,6 +82,12 @@ MATRIX: dict[str, Action] = {
     "read.coordination": Action(
         "Read the coordination: `message.posted`, `emergency.*`, `ack.updated`,"
         " `alert.ack_overdue`, a status's `note`",
+        MEMBERS,
+    ),
+    # Who to ring on the day is the working members' business: the couple booked the
+    # vendors and hold their numbers already; calls on the day go through the planner.
+    "read.contacts": Action(
+        "Read the booked suppliers' phone numbers (the snapshot's `phone`, the page's contacts)",
         MEMBERS,
     ),
     "presence": Action("See who is present (`presence`, `presence_diff`)", EVERYONE),
@@ -100,19 +117,38 @@ MATRIX: dict[str, Action] = {
         "Set wedding-day mode, warm the cache, run a benchmark (with its permission)", STAFF_ONLY
     ),
     "admin": Action("Use the admin site", STAFF_ONLY),
+    # The guests (ADR 0026), in the snapshot: each reader gets the parts its rows allow.
+    "guests.list": Action(
+        "Read the guest list: names, RSVP, dietary needs and notes, tables",
+        frozenset({COUPLE, PLANNER, STAFF}),
+    ),
+    "guests.seating": Action(
+        "Read the seating: each table's guests by name and their number", EVERYONE, VENUE
+    ),
+    "guests.catering": Action(
+        "Read the catering: each table's diets counted and its dietary notes, no names",
+        EVERYONE,
+        CATERER,
+    ),
 }
 
 
-def allows(action: str, role: Role | None) -> bool:
-    """Whether ``role`` may do ``action``; nobody (None) may do anything."""
-    return role is not None and role in MATRIX[action].roles
+def allows(action: str, role: Role | None, categories: Iterable[str] = ()) -> bool:
+    """Whether ``role`` may do ``action``; nobody (None) may do anything. A vendor's
+    ``categories`` are those of its suppliers booked on the wedding (the ``guests.*`` rows
+    name the ones they allow)."""
+    if role is None or role not in MATRIX[action].roles:
+        return False
+    wanted = MATRIX[action].categories
+    return role is not VENDOR or not wanted or not wanted.isdisjoint(categories)
 
 
 def may(action: str, *, staff: bool, acting: bool, editor: Callable[[], bool]) -> bool:
     """``allows`` for a user known by what is cheap to know: whether they are staff and
     whether a supplier of theirs is booked on the wedding (``acting``); a member of the
     wedding either way. ``editor`` (a query: planner or coordinator?) is called only when
-    the action tells the vendor and the planner apart."""
+    the action tells the vendor and the planner apart. Not for the rows with
+    ``categories`` (the guests): those need the vendor's categories (``allows``)."""
     roles = MATRIX[action].roles
     if staff:
         return STAFF in roles
@@ -141,11 +177,19 @@ def redacted_payload(event: str, payload: dict) -> dict:
     return {key: value for key, value in payload.items() if key not in hidden}
 
 
+def _cell(action: Action, role: Role) -> str:
+    if role not in action.roles:
+        return "—"
+    if role is VENDOR and action.categories:
+        return " or ".join(sorted(action.categories)) + " only"
+    return "yes"
+
+
 def matrix_markdown() -> str:
     """The matrix as docs/security.md shows it."""
     header = "| action | " + " | ".join(role.value for role in Role) + " |"
     lines = [header, "|---|" + "---|" * len(Role)]
     for action in MATRIX.values():
-        cells = " | ".join("yes" if role in action.roles else "—" for role in Role)
+        cells = " | ".join(_cell(action, role) for role in Role)
         lines.append(f"| {action.label} | {cells} |")
     return "\n".join(lines)

@@ -69,6 +69,8 @@ INSTALLED_APPS = [
     "weddings",  # label "wedsync": the tables and migrations keep their names
     "realtime",
     "webhooks",  # outbound webhooks: reads the event log (ADR 0023)
+    "platform_changes",  # the platform database's changes as events (ADR 0027)
+    "push",  # Web Push to members' browsers: reads the event log (ADR 0032)
     "scaling",
     "monitoring",
     "web",
@@ -211,6 +213,13 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
+# The apps' static folders, and the JavaScript client's module (clients/js/realtime.js,
+# the @wedsync/realtime package) as web/realtime.js: one copy for the package and the app.
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "web.finders.ClientPackageFinder",
+]
 
 LOGIN_URL = "admin:login"
 
@@ -510,6 +519,10 @@ REALTIME_SWEEP_INTERVAL = env.float("REALTIME_SWEEP_INTERVAL", default=5.0)
 # Seconds between re-checks of every open connection's access against the database
 # (realtime.consumer_registry): what no signal reported (a bulk update) ends within it.
 REALTIME_ACCESS_RECHECK = env.float("REALTIME_ACCESS_RECHECK", default=60.0)
+# Seconds between the heartbeat comments of a Server-Sent Events stream (realtime.sse):
+# proxies see traffic on an idle stream; below REALTIME_IDLE_TIMEOUT (a stream none of
+# whose writes get through for that long is closed as stale, 4000).
+REALTIME_SSE_HEARTBEAT = env.float("REALTIME_SSE_HEARTBEAT", default=15.0)
 
 # Threads per process for the realtime path's database work (core/db.py): publishes
 # of different topics run side by side. Each holds one pooled connection while it works,
@@ -603,6 +616,11 @@ if SCALING_FAST_INTERVAL > 0:
         "schedule": SCALING_FAST_INTERVAL,
         "options": {"expires": SCALING_FAST_INTERVAL},  # a late reading is worthless
     }
+# Capacity reservations (ADR 0033): how many hours before a forecast peak its reserved
+# capacity is in force (the reservation itself is taken up to 24 h ahead).
+SCALING_RESERVATION_LEAD = env.float("SCALING_RESERVATION_LEAD", default=SCALING_PRESCALE_HOURS)
+if not 0 <= SCALING_RESERVATION_LEAD <= 24:
+    raise ImproperlyConfigured("SCALING_RESERVATION_LEAD must be 0 to 24 (hours)")
 
 # --- outbound webhooks (docs/integration.md, ADR 0023) ------------------------------------
 
@@ -649,6 +667,49 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_NETWORKS = env.list(
     "METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"] if DEBUG else []
 )
+# --- Web Push to members' browsers (docs/web.md, ADR 0032) ------------------------------
+
+# The VAPID key pair (RFC 8292) that signs every push, base64url as `manage.py
+# push_vapid_keys` prints it (the private key is a secret), and the contact the push
+# services are given (mailto: or https:). Any of the three empty: push is off (no
+# subscription is taken, nothing is sent).
+WEB_PUSH_VAPID_PRIVATE_KEY = env.str("WEB_PUSH_VAPID_PRIVATE_KEY", default="")
+WEB_PUSH_VAPID_PUBLIC_KEY = env.str("WEB_PUSH_VAPID_PUBLIC_KEY", default="")
+WEB_PUSH_SUBJECT = env.str("WEB_PUSH_SUBJECT", default="")
+# Seconds a push service keeps a message for a phone that is off (the TTL header).
+WEB_PUSH_TTL = env.int("WEB_PUSH_TTL", default=3600)
+# Seconds an HTTP call to a push service may take per step (connect, send, each read).
+WEB_PUSH_TIMEOUT = env.float("WEB_PUSH_TIMEOUT", default=10.0)
+# Attempts of one push (a 429, a 5xx or no answer is tried again); the waits between
+# them: base, 2 base, 4 base ... 6 attempts of 5 s wait about 2.5 min in all.
+WEB_PUSH_MAX_ATTEMPTS = env.int("WEB_PUSH_MAX_ATTEMPTS", default=6)
+WEB_PUSH_BACKOFF_BASE = env.float("WEB_PUSH_BACKOFF_BASE", default=5.0)  # seconds
+# Push service URLs on loopback, private, link-local or reserved addresses (SSRF: a
+# member registers the URL) are refused unless allowed; development allows them.
+WEB_PUSH_ALLOW_PRIVATE = env.bool("WEB_PUSH_ALLOW_PRIVATE", default=DEBUG)
+
+# --- the platform database's changes as events (docs/integration.md, ADR 0027) ----------
+
+# The platform's PostgreSQL (wal_level=logical), read by `manage.py platform_changes`
+# through a logical replication slot; may be WedSync's own database. Empty: not used.
+PLATFORM_CHANGES_DATABASE_URL = env.str("PLATFORM_CHANGES_DATABASE_URL", default="")
+# The slot and publication the platform's DBA created (docs/integration.md).
+PLATFORM_CHANGES_SLOT = env.str("PLATFORM_CHANGES_SLOT", default="wedsync_changes")
+PLATFORM_CHANGES_PUBLICATION = env.str("PLATFORM_CHANGES_PUBLICATION", default="wedsync_changes")
+# The platform's table (schema.name) whose rows become timeline items, and its column
+# holding the WedSync wedding id (the topic is wedding:<that id>).
+PLATFORM_CHANGES_TABLE = env.str("PLATFORM_CHANGES_TABLE", default="public.platform_timeline")
+PLATFORM_CHANGES_WEDDING_COLUMN = env.str("PLATFORM_CHANGES_WEDDING_COLUMN", default="wedding_id")
+# Messages read per pass (whole transactions: a long one is read whole past this).
+PLATFORM_CHANGES_BATCH = env.int("PLATFORM_CHANGES_BATCH", default=500)
+# Seconds between passes while nothing changes: the latency of an event when idle.
+PLATFORM_CHANGES_POLL_INTERVAL = env.float("PLATFORM_CHANGES_POLL_INTERVAL", default=0.5)
+# Seconds between heartbeats of an idle slot: each lets the slot release the WAL of the
+# platform's other tables, which it would otherwise keep.
+PLATFORM_CHANGES_HEARTBEAT_INTERVAL = env.float("PLATFORM_CHANGES_HEARTBEAT_INTERVAL", default=30.0)
+# WAL kept by the slot past which the consumer logs a warning (and alerts should fire).
+PLATFORM_CHANGES_LAG_ALERT_BYTES = env.int("PLATFORM_CHANGES_LAG_ALERT_BYTES", default=1 << 30)
+
 # Where the minute snapshot and the live figures read the server processes' metrics when
 # they run on other hosts than the worker (Kubernetes: every pod is a host, with its own
 # files): base URLs (http://10.0.0.5:8000), dns:NAME:PORT (every address NAME resolves to,

@@ -34,6 +34,9 @@ outcome    WebSocket                                   HTTP
                                                        do on one, the admin's login page
 ``AUTH``   handshake accepted, then close **4001**     401 ``unauthenticated``
 =========  ==========================================  =================================
+
+The contacts rows (``read.contacts``: the snapshot and the page's state) read the booked
+suppliers' phone numbers: ``OK`` shows every one, ``PLAN`` none (the couple).
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ class Operation:
     stores_event: bool = False  # an OK stores one event on A
     changes_rows: bool = False  # an OK changes A's timeline or the wedding itself
     reads: bool = False  # reads the coordination: OK shows it, PLAN hides it
+    contacts: bool = False  # reads the phone numbers: OK shows them, PLAN hides them
     other: bool = False  # publish: the target is someone else's (supplier, emergency)
 
 
@@ -177,10 +181,19 @@ OPERATIONS: dict[str, Operation] = {
         stores_event=True,
     ),
     "page:coordination": Operation("read.coordination", route="web:wedding-state", reads=True),
+    "http_snapshot:contacts": Operation("read.contacts", route="wedding-snapshot", contacts=True),
+    "page:contacts": Operation("read.contacts", route="web:wedding-state", contacts=True),
     "http_token": Operation("token.issue", route="realtime-token", method="POST"),
     "http_metrics": Operation("metrics.read", route="performance-metrics"),
     "http_operations": Operation("operations", route="performance-metrics", method="POST"),
     "admin": Operation("admin", route="admin:index"),
+}
+# Rows of the matrix whose cells are tried in another module, and why: the guest rows
+# tell vendors apart by their supplier's category, so they need a caterer and a venue
+# column this table does not have (every role of the matrix, each through the snapshot).
+TRIED_ELSEWHERE = {
+    action: "tests/realtime/test_guest_view.py (caterer and venue columns)"
+    for action in ("guests.list", "guests.seating", "guests.catering")
 }
 # Client frames that check no access to a topic, and why they have no row.
 NO_ACCESS_CHECK = {
@@ -216,6 +229,8 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "http_history:coordination":           (OK,  OK,  OK,  OK,  NO,  PLAN, OK, AUTH, AUTH, AUTH),
     "http_publish":                        (OK,  OK,  OK,  OK,  NO,  NO,  OK,  AUTH, AUTH, AUTH),
     "page:coordination":                   (OK,  OK,  OK,  OK,  NO,  PLAN, OK, AUTH, AUTH, AUTH),
+    "http_snapshot:contacts":              (OK,  OK,  OK,  OK,  NO,  PLAN, OK, AUTH, AUTH, AUTH),
+    "page:contacts":                       (OK,  OK,  OK,  OK,  NO,  PLAN, OK, AUTH, AUTH, AUTH),
     "http_token":                          (OK,  OK,  OK,  OK,  OK,  OK,  OK,  AUTH, AUTH, AUTH),
     "http_metrics":                        (NO,  NO,  NO,  NO,  NO,  NO,  OK,  AUTH, AUTH, AUTH),
     "http_operations":                     (NO,  NO,  NO,  NO,  NO,  NO,  OK,  AUTH, AUTH, AUTH),
@@ -241,6 +256,11 @@ ROLLED_BACK_CELLS = [cell for cell in CELLS if not _from_other_threads(cell[0])]
 # they receive after subscribing (seq 5): a status with a note, a message, an emergency,
 # a change of the wedding, and one more message.
 NOTE = "stuck behind a tractor"
+# The phone numbers of A's booked suppliers, for the contacts rows.
+PHONES = {
+    Supplier.Category.PLANNER: "+44 20 7946 0001",
+    Supplier.Category.PHOTOGRAPHER: "07700 900123",
+}
 
 
 @dataclass
@@ -309,6 +329,10 @@ def _build_world(role: str, operation: str) -> World:
         world.emergency = _raise(a, raiser)
     if spec.reads:
         _store_reading(world, photographer, photo_co.pk)
+    if spec.contacts:
+        for supplier in (planner_co, photo_co):
+            supplier.phone = PHONES[supplier.category]
+            supplier.save(update_fields=["phone"])
     return world
 
 
@@ -551,7 +575,23 @@ def _http(world: World, operation: str) -> str:
     return _http_outcome(world, spec, body)
 
 
+def _contacts_outcome(suppliers: list[dict[str, Any]]) -> str:
+    """The booked suppliers: OK with every phone number, PLAN with none."""
+    phones = sorted(supplier.get("phone", "") for supplier in suppliers)
+    if all(phones):
+        assert phones == sorted(PHONES.values()), suppliers
+        return OK
+    assert not any(phones) and len(phones) == len(PHONES), suppliers
+    return PLAN
+
+
 def _http_outcome(world: World, spec: Operation, body: dict[str, Any]) -> str:
+    if spec.contacts and spec.route == "wedding-snapshot":
+        return _contacts_outcome(body["suppliers"])
+    if spec.contacts:  # the page's state, which tells the page whether it shows contacts
+        outcome = _contacts_outcome(body["suppliers"])
+        assert body["viewer"]["contacts"] is (outcome == OK), body["viewer"]
+        return outcome
     if spec.reads and spec.route == "wedding-events":
         return _frames_outcome(body["events"])
     if spec.reads and spec.route == "wedding-snapshot":
@@ -699,13 +739,13 @@ def test_expected__is_the_role_matrix():
     for operation, spec in OPERATIONS.items():
         for role, matrix_role in MATRIX_ROLE.items():
             allowed = roles.allows(spec.action, matrix_role)
-            if spec.reads:
+            if spec.reads or spec.contacts:
                 wanted = OK if allowed else PLAN
             else:
                 wanted = OK if allowed else NO
             assert EXPECTED[operation][ROLES.index(role)] == wanted, (operation, role)
     # and every action of the matrix is tried by a row
-    assert {spec.action for spec in OPERATIONS.values()} == set(roles.MATRIX)
+    assert {spec.action for spec in OPERATIONS.values()} | set(TRIED_ELSEWHERE) == set(roles.MATRIX)
 
 
 def test_docs__show_the_role_matrix():

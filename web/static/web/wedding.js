@@ -1,5 +1,7 @@
 // The live wedding page: timeline with now/next, vendor statuses with one-tap buttons,
-// messages, presence, emergencies with acknowledgement, and the planner's controls.
+// messages, presence, emergencies with acknowledgement, the day's contacts (phone numbers
+// as tel: links for the members, the venue as a maps link), a printable run sheet, and the
+// planner's controls.
 //
 // The page starts from the state embedded in the HTML (consistent at its `seq`, in its
 // stream `epoch`) and applies every later event of the wedding's topic, in seq order, as
@@ -9,6 +11,7 @@
 // page's state: nothing of other weddings reaches the browser.
 
 import { ItemEditor, signedMinutes } from "./editor.js";
+import { OutboxStore } from "./outbox-store.js";
 import { RealtimeClient, socketUrl } from "./realtime.js";
 import { CONNECTION_TEXT, clock, fill, h, recall, relative, remember } from "./util.js";
 
@@ -31,12 +34,152 @@ const EMERGENCY_KINDS = {
 };
 // Now/next and "in N min" move with the clock.
 const CLOCK_TICK_MS = 30000;
+// The venue opens in a maps app: Google Maps' documented cross-platform search URL opens
+// the app on Android and iOS when installed and the website anywhere else (a `geo:` URI
+// opens nothing on iOS or a desktop). Only the venue's name and address are sent.
+const MAPS_SEARCH = "https://www.google.com/maps/search/?api=1&query=";
+
+/** A phone number as a `tel:` URI: its digits, with a leading "+" when it has one;
+ * null when it has no digits at all. */
+export function telHref(phone) {
+  const digits = phone.replace(/\D/g, "");
+  if (!digits) return null;
+  return `tel:${phone.trim().startsWith("+") ? "+" : ""}${digits}`;
+}
+
+/** The maps link of a venue, from its name and address; null without either. */
+export function mapsHref(name, address) {
+  const query = [name, address].filter((part) => part && part.trim()).join(", ");
+  return query ? MAPS_SEARCH + encodeURIComponent(query) : null;
+}
 
 const $ = (selector) => document.querySelector(selector);
 
+// The offline copy (docs/web.md, "Offline"): the service worker keeps the page and its
+// last state in this cache (sw.js); the page writes its latest state there while live.
+const PAGES_CACHE = "wedsync-pages";
+const KEPT_AT = "X-WedSync-Kept-At";
+// Applied events are written to the kept state at most this often.
+const KEEP_EVERY_MS = 2000;
+// The latest messages kept, as many as the server's state carries (web/selectors.py).
+const FEED_KEPT = 100;
+
+/** The page's state, and since when it is not fresh (null: fresh from the server). A
+ * copy served with no network (`data-offline-copy` on the body) starts from the state
+ * the page kept last, when that is the same user's and newer. */
+async function startingState(embedded) {
+  const copiedAt = document.body.dataset.offlineCopy;
+  if (copiedAt === undefined) return { state: embedded, asOf: null };
+  try {
+    const kept = await caches.match(embedded.urls.state);
+    if (kept) {
+      const state = await kept.json();
+      const newer =
+        state.viewer.user_id === embedded.viewer.user_id &&
+        state.topic === embedded.topic &&
+        state.epoch === embedded.epoch &&
+        state.seq >= embedded.seq;
+      if (newer) return { state, asOf: kept.headers.get(KEPT_AT) || copiedAt };
+    }
+  } catch (err) {
+    // no Cache Storage, or an unreadable copy: the copy's own state
+  }
+  return { state: embedded, asOf: copiedAt || new Date().toISOString() };
+}
+
+/** Let the service worker keep this page for offline use (scope: the wedding pages). A
+ * first visit came before the worker: fetched once more, through it, to be kept. */
+async function keepOffline() {
+  if (!("serviceWorker" in navigator)) return;
+  try {
+    const container = navigator.serviceWorker;
+    await container.register("/sw.js", { scope: "/weddings/" });
+    if (!container.controller) {
+      await new Promise((resolve) =>
+        container.addEventListener("controllerchange", resolve, { once: true }),
+      );
+      await fetch(location.pathname, { credentials: "same-origin" });
+    }
+    document.body.dataset.offlineReady = "";
+  } catch (err) {
+    // no worker (private mode, an old browser): the page works online only
+  }
+}
+
+// Web Push (docs/web.md, "Push"): the browser asks for permission only when the member
+// taps "Enable notifications", never on load; the subscription is made through the
+// service worker (sw.js shows the notifications) and stored by /api/push/subscriptions.
+
+/** The bytes of a base64url key (the VAPID public key the server gives). */
+function base64UrlBytes(text) {
+  const plain = atob(text.replace(/-/g, "+").replace(/_/g, "/"));
+  return Uint8Array.from(plain, (c) => c.charCodeAt(0));
+}
+
+/** Store this browser's subscription for the signed-in member (session + CSRF). */
+async function sendSubscription(subscription) {
+  const input = document.querySelector("input[name=csrfmiddlewaretoken]");
+  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+  const csrf = input ? input.value : match ? decodeURIComponent(match[1]) : "";
+  const response = await fetch("/api/push/subscriptions", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRFToken": csrf },
+    body: JSON.stringify(subscription.toJSON()),
+  });
+  if (!response.ok) throw new Error(`not stored (${response.status})`);
+}
+
+/** Show "Enable notifications" where push can work; subscribe when it is tapped. A
+ * browser subscribed already is stored again (quietly) so the server keeps it. */
+async function offerPush() {
+  const button = $("#enable-push");
+  const supported = "serviceWorker" in navigator && "PushManager" in window && "Notification" in window;
+  if (!button || !supported || Notification.permission === "denied") return;
+  let key = null;
+  try {
+    const response = await fetch("/api/push/key", { credentials: "same-origin" });
+    if (response.ok) key = (await response.json()).public_key;
+  } catch (err) {
+    return; // offline: offered on the next visit
+  }
+  if (!key) return; // push is off on this server
+  const registration = await navigator.serviceWorker.getRegistration("/weddings/");
+  const existing = registration ? await registration.pushManager.getSubscription() : null;
+  if (existing && Notification.permission === "granted") {
+    document.body.dataset.push = "on";
+    sendSubscription(existing).catch(() => {});
+    return;
+  }
+  button.hidden = false;
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    document.body.dataset.push = "asking";
+    try {
+      if ((await Notification.requestPermission()) !== "granted") {
+        throw new Error("Notifications are blocked for this site");
+      }
+      const ready = await navigator.serviceWorker.register("/sw.js", { scope: "/weddings/" });
+      const subscription = await ready.pushManager.subscribe({
+        userVisibleOnly: true,
+        applicationServerKey: base64UrlBytes(key),
+      });
+      await sendSubscription(subscription);
+      button.hidden = true;
+      document.body.dataset.push = "on";
+    } catch (err) {
+      button.disabled = false;
+      button.title = String(err.message || err);
+      document.body.dataset.push = "failed";
+    }
+  });
+}
+
 class WeddingPage {
-  constructor(state) {
+  constructor(state, asOf = null) {
     this.load(state);
+    this.asOf = asOf; // since when the state may be out of date (an ISO time), or null
+    this.keepTimer = null;
     this.connection = "connecting";
     this.outbox = [];
     this.online = new Map(); // user_id → presence member
@@ -46,6 +189,7 @@ class WeddingPage {
       url: socketUrl(),
       onEvent: (frame) => this.apply(frame),
       onState: (connection) => this.setConnection(connection),
+      onTransport: (transport) => ($("#conn").dataset.transport = transport), // "sse": fallback
       onReset: (topic, seq) => this.reload(seq),
       historyUrl: (topic, since, epoch) =>
         `${this.urls.history}?since=${since}&limit=1000` +
@@ -62,6 +206,8 @@ class WeddingPage {
         this.renderFeed();
       },
       onLive: () => this.refreshPresence(),
+      store: new OutboxStore(state.viewer.user_id, state.wedding.id),
+      onDropped: (item, err) => this.toast(`${item.label} not sent: ${err.message}`),
     });
     this.rt.track(this.topic, state.seq, state.epoch);
     this.editor = new ItemEditor(this);
@@ -73,11 +219,19 @@ class WeddingPage {
     // Changes that came while the tab was hidden count as seen once it is shown again.
     document.addEventListener("visibilitychange", () => this.markSeen(this.rt.lastSeq(this.topic)));
     window.addEventListener("beforeunload", (event) => {
-      if (this.rt.outbox.length) event.preventDefault();
+      // Kept on the device (outbox-store.js), waiting actions survive leaving the page.
+      if (this.rt.outbox.length && !this.rt.store.durable) event.preventDefault();
     });
+    // A phone may discard a hidden tab without another event: the pending state first.
+    window.addEventListener("pagehide", () => this.keepTimer && this.keep());
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "hidden" && this.keepTimer) this.keep();
+    });
+    if (asOf === null) this.keep();
   }
 
   load(state) {
+    this.initialState = state;
     this.topic = state.topic;
     this.wedding = state.wedding;
     this.tz = state.wedding.time_zone;
@@ -92,6 +246,49 @@ class WeddingPage {
       state.emergencies.map((e) => [e.frame.payload.id, { frame: e.frame, acked: e.acked }]),
     );
     this.shiftNotices = new Map(state.shift_notices.map((frame) => [frame.seq, frame]));
+  }
+
+  /** The page's state as it is now, in the shape of the server's (kept for offline). */
+  snapshot() {
+    return {
+      ...this.initialState,
+      wedding: this.wedding,
+      timeline: [...this.items.values()],
+      statuses: [...this.statuses.values()],
+      people: Object.fromEntries(this.people),
+      feed: this.feed.slice(-FEED_KEPT),
+      emergencies: [...this.emergencies.values()].map(({ frame, acked }) => ({ frame, acked })),
+      shift_notices: [...this.shiftNotices.values()],
+      seq: this.rt.lastSeq(this.topic),
+      epoch: this.rt.epoch(this.topic) || this.initialState.epoch,
+    };
+  }
+
+  /** Write the state as it is now where the service worker keeps it; only while it is
+   * fresh (live, or just loaded from the server). */
+  async keep() {
+    clearTimeout(this.keepTimer);
+    this.keepTimer = null;
+    if (!("caches" in window) || this.asOf !== null) return;
+    try {
+      const cache = await caches.open(PAGES_CACHE);
+      const headers = { "Content-Type": "application/json", [KEPT_AT]: new Date().toISOString() };
+      await cache.put(this.urls.state, new Response(JSON.stringify(this.snapshot()), { headers }));
+    } catch (err) {
+      // storage refused or full: the offline copy is the page as the server sent it
+    }
+  }
+
+  keepSoon() {
+    if (!this.keepTimer) this.keepTimer = setTimeout(() => this.keep(), KEEP_EVERY_MS);
+  }
+
+  /** "as of 14:05" beside the connection indicator while the state may be out of date. */
+  renderAsOf() {
+    const el = $("#as-of");
+    if (!el) return;
+    el.hidden = this.asOf === null;
+    el.textContent = this.asOf === null ? "" : `as of ${clock(this.asOf, this.tz)}`;
   }
 
   storageKey(name) {
@@ -182,11 +379,13 @@ class WeddingPage {
         if (p.guest_count !== undefined) this.wedding.guest_count = p.guest_count;
         if (p.notes !== undefined) this.wedding.notes = p.notes;
         this.renderHeader();
+        this.renderContacts();
         break;
       default:
         break;
     }
     this.markSeen(frame.seq);
+    this.keepSoon();
   }
 
   /** Messages and emergencies: the vendors' coordination (not on the couple's page). */
@@ -206,7 +405,14 @@ class WeddingPage {
   // --- connection and presence -------------------------------------------------------------
 
   setConnection(connection) {
+    // Live: the state is current. Not live: it is as of the last moment it was (kept
+    // as it was then, not 2 s later).
+    if (connection !== "live" && this.keepTimer) this.keep();
+    if (connection === "live") this.asOf = null;
+    else if (this.asOf === null) this.asOf = new Date().toISOString();
+    if (connection === "live") this.keep();
     this.connection = connection;
+    this.renderAsOf();
     const el = $("#conn");
     el.dataset.state = connection;
     el.textContent = CONNECTION_TEXT[connection] || connection;
@@ -292,8 +498,90 @@ class WeddingPage {
     this.renderMyStatus();
     this.renderTimeline();
     this.renderVendors();
+    this.renderContacts();
     this.renderFeed();
     this.renderOutbox();
+    this.renderAsOf();
+  }
+
+  /** Who to call and where to go: the venue as a maps link for everyone, the booked
+   * suppliers' phone numbers as tel: links for those the role matrix lets read them
+   * (the state carries them only for those: `read.contacts`). The planner comes first. */
+  renderContacts() {
+    const venue = $("#venue-contact");
+    if (venue) {
+      const { venue: name, venue_address: address } = this.wedding;
+      const href = mapsHref(name, address);
+      const label = [name, address].filter(Boolean).join(", ");
+      fill(
+        venue,
+        h("span", { class: "contact-label", text: "Venue" }),
+        href
+          ? h("a", {
+              class: "maps",
+              href,
+              target: "_blank",
+              rel: "noopener noreferrer",
+              text: label,
+            })
+          : h("span", { class: "muted", text: "Venue to be confirmed" }),
+      );
+    }
+    const el = $("#contacts");
+    if (!el) return;
+    const order = (s) => (s.category === "planner" ? 0 : 1);
+    const suppliers = [...this.suppliers.values()].sort(
+      (a, b) => order(a) - order(b) || a.name.localeCompare(b.name),
+    );
+    fill(
+      el,
+      suppliers.length
+        ? suppliers.map((supplier) => {
+            const href = supplier.phone ? telHref(supplier.phone) : null;
+            return h(
+              "li",
+              { class: "contact", dataset: { supplier: supplier.id } },
+              h(
+                "span",
+                { class: "vendor-name" },
+                h("span", { class: "name", text: supplier.name }),
+                h("span", { class: "muted category", text: supplier.category.replace("_", " ") }),
+              ),
+              href
+                ? h("a", { class: "tel", href, text: supplier.phone })
+                : h("span", { class: "muted small", text: "No number on file" }),
+            );
+          })
+        : h("li", { class: "empty muted", text: "No vendors booked yet." }),
+    );
+  }
+
+  /** The key moments, for the printed run sheet. */
+  renderKeyMoments() {
+    const el = $("#key-moments");
+    if (!el) return;
+    const keys = this.sortedItems().filter((i) => i.key_moment && i.status !== "cancelled");
+    fill(
+      el,
+      keys.length
+        ? keys.map((item) =>
+            h(
+              "li",
+              {},
+              h("time", { datetime: item.starts_at, text: clock(item.starts_at, this.tz) }),
+              ` ${item.title}`,
+              item.location ? h("span", { class: "muted", text: ` · ${item.location}` }) : null,
+            ),
+          )
+        : h("li", { class: "muted", text: "No key moments marked." }),
+    );
+  }
+
+  /** Print the run sheet (the print stylesheet keeps the timeline, the key moments and
+   * the contacts, and drops the live parts). */
+  printRunSheet() {
+    this.renderTimeline();
+    window.print();
   }
 
   renderHeader() {
@@ -540,6 +828,7 @@ class WeddingPage {
           : null,
       ),
     );
+    this.renderKeyMoments();
     const progress = $("#progress");
     if (progress) {
       progress.max = items.length || 1;
@@ -759,6 +1048,13 @@ class WeddingPage {
   // --- wiring --------------------------------------------------------------------------------
 
   bind() {
+    $("#print").addEventListener("click", () => this.printRunSheet());
+    // Whichever way printing starts (the button, the browser's menu), the sheet says when
+    // it was printed: it is a copy of a page that keeps changing.
+    window.addEventListener("beforeprint", () => {
+      const now = new Date().toISOString();
+      $("#printed").textContent = `Printed at ${clock(now, this.tz)} (${this.tz} time).`;
+    });
     const mineToggle = $("#mine-only");
     if (mineToggle) {
       mineToggle.checked = this.mineOnly;
@@ -813,5 +1109,8 @@ class WeddingPage {
   }
 }
 
-const state = JSON.parse(document.getElementById("wedding-state").textContent);
-new WeddingPage(state);
+const embedded = JSON.parse(document.getElementById("wedding-state").textContent);
+const { state, asOf } = await startingState(embedded);
+new WeddingPage(state, asOf);
+keepOffline();
+offerPush();
