@@ -22,17 +22,31 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from core import metrics
-from core.db import in_db_thread
+from core.db import BACKGROUND, db_priority, in_db_thread
 from core.logging import bind_connection
 
 from . import protocol, services
 from .access import authorize_and_describe, authorize_topics, connect_facts, still_allowed
 from .connection_counts import Connection, get_connection_counter, supplier_limit
-from .delivery import Outbox, OutboxFull, TopicStream, fill, finish_sync
+from .delivery import (
+    Outbox,
+    OutboxFull,
+    TopicStream,
+    fill,
+    finish_sync,
+    frame_is_critical,
+    shed_counts,
+)
 from .epoch import CLOSE_EPOCH_CHANGED, observe, still_current
 from .errors import RealtimeError
 from .hub import TopicHub
-from .limits import PublishLimiter, user_slots
+from .limits import (
+    PublishLimiter,
+    process_capacity,
+    publish_priority,
+    supplier_rank,
+    user_slots,
+)
 from .node import get_node, process
 from .presence import get_presence_store
 from .protocol import (
@@ -72,6 +86,7 @@ class RealtimeConsumer:
     __slots__ = (
         "__weakref__",
         "_base_send",
+        "admitted",
         "closing",
         "conn_id",
         "connection",
@@ -96,6 +111,7 @@ class RealtimeConsumer:
         self.closing = False
         self.inflight = 0  # frames being handled (a graceful shutdown waits for them)
         self.connection: Connection | None = None
+        self.admitted = False  # counted against the process's cap (``process_capacity``)
         self.limiter: PublishLimiter | None = None  # made by the first publish
         self.watched = False  # registered with the hub for notices about its user
         self.user: Any = None
@@ -177,17 +193,41 @@ class RealtimeConsumer:
             suppliers, wedding_day = await connect_facts(self.user.pk)
         except DatabaseError:
             suppliers, wedding_day = (), False  # counted per user only until the next connect
+        if not await self._admit_to_process(suppliers):
+            return False
         connection = Connection(self.conn_id, self.user.pk, suppliers)
         refusal = await get_connection_counter().register(
             connection, supplier_limit=supplier_limit(wedding_day)
         )
         if refusal is not None:
+            self._release_from_process()
             logger.info("connection refused (4029): %s", refusal.reason)
             cooldowns.start(self.user.pk, CLOSE_CONNECTION_LIMIT)
             await self.close(CLOSE_CONNECTION_LIMIT, refusal.reason)
             return False
         self.connection = connection
         return True
+
+    async def _admit_to_process(self, suppliers: tuple[int, ...]) -> bool:
+        """The process's connection cap, by vendor category near it (4029 if refused)."""
+        rank = 0
+        if process_capacity.needs_rank():
+            try:
+                rank = await in_db_thread(supplier_rank)(self.user, suppliers)
+            except DatabaseError:
+                rank = 10**6  # unknown: the first refused
+        reason = process_capacity.admit(rank)
+        if reason is not None:
+            logger.info("connection refused (4029): %s", reason)
+            await self.close(CLOSE_CONNECTION_LIMIT, reason)
+            return False
+        self.admitted = True
+        return True
+
+    def _release_from_process(self) -> None:
+        if self.admitted:
+            self.admitted = False
+            process_capacity.release()
 
     async def websocket_disconnect(self, message: dict) -> None:
         metrics.connection_closed(message.get("code"))
@@ -198,6 +238,7 @@ class RealtimeConsumer:
         outbox = getattr(self, "outbox", None)
         if outbox is not None:
             outbox.stop()
+        self._release_from_process()
         if self.connection is not None:
             # Every count of the connection, its weddings included: the topics dropped
             # below need no untracking of their own.
@@ -306,7 +347,10 @@ class RealtimeConsumer:
                     raise RealtimeError(
                         "unavailable", "server restarting; send it again after reconnecting"
                     )
-                result = await in_db_thread(services.event_publish)(
+                # Emergencies and timeline changes first in the database threads (ADR 0031).
+                result = await in_db_thread(
+                    services.event_publish, priority=publish_priority(frame.event)
+                )(
                     topic=frame.topic,
                     event=frame.event,
                     payload=frame.payload,
@@ -372,10 +416,11 @@ class RealtimeConsumer:
         await self._reply(protocol.subscribe_reply(frame.ref, statuses))
 
         async def rest() -> None:
-            for topic in allowed:
-                stream = self.streams.get(topic)
-                if stream is not None:
-                    await send_replay(stream, self.outbox, syncs[topic])
+            with db_priority(BACKGROUND):  # replays after live work (ADR 0031)
+                for topic in allowed:
+                    stream = self.streams.get(topic)
+                    if stream is not None:
+                        await send_replay(stream, self.outbox, syncs[topic])
             for topic in allowed:
                 if topic in self.streams:
                     await self._join_presence(topic, infos[topic])
@@ -501,9 +546,23 @@ class RealtimeConsumer:
             return
         if seq <= stream.last_seq:
             return
+        outbox = self.outbox
+        # Under congestion (ADR 0031): critical events go before other topics' frames, and
+        # ordinary ones are shed: the topic waits in the log until the outbox has room.
+        critical = outbox.depth > 0 and frame_is_critical(text)
+        if stream.shed:
+            if not critical and not outbox.has_room():
+                if seq - stream.last_seq > outbox.maxsize:  # an outbox's worth behind:
+                    get_node().hub.spawn(self.close(CLOSE_OVERLOADED, "client too slow"))
+                return  # still shed; a later event or the sweep fills it from the log
+            stream.shed = False  # the gap path below fills it from the log first
+        elif seq == stream.last_seq + 1 and not critical and outbox.sheds_ordinary():
+            stream.shed = True
+            shed_counts["event"] += 1
+            return
         if seq == stream.last_seq + 1:
             try:
-                self.outbox.put_nowait(stream.view(text), stored_at)
+                outbox.put_event(topic, stream.view(text), stored_at, critical=critical)
             except OutboxFull:
                 get_node().hub.spawn(self.close(CLOSE_OVERLOADED, "client too slow"))
                 return
@@ -531,7 +590,8 @@ class RealtimeConsumer:
         # Presence diffs are the one thing that may be shed under load (PROTOCOL §7).
         if topic in self.streams and not self.closing:
             try:
-                self.outbox.put_nowait(text)
+                if not self.outbox.put_presence(text):
+                    shed_counts["presence"] += 1
             except OutboxFull:
                 pass
 

@@ -5,6 +5,15 @@ connection repairs from the event log (PROTOCOL §7): a duplicate (seq already s
 dropped, a gap (seq beyond the next one) is filled from the database before the later
 event goes out. While a topic is being (re)synchronised, live events wait in
 ``pending`` and are merged afterwards.
+
+Under overload (docs/adr/0031-priority-under-overload.md) a connection's outbox writes
+critical events (emergencies, timeline changes) before queued frames of *other* topics and
+presence, never before an earlier frame of their own topic or a reply; and it sheds, in
+this order, presence diffs (from a quarter full), then ordinary events (from half full:
+the topic stops being queued and is delivered from the log once the outbox has room, by
+the next event or the sweep: late, never with a gap), never a critical event. A topic
+shed by more than the outbox's size is the slow-client path of old: closed with 1013, the
+client resumes with ``since``.
 """
 
 from __future__ import annotations
@@ -12,13 +21,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from django.conf import settings
+
 from core import metrics
-from core.db import in_db_thread
+from core.db import BACKGROUND, ORDINARY, db_priority, in_db_thread
 
 from . import selectors
+from .limits import event_class
 from .models import TopicCursor
 from .protocol import event_frame_text, plan_view_text
 
@@ -46,6 +59,9 @@ class TopicStream:
     # The reader sees the run sheet only (``access.plan_only``): every frame of the topic
     # goes out through ``view``.
     plan_only: bool = False
+    # Ordinary events of the topic are being shed (the outbox is congested): none is queued
+    # until it has room again; then the log fills the topic from ``last_seq`` on.
+    shed: bool = False
 
     def view(self, text: str) -> str:
         """An event frame as this stream's reader may see it (``protocol.plan_view_text``)."""
@@ -109,6 +125,28 @@ async def catch_up_topic(
 topic_positions = in_db_thread(_topic_positions)
 
 
+# What this process's outboxes shed, by kind ("presence", "event"): tests, the benchmark.
+shed_counts: Counter[str] = Counter()
+
+_EVENT_FIELD = '"event":"'
+_classified: list = [None, False]  # the last frame text classified, and its answer
+
+
+def frame_is_critical(text: str) -> bool:
+    """Whether an event frame is of a critical event (``limits.event_class``). The hub hands
+    one text to every subscriber of the topic: the answer is kept for the last text."""
+    if _classified[0] is text:
+        return _classified[1]
+    start = text.find(_EVENT_FIELD, 0, 300)
+    critical = False
+    if start >= 0:
+        start += len(_EVENT_FIELD)
+        end = text.find('"', start, start + 64)
+        critical = end > 0 and event_class(text[start:end]) == "critical"
+    _classified[0], _classified[1] = text, critical
+    return critical
+
+
 class Outbox:
     """A bounded queue of text frames written to the socket in order, by one writer task.
 
@@ -124,8 +162,9 @@ class Outbox:
     and its coroutine); this holds ~0.3 KB idle (docs/benchmarks.md).
     """
 
-    __slots__ = ("_broken", "_head", "_idle", "_items", "_maxsize", "_put_timeout", "_room",
-                 "_send", "_wake", "_writer")  # fmt: skip
+    __slots__ = ("_broken", "_head", "_idle", "_items", "_maxsize", "_priority",
+                 "_put_timeout", "_room", "_send", "_topics", "_urgent", "_wake",
+                 "_writer")  # fmt: skip
 
     def __init__(
         self, send: Callable[[str], Awaitable[None]], *, maxsize: int, put_timeout: float
@@ -134,7 +173,7 @@ class Outbox:
         # (frame, when its event was stored or None): the latency metric is taken when
         # the frame is written, for live events only (a replay of old events is not late).
         # Frames before ``_head`` are written; the list is emptied when all are.
-        self._items: list[tuple[str, float | None]] = []
+        self._items: list[tuple[str, float | None, str | None]] = []
         self._head = 0
         self._maxsize = maxsize
         self._put_timeout = put_timeout
@@ -143,31 +182,70 @@ class Outbox:
         self._room: asyncio.Future | None = None  # put() calls waiting for room
         self._idle: asyncio.Future | None = None  # a drain() waiting for an empty queue
         self._broken = False  # stopped, or the socket failed: frames are dropped
+        # Priority (ADR 0031): critical event frames that may go before ``_items``, and
+        # what they may not pass: per topic, its frames queued in ``_items`` (an event's
+        # topic, or None for a frame of no known topic: a reply, a replayed event). Made
+        # when needed and dropped when empty: an idle connection holds neither.
+        self._priority = settings.REALTIME_PRIORITY
+        self._urgent: list[tuple[str, float | None, str | None]] | None = None
+        self._topics: dict[str | None, int] | None = None
 
     @property
     def depth(self) -> int:
         """Frames queued and not yet being written."""
-        return len(self._items) - self._head
+        urgent = self._urgent
+        return len(self._items) - self._head + (len(urgent) if urgent else 0)
+
+    @property
+    def maxsize(self) -> int:
+        """Frames queued at most; a live event beyond it closes the connection (1013)."""
+        return self._maxsize
+
+    def sheds_presence(self) -> bool:
+        """A quarter full: presence diffs are dropped (the first thing shed)."""
+        return self.depth * 4 >= self._maxsize if self._priority else self.depth >= self._maxsize
+
+    def sheds_ordinary(self) -> bool:
+        """Half full: ordinary events are shed (delivered later from the log)."""
+        return self._priority and self.depth * 2 >= self._maxsize
+
+    def has_room(self) -> bool:
+        """Below a quarter full again: a shed topic may be filled from the log."""
+        return self.depth * 4 < self._maxsize
 
     def _pop(self) -> tuple[str, float | None]:
+        urgent = self._urgent
+        if urgent:
+            text, stored_at, _ = urgent.pop(0)
+            if not urgent:
+                self._urgent = None
+            return text, stored_at
         items, head = self._items, self._head
         item = items[head]
+        topics = self._topics
+        if topics is not None:
+            count = topics.get(item[2], 0) - 1
+            if count > 0:
+                topics[item[2]] = count
+            else:
+                topics.pop(item[2], None)
         head += 1
         if head == len(items):
             items.clear()
             head = 0
+            self._topics = None
         elif head >= 64 and head * 2 >= len(items):  # a backlog never fully written
             del items[:head]
             head = 0
         self._head = head
-        return item
+        return item[0], item[1]
 
     async def _write(self) -> None:
         send = self._send
         loop = asyncio.get_running_loop()
         try:
             while not self._broken:
-                if not self._items:
+                if not self._items and not self._urgent:
                     idle, self._idle = self._idle, None
                     if idle is not None and not idle.done():
                         idle.set_result(None)
@@ -193,12 +271,50 @@ class Outbox:
             if idle is not None and not idle.done():
                 idle.set_result(None)
 
-    def put_nowait(self, text: str, stored_at: float | None = None) -> None:
+    def put_nowait(
+        self, text: str, stored_at: float | None = None, topic: str | None = None
+    ) -> None:
+        """Queue a frame after every frame queued; ``topic``: the event frame's topic (a
+        frame of no topic, such as a reply, is never passed by a critical event)."""
+        self._queue(text, stored_at, topic, urgent=False)
+
+    def put_event(
+        self, topic: str, text: str, stored_at: float | None = None, *, critical: bool
+    ) -> None:
+        """Queue a live event frame of ``topic``: a critical one goes before the queued
+        frames of other topics and presence when no earlier frame of its own topic and no
+        reply is queued (seq order within a topic never changes)."""
+        topics = self._topics
+        urgent = critical and self._priority
+        if urgent and topics:  # an earlier frame of its topic, or a reply, stays ahead
+            urgent = not topics.get(topic) and not topics.get(None)
+        self._queue(text, stored_at, topic, urgent=urgent)
+
+    def put_presence(self, text: str) -> bool:
+        """Queue a presence diff unless the outbox sheds presence; whether it was queued."""
+        if self._broken or self.sheds_presence():
+            return False
+        self._queue(text, None, "", urgent=False)  # "": passed by any critical event
+        return True
+
+    def _queue(
+        self, text: str, stored_at: float | None, topic: str | None, *, urgent: bool
+    ) -> None:
         if self._broken:
             return
         if self.depth >= self._maxsize:
             raise OutboxFull
-        self._items.append((text, stored_at))
+        if urgent:
+            if self._urgent is None:
+                self._urgent = []
+            self._urgent.append((text, stored_at, topic))
+        else:
+            self._items.append((text, stored_at, topic))
+            if self._priority and topic != "":
+                topics = self._topics
+                if topics is None:
+                    topics = self._topics = {}
+                topics[topic] = topics.get(topic, 0) + 1
         wake = self._wake
         if wake is not None:
             self._wake = None
@@ -243,15 +359,18 @@ class Outbox:
         """The connection is gone: drop what is queued and write nothing more."""
         self._broken = True
         self._items.clear()
+        self._urgent = self._topics = None
         self._head = 0
         if self._writer is not None:
             self._writer.cancel()
 
 
 async def fill(stream: TopicStream, outbox: Outbox, upto: int | None, *, live: bool) -> None:
-    """Send the logged events after ``stream.last_seq`` (up to ``upto``), page by page."""
+    """Send the logged events after ``stream.last_seq`` (up to ``upto``), page by page.
+    A live gap's fill is ordinary database work, a replay background work (ADR 0031)."""
     while upto is None or stream.last_seq < upto:
-        page = await events_after(stream.topic, stream.last_seq, upto)
+        with db_priority(ORDINARY if live else BACKGROUND):
+            page = await events_after(stream.topic, stream.last_seq, upto)
         if not page:
             return
         for seq, text, stored_at in page:
@@ -262,7 +381,7 @@ async def fill(stream: TopicStream, outbox: Outbox, upto: int | None, *, live: b
                 # Late events the layer lost (a gap, the sweep's catch-up through a Redis
                 # outage) count in the delivery latency as they are: how late they are is
                 # what the latency alert must see.
-                outbox.put_nowait(text, stored_at)
+                outbox.put_nowait(text, stored_at, stream.topic)
                 metrics.delivered()
             else:
                 await outbox.put(text)
@@ -285,9 +404,10 @@ async def deliver(
         await fill(stream, outbox, seq - 1, live=True)
         if seq <= stream.last_seq:
             return
-    outbox.put_nowait(stream.view(text), stored_at)
+    outbox.put_nowait(stream.view(text), stored_at, stream.topic)
     metrics.delivered()
     stream.last_seq = seq
+    stream.shed = False
 
 
 async def finish_sync(stream: TopicStream, outbox: Outbox) -> None:

@@ -45,15 +45,18 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Hashable
+from typing import Any
 
 from cachetools import TTLCache
 from django.conf import settings
 
+from core import db as db_class
 from core import metrics
 from core.breaker import CircuitOpen, redis_breaker
 from core.redis import Script as LuaScript
 from core.redis import shared_client as get_redis
 from realtime.errors import RealtimeError
+from weddings.models import Supplier
 
 logger = logging.getLogger(__name__)
 
@@ -488,3 +491,109 @@ def reset_user_limits() -> None:
     """Forget every per-user budget of this process (tests); Redis keys expire by themselves."""
     for limits in _limits.values():
         limits.reset_local()
+
+
+# --- priority under overload (docs/adr/0031-priority-under-overload.md) -------------------
+
+# The scheduling classes of events, most urgent first. "critical": what must reach the day's
+# people first (the catalogue's critical events, emergencies, and the timeline's changes);
+# "ordinary": every other event. Separate from ``is_critical``, which picks the *rate
+# budget*: a timeline change is urgent to deliver, but takes the ordinary publish budget.
+# Only catalogue names: a made-up "timeline.bogus" is refused in a database thread, and must
+# not jump the queue on its way there.
+CRITICAL_PREFIXES = ("emergency.", "timeline.")
+_critical_events: frozenset[str] | None = None
+
+
+def event_class(event: str) -> str:
+    """Class "critical" (emergencies, timeline changes of the catalogue) or "ordinary"."""
+    global _critical_events
+    if _critical_events is None:
+        from .catalogue import CATALOGUE  # the catalogue imports the domain: on first use
+
+        _critical_events = frozenset(
+            name
+            for name, spec in CATALOGUE.items()
+            if spec.priority == "critical" or name.startswith(CRITICAL_PREFIXES)
+        )
+    return "critical" if event in _critical_events else "ordinary"
+
+
+def publish_priority(event: str) -> int:
+    """The database-thread class of a publish of ``event`` (``core.db``)."""
+    return db_class.CRITICAL if event_class(event) == "critical" else db_class.ORDINARY
+
+
+def category_rank(categories: set[str] | frozenset[str], *, staff: bool = False) -> int:
+    """A user's place in ``REALTIME_CATEGORY_PRIORITY`` (0: first) by their best supplier
+    category; past the list (its length) for everyone else. Staff rank first: whoever
+    runs the platform on the day must get in."""
+    order = [c.strip() for c in settings.REALTIME_CATEGORY_PRIORITY if c.strip()]
+    if staff:
+        return 0
+    ranks = [order.index(c) for c in categories if c in order]
+    return min(ranks, default=len(order))
+
+
+def supplier_rank(user: Any, suppliers: tuple[int, ...]) -> int:
+    """``category_rank`` of a connecting user (in a database thread: one query, asked only
+    near the process's connection cap)."""
+    categories = set(
+        Supplier.objects.filter(pk__in=suppliers).values_list("category", flat=True).order_by()
+    )
+    return category_rank(categories, staff=bool(getattr(user, "is_staff", False)))
+
+
+def admit_threshold(rank: int) -> float:
+    """The fraction of ``REALTIME_MAX_CONNECTIONS`` from which a user of ``rank`` is refused:
+    ``REALTIME_CAPACITY_RESERVE`` for the unlisted, then even steps up to the cap for the
+    listed categories from the last, the first refused only at the cap (default: others
+    from 90 %, caterers 93.3 %, venues 96.7 %, photographers 100 %). Without priority,
+    everyone up to the cap."""
+    if not settings.REALTIME_PRIORITY:
+        return 1.0
+    listed = len([c for c in settings.REALTIME_CATEGORY_PRIORITY if c.strip()])
+    reserve = min(1.0, max(0.0, settings.REALTIME_CAPACITY_RESERVE))
+    rank = min(max(0, rank), listed)
+    if listed == 0:
+        return reserve
+    return reserve + (1.0 - reserve) * (listed - rank) / listed
+
+
+class ProcessCapacity:
+    """This process's open WebSocket connections against ``REALTIME_MAX_CONNECTIONS``.
+
+    ``admit`` is asked on connect, before any per-user or per-supplier count: near the cap
+    it refuses by vendor category (``admit_threshold``), at the cap everyone. It is asked
+    and counted on the event loop (no lock); ``release`` when an admitted one goes."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+    def needs_rank(self) -> bool:
+        """Whether the next connection's category matters (the reserve is reached): only
+        then is it looked up (a database-thread call on a cache miss)."""
+        cap = settings.REALTIME_MAX_CONNECTIONS
+        if cap <= 0:
+            return False
+        return self.open >= cap * admit_threshold(len(settings.REALTIME_CATEGORY_PRIORITY)) - 1e-9
+
+    def admit(self, rank: int) -> str | None:
+        """Count one more connection of a user of ``rank``; the refusal reason if over."""
+        cap = settings.REALTIME_MAX_CONNECTIONS
+        if cap > 0:
+            if self.open >= cap:
+                return f"this server is at capacity ({cap} connections); retry later"
+            if self.open >= cap * admit_threshold(rank) - 1e-9:  # 0.1 + 0.2 is 0.30000000000000004
+                return (
+                    "this server is near capacity and keeps its last connections for the"
+                    " day's priority vendors; retry later"
+                )
+        self.open += 1
+        return None
+
+    def release(self) -> None:
+        self.open = max(0, self.open - 1)
+
+
+process_capacity = ProcessCapacity()

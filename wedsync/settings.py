@@ -528,6 +528,23 @@ REALTIME_SSE_HEARTBEAT = env.float("REALTIME_SSE_HEARTBEAT", default=15.0)
 # of different topics run side by side. Each holds one pooled connection while it works,
 # so keep DATABASE_POOL_MAX_SIZE above it (HTTP views use one more).
 REALTIME_DB_THREADS = env.int("REALTIME_DB_THREADS", default=6)
+# Priority under overload (docs/adr/0031-priority-under-overload.md): the database threads
+# take critical publishes (emergency.*, timeline.*) first and replays last, outboxes shed
+# presence first, and at the process's connection cap the vendor categories below are
+# refused last. False: one FIFO of database work, no category order (the baseline).
+REALTIME_PRIORITY = env.bool("REALTIME_PRIORITY", default=True)
+# A queued ordinary call or replay that waited this long is taken next (no starvation).
+REALTIME_DB_PRIORITY_MAX_WAIT_MS = env.float("REALTIME_DB_PRIORITY_MAX_WAIT_MS", default=250.0)
+# WebSocket connections per server process (0: no cap of our own). From
+# REALTIME_CAPACITY_RESERVE x the cap only the categories of REALTIME_CATEGORY_PRIORITY
+# connect (the later ones refused first), at the cap nobody (4029).
+REALTIME_MAX_CONNECTIONS = env.int("REALTIME_MAX_CONNECTIONS", default=0)
+REALTIME_CAPACITY_RESERVE = env.float("REALTIME_CAPACITY_RESERVE", default=0.9)
+# Supplier categories (weddings.models.Supplier.Category), most important on the day first:
+# the last refused near capacity and the first warmed (scaling/warming.py).
+REALTIME_CATEGORY_PRIORITY = env.list(
+    "REALTIME_CATEGORY_PRIORITY", default=["photographer", "venue", "caterer"]
+)
 # The database breaker of the realtime path (core.breaker.database_breaker): this many
 # connection failures in a row (fewer in wedding-day mode) make calls fail at once for
 # DATABASE_BREAKER_RESET seconds instead of each holding a thread until its timeout.
@@ -602,6 +619,11 @@ CELERY_BEAT_SCHEDULE["scaling-evaluate"] = {
     "options": {"expires": max(1, SCALING_EVALUATE_INTERVAL - 5)},
 }
 # The fast reactive path (docs/scaling.md, ADR 0022): every SCALING_FAST_INTERVAL seconds
+# Capacity reservations (ADR 0033): how many hours before a forecast peak its reserved
+# capacity is in force (the reservation itself is taken up to 24 h ahead).
+SCALING_RESERVATION_LEAD = env.float("SCALING_RESERVATION_LEAD", default=SCALING_PRESCALE_HOURS)
+if not 0 <= SCALING_RESERVATION_LEAD <= 24:
+    raise ImproperlyConfigured("SCALING_RESERVATION_LEAD must be 0 to 24 (hours)")
 # the emergency check reads the server processes' figures and, over one of these limits
 # in two readings in a row, scales out at once. 0 turns it off. The limits sit above the
 # minute rule's (80 %, 500 ms, 75 %): it skips the cooldown, so it acts on a clear breach.
@@ -616,11 +638,6 @@ if SCALING_FAST_INTERVAL > 0:
         "schedule": SCALING_FAST_INTERVAL,
         "options": {"expires": SCALING_FAST_INTERVAL},  # a late reading is worthless
     }
-# Capacity reservations (ADR 0033): how many hours before a forecast peak its reserved
-# capacity is in force (the reservation itself is taken up to 24 h ahead).
-SCALING_RESERVATION_LEAD = env.float("SCALING_RESERVATION_LEAD", default=SCALING_PRESCALE_HOURS)
-if not 0 <= SCALING_RESERVATION_LEAD <= 24:
-    raise ImproperlyConfigured("SCALING_RESERVATION_LEAD must be 0 to 24 (hours)")
 
 # --- outbound webhooks (docs/integration.md, ADR 0023) ------------------------------------
 
@@ -647,26 +664,6 @@ CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {
     "options": {"expires": max(1, WEBHOOKS_SWEEP_INTERVAL - 5)},
 }
 
-# Declared number of ASGI server processes in this deployment. It cannot be detected, so
-# the operator states it; a system check refuses several with the in-process layer.
-WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)
-
-# --- monitoring (docs/monitoring.md) ------------------------------------------------------
-
-# prometheus_client's multiprocess mode: every process of one host (ASGI servers, Celery
-# workers, beat) writes its metrics to files in this directory and /metrics adds them up.
-# The library decides at import time, from this environment variable, so it is exported
-# here, before anything can import it. One directory per host (per PID namespace): files
-# of dead processes are recognised by their pid (docs/monitoring.md).
-PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "metrics"))
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
-# GET /metrics: a scraper sends this bearer token, or comes from one of these networks
-# (REMOTE_ADDR: behind a proxy on this host, loopback is everybody, hence no default
-# without DEBUG). Staff may also use their realtime token.
-METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
-METRICS_ALLOWED_NETWORKS = env.list(
-    "METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"] if DEBUG else []
-)
 # --- Web Push to members' browsers (docs/web.md, ADR 0032) ------------------------------
 
 # The VAPID key pair (RFC 8292) that signs every push, base64url as `manage.py
@@ -716,6 +713,26 @@ PLATFORM_CHANGES_LAG_ALERT_BYTES = env.int("PLATFORM_CHANGES_LAG_ALERT_BYTES", d
 # e.g. a headless Service's pods) and "local" (this host's own files), sent METRICS_TOKEN.
 # Empty: this host's files alone, enough where every process shares them (one host).
 METRICS_PEERS = env.list("METRICS_PEERS", default=[])
+# Declared number of ASGI server processes in this deployment. It cannot be detected, so
+# the operator states it; a system check refuses several with the in-process layer.
+WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)
+
+# --- monitoring (docs/monitoring.md) ------------------------------------------------------
+
+# prometheus_client's multiprocess mode: every process of one host (ASGI servers, Celery
+# workers, beat) writes its metrics to files in this directory and /metrics adds them up.
+# The library decides at import time, from this environment variable, so it is exported
+# here, before anything can import it. One directory per host (per PID namespace): files
+# of dead processes are recognised by their pid (docs/monitoring.md).
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "metrics"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+# GET /metrics: a scraper sends this bearer token, or comes from one of these networks
+# (REMOTE_ADDR: behind a proxy on this host, loopback is everybody, hence no default
+# without DEBUG). Staff may also use their realtime token.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list(
+    "METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"] if DEBUG else []
+)
 # The Host header sent to the peers; empty: each peer's own address, as Prometheus sends
 # (the pods list their IP in ALLOWED_HOSTS for it).
 METRICS_PEERS_HOST = env.str("METRICS_PEERS_HOST", default="")

@@ -99,6 +99,9 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("server", _usage(report["server_usage"])))
     rows += _receiver_rows(report.get("receivers") or {})
     rows += _hostile_rows(report)
+    if "capacity_per_s" in report:
+        rows.append(("capacity (measured)", f"{_fmt(report['capacity_per_s'])} publishes/s"))
+        rows.append(("offered", f"{_fmt(report['offered_per_s'])} publishes/s"))
     rows.append(("elapsed", f"{_fmt(report.get('elapsed_s'))} s"))
     return rows
 
@@ -282,7 +285,25 @@ def render(report: dict[str, Any]) -> str:
         )  # fmt: skip
     if report.get("flood"):
         parts.append(_flood_table(report))
+    if report.get("classes"):
+        parts.append(_class_table(report["classes"]))
     return "\n\n".join(parts)
+
+
+def _class_table(classes: dict[str, Any]) -> str:
+    """overload: each priority class's publishes and latencies."""
+    rows = []
+    for name, c in classes.items():
+        reply, delivery = c["reply_latency"], c["delivery_latency"]
+        rows.append(
+            [name, c["sent"], c["ok"], c["errors"] or "", reply["p50_ms"], reply["p99_ms"],
+             delivery["count"], delivery["p50_ms"], delivery["p99_ms"], delivery["max_ms"]]
+        )  # fmt: skip
+    return table(
+        ["class", "sent", "ok", "errors", "reply p50 ms", "reply p99 ms", "delivered",
+         "delivery p50 ms", "delivery p99 ms", "delivery max ms"],
+        rows,
+    )  # fmt: skip
 
 
 def _flood_table(report: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .hostile import hostile_member
+from .overload import overload
 from .phases import (
     connections_max,
     fanout_max,
@@ -27,6 +28,7 @@ from .scenarios import (
     ConnectionsMax,
     FanoutMax,
     HostileMember,
+    Overload,
     ReconnectStorm,
     SaturdayPeak,
     Scenario,
@@ -115,6 +117,7 @@ RUNNERS: dict[type[Scenario], Callable[..., Any]] = {
     ReconnectStorm: reconnect_storm,
     SnapshotRead: snapshot_read,
     HostileMember: hostile_member,
+    Overload: overload,
 }
 
 

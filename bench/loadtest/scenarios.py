@@ -296,10 +296,46 @@ class HostileMember(Scenario):
             )
 
 
+@dataclass(frozen=True)
+class Overload(Scenario):
+    name: ClassVar[str] = "overload"
+    summary: ClassVar[str] = (
+        "one process at 1.5x its measured capacity: emergencies, timeline changes and"
+        " messages, p99 per priority class (run again with REALTIME_PRIORITY=false)"
+    )
+
+    weddings: int = _param(50, 1, 500, "--weddings", "weddings (topics)")
+    per_wedding: int = _param(
+        8, 4, 200, "--per-wedding", "vendors per wedding: the planner, members, an observer"
+    )
+    calibrate: float = _param(5.0, 0.5, 600, "--calibrate", "seconds measuring the capacity")
+    factor: float = _param(1.5, 0.1, 20, "--factor", "the offered rate, x the capacity")
+    rate: float = _param(
+        0.0, 0, 10_000, "--rate", "offered publishes/s instead (0: --factor x the capacity)"
+    )
+    duration: float = _param(20.0, 1, 3600, "--duration", "seconds of overload")
+    drain_timeout: float = _param(
+        30.0, 1, 600, "--drain-timeout", "seconds to wait for the last deliveries"
+    )
+
+    @property
+    def receivers(self) -> int:
+        """Receivers of each wedding besides the observer: one per vendor."""
+        return self.per_wedding
+
+    def check(self) -> None:
+        if self.processes > self.weddings * self.per_wedding:
+            raise ScenarioError(
+                f"--processes ({self.processes}) is more than the receivers"
+                f" ({self.weddings * self.per_wedding})"
+            )
+
+
 SCENARIOS: dict[str, type[Scenario]] = {
     cls.name: cls
     for cls in (
-        SaturdayPeak, FanoutMax, ConnectionsMax, ReconnectStorm, SnapshotRead, HostileMember
+        SaturdayPeak, FanoutMax, ConnectionsMax, ReconnectStorm, SnapshotRead, HostileMember,
+        Overload,
     )
 }  # fmt: skip
 

@@ -62,6 +62,8 @@ _OPTIONS: list[tuple[str, Any, str, str]] = [
         "hostile-member: prune again as if retention kept N events per"
         " topic (every topic of the database: a scratch database only)",
     ),
+    ("--calibrate", float, "S", "overload: seconds measuring the process's capacity"),
+    ("--factor", float, "X", "overload: the offered rate, x the measured capacity"),
     ("--processes", int, "N", "generator processes for the receivers (default 1)"),
 ]
 _DEST = {"--p99-limit": "p99_limit_ms"}
