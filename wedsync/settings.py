@@ -566,6 +566,12 @@ SERVER_WORKERS = env.int("SERVER_WORKERS", default=1)
 # (from its connection, or from the first byte of a later request) before it is cut off.
 SERVER_LIMIT_CONCURRENCY = env.int("SERVER_LIMIT_CONCURRENCY", default=20000)
 SERVER_HEADER_TIMEOUT = env.float("SERVER_HEADER_TIMEOUT", default=10.0)
+# Warm each server process up before it listens (wedsync/server/warmup.py): database
+# threads and their connections, Redis pools, lazy imports; false leaves them to first use.
+SERVER_WARMUP = env.bool("SERVER_WARMUP", default=True)
+# permessage-deflate on the WebSocket, for clients that offer it (browsers do): ~85 % fewer
+# bytes per event for ~43 KiB per connection and ~5 us per delivery (docs/adr/0034).
+REALTIME_WS_COMPRESSION = env.bool("REALTIME_WS_COMPRESSION", default=True)
 
 # Connections (realtime/connection_counts.py, PROTOCOL §8 close 4029): open WebSockets per user
 # and per supplier, counted across every server process (in Redis; in-process on the
@@ -613,17 +619,17 @@ SCALING_MAX_ASGI = env.int("SCALING_MAX_ASGI", default=40)
 SCALING_MIN_WORKERS = env.int("SCALING_MIN_WORKERS", default=1)
 SCALING_MAX_WORKERS = env.int("SCALING_MAX_WORKERS", default=20)
 SCALING_PRESCALE_HOURS = env.float("SCALING_PRESCALE_HOURS", default=1.0)
+# Capacity reservations (ADR 0033): how many hours before a forecast peak its reserved
+# capacity is in force (the reservation itself is taken up to 24 h ahead).
+SCALING_RESERVATION_LEAD = env.float("SCALING_RESERVATION_LEAD", default=SCALING_PRESCALE_HOURS)
+if not 0 <= SCALING_RESERVATION_LEAD <= 24:
+    raise ImproperlyConfigured("SCALING_RESERVATION_LEAD must be 0 to 24 (hours)")
 CELERY_BEAT_SCHEDULE["scaling-evaluate"] = {
     "task": "scaling.tasks.evaluate_scaling",
     "schedule": SCALING_EVALUATE_INTERVAL,
     "options": {"expires": max(1, SCALING_EVALUATE_INTERVAL - 5)},
 }
 # The fast reactive path (docs/scaling.md, ADR 0022): every SCALING_FAST_INTERVAL seconds
-# Capacity reservations (ADR 0033): how many hours before a forecast peak its reserved
-# capacity is in force (the reservation itself is taken up to 24 h ahead).
-SCALING_RESERVATION_LEAD = env.float("SCALING_RESERVATION_LEAD", default=SCALING_PRESCALE_HOURS)
-if not 0 <= SCALING_RESERVATION_LEAD <= 24:
-    raise ImproperlyConfigured("SCALING_RESERVATION_LEAD must be 0 to 24 (hours)")
 # the emergency check reads the server processes' figures and, over one of these limits
 # in two readings in a row, scales out at once. 0 turns it off. The limits sit above the
 # minute rule's (80 %, 500 ms, 75 %): it skips the cooldown, so it acts on a clear breach.
@@ -707,12 +713,6 @@ PLATFORM_CHANGES_HEARTBEAT_INTERVAL = env.float("PLATFORM_CHANGES_HEARTBEAT_INTE
 # WAL kept by the slot past which the consumer logs a warning (and alerts should fire).
 PLATFORM_CHANGES_LAG_ALERT_BYTES = env.int("PLATFORM_CHANGES_LAG_ALERT_BYTES", default=1 << 30)
 
-# Where the minute snapshot and the live figures read the server processes' metrics when
-# they run on other hosts than the worker (Kubernetes: every pod is a host, with its own
-# files): base URLs (http://10.0.0.5:8000), dns:NAME:PORT (every address NAME resolves to,
-# e.g. a headless Service's pods) and "local" (this host's own files), sent METRICS_TOKEN.
-# Empty: this host's files alone, enough where every process shares them (one host).
-METRICS_PEERS = env.list("METRICS_PEERS", default=[])
 # Declared number of ASGI server processes in this deployment. It cannot be detected, so
 # the operator states it; a system check refuses several with the in-process layer.
 WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)
@@ -733,6 +733,12 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_NETWORKS = env.list(
     "METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"] if DEBUG else []
 )
+# Where the minute snapshot and the live figures read the server processes' metrics when
+# they run on other hosts than the worker (Kubernetes: every pod is a host, with its own
+# files): base URLs (http://10.0.0.5:8000), dns:NAME:PORT (every address NAME resolves to,
+# e.g. a headless Service's pods) and "local" (this host's own files), sent METRICS_TOKEN.
+# Empty: this host's files alone, enough where every process shares them (one host).
+METRICS_PEERS = env.list("METRICS_PEERS", default=[])
 # The Host header sent to the peers; empty: each peer's own address, as Prometheus sends
 # (the pods list their IP in ALLOWED_HOSTS for it).
 METRICS_PEERS_HOST = env.str("METRICS_PEERS_HOST", default="")
