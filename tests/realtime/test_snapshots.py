@@ -242,6 +242,12 @@ def test_snapshot_api__returns_the_uncached_snapshot_json_and_checks_visibility_
             }
         ],
     )
+    # the couple read their whole guest list (none here; docs/security.md, ADR 0026)
+    expected["guests"] = {
+        "guests": [],
+        "tables": [],
+        "totals": {"accepted": 0, "declined": 0, "pending": 0},
+    }
     assert orjson.loads(first.content) == orjson.loads(second.content) == expected
     assert refused.status_code == 404
     assert orjson.loads(refused.content)["error"]["code"] == "not_found"
