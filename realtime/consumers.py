@@ -74,6 +74,13 @@ def _database_unavailable() -> RealtimeError:
     )
 
 
+# What of a WebSocket scope only the handshake reads (``RealtimeAuthMiddleware``): dropped
+# once the connection is accepted (~0.9 KB a connection, docs/adr/0035). The user too: the
+# consumer holds it, and the access re-check replaces it with a fresh one, which must not
+# leave the first alive in the scope for the connection's life.
+_HANDSHAKE_ONLY = ("headers", "query_string", "raw_path", "subprotocols", "extensions", "user")
+
+
 class RealtimeConsumer:
     """One client's connection: subscriptions, publishes, presence, acks.
 
@@ -121,10 +128,13 @@ class RealtimeConsumer:
     def as_asgi(cls) -> Callable[[dict, Any, Any], Awaitable[None]]:
         """The ASGI application: one instance per connection."""
 
-        async def app(scope: dict, receive: Any, send: Any) -> None:
-            await cls()(scope, receive, send)
+        def app(scope: dict, receive: Any, send: Any) -> Awaitable[None]:
+            # The consumer's coroutine itself, not one awaiting it: a frame fewer held
+            # for the connection's life (ADR 0035).
+            return cls()(scope, receive, send)
 
         app.consumer_class = cls  # type: ignore[attr-defined]
+        app._asgi_single_callable = True  # type: ignore[attr-defined]  # ASGI 3 (asgiref)
         return app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -164,6 +174,10 @@ class RealtimeConsumer:
             if cooling is not None:
                 await asyncio.sleep(cooldowns.remaining(self.user.pk))
         await self.send({"type": "websocket.accept"})
+        # Answered: the handshake's headers and query string (the token) are not read
+        # again, and the scope, shared with the server, lives as long as the connection.
+        for key in _HANDSHAKE_ONLY:
+            self.scope.pop(key, None)
         metrics.connection_opened()
         self.outbox = Outbox(
             self._send_text,

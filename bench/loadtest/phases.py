@@ -239,13 +239,32 @@ async def connections_max(scenario: ConnectionsMax, world: list[WeddingLogins], 
                 f"({per_conn_kib} KiB per connection), {opened['rate_per_s']} connects/s"
             )
             previous = level
+        held = await _hold(scenario.hold, run, rx) if scenario.hold else []
     attempted = sum(r["attempted"] for r in rows)
     return {
         "connections": {"attempted": attempted, "succeeded": succeeded},
         "baseline_rss_mib": baseline,
         "levels": rows,
+        "hold": held,
         "receivers": rx.counters,
     }
+
+
+HOLD_SAMPLE_S = 30.0
+
+
+async def _hold(seconds: float, run: Run, rx: Any) -> list[dict[str, Any]]:
+    """Hold the connections open (the receivers' pings and the server's keepalive go on)
+    for ``seconds``; the server's RSS at the start and every HOLD_SAMPLE_S."""
+    start = time.monotonic()
+    samples: list[dict[str, Any]] = []
+    while True:
+        elapsed = time.monotonic() - start
+        samples.append({"at_s": round(elapsed), "rss_mib": run.rss_mib()})
+        run.say(f"holding: {samples[-1]['at_s']} s, server RSS {samples[-1]['rss_mib']} MiB")
+        if elapsed >= seconds:
+            return samples
+        await asyncio.sleep(min(HOLD_SAMPLE_S, seconds - elapsed))
 
 
 async def reconnect_storm(scenario: ReconnectStorm, world: list[WeddingLogins], run: Run) -> dict:

@@ -95,6 +95,9 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("highest passing deliveries/s", _fmt(report["max_deliveries_per_s"])))
     if "baseline_rss_mib" in report:
         rows.append(("server RSS before connections", f"{_fmt(report['baseline_rss_mib'])} MiB"))
+    if report.get("hold"):
+        held = ", ".join(f"{h['at_s']} s: {_fmt(h['rss_mib'])}" for h in report["hold"])
+        rows.append(("server RSS while held, MiB", held))
     if report.get("server_usage"):
         rows.append(("server", _usage(report["server_usage"])))
     rows += _receiver_rows(report.get("receivers") or {})

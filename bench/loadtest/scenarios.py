@@ -154,6 +154,9 @@ class ConnectionsMax(Scenario):
     per_wedding: int = _param(40, 1, 500, "--per-wedding", "connections per wedding")
     concurrency: int = _param(100, 1, 5000, "--concurrency", "handshakes in flight")
     settle: float = _param(5.0, 0, 600, "--settle", "seconds idle before each RSS reading")
+    hold: float = _param(
+        0.0, 0, 3600, "--hold", "seconds the last level is held, RSS every 30 s (0: none)"
+    )
     subscribe: bool = True
 
     def __post_init__(self) -> None:

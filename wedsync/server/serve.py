@@ -188,6 +188,7 @@ def config(host: str, port: int, *, log_level: str = "warning") -> uvicorn.Confi
     from django.conf import settings
 
     from realtime.protocol import MAX_FRAME_BYTES
+    from wedsync.server.websocket import LeanWebSocketProtocol
 
     http = type(
         "GuardedHttpProtocol",
@@ -204,7 +205,9 @@ def config(host: str, port: int, *, log_level: str = "warning") -> uvicorn.Confi
         loop="uvloop",
         # httptools, with a header timeout and the WebSocket concurrency cap.
         http=http,
-        ws="websockets-sansio",
+        # websockets-sansio without its per-connection queue, event and handshake kept
+        # for the connection's life (wedsync.server.websocket, ADR 0035).
+        ws=LeanWebSocketProtocol,
         ws_max_size=MAX_FRAME_BYTES,
         limit_concurrency=settings.SERVER_LIMIT_CONCURRENCY or None,
         lifespan="off",

@@ -47,6 +47,7 @@ _OPTIONS: list[tuple[str, Any, str, str]] = [
     ("--levels", str, "N,N,...", "connections-max: connection counts (default 1000,5000,10000)"),
     ("--concurrency", int, "N", "connections-max: handshakes in flight"),
     ("--settle", float, "S", "connections-max: idle seconds before each RSS reading"),
+    ("--hold", float, "S", "connections-max: hold the last level S seconds, RSS every 30 s"),
     ("--before", float, "S", "reconnect-storm: seconds of publishing before the drop"),
     ("--after", float, "S", "reconnect-storm: seconds of publishing after the drop"),
     ("--recovery-timeout", float, "S", "reconnect-storm: seconds to catch up"),
