@@ -176,8 +176,11 @@ class RealtimeConsumer:
         await self.send({"type": "websocket.accept"})
         # Answered: the handshake's headers and query string (the token) are not read
         # again, and the scope, shared with the server, lives as long as the connection.
-        for key in _HANDSHAKE_ONLY:
-            self.scope.pop(key, None)
+        # Only a WebSocket's: the SSE stream (realtime.sse) reads its query string and
+        # Last-Event-ID after this.
+        if self.scope.get("type") == "websocket":
+            for key in _HANDSHAKE_ONLY:
+                self.scope.pop(key, None)
         metrics.connection_opened()
         self.outbox = Outbox(
             self._send_text,
