@@ -21,8 +21,13 @@ lint: bootstrap
 	.venv/bin/ruff format --check .
 	PYTHONPATH=.:clients/python .venv/bin/lint-imports --no-cache
 
+# The suite runs in PYTEST_WORKERS processes (pytest-xdist; each its own test database,
+# Redis and metrics folder: tests/parallel.py); a file's tests stay in one worker, so its
+# servers and browsers start once. PYTEST_WORKERS=0 runs it in this process.
+PYTEST_WORKERS ?= 2
+
 test: lint
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Formats the code as `make lint` checks it.
 format: bootstrap
