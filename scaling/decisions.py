@@ -4,8 +4,11 @@ connection limit, with the reason in words.
 
 The rules, in order (docs/scaling.md says why):
 
-1. Forecast: capacity for the busiest slot from now to ``prescale_lead`` (1 h) ahead,
-   plus ``headroom`` (30 %), so a peak is provisioned before it arrives.
+1. Forecast: the comfortable capacity of the busiest slot from now to ``prescale_lead``
+   (1 h) ahead, so a peak's processes are up before it arrives; ``headroom`` (30 %) over
+   it, and over the current load, from ``headroom_lead`` (15 min) ahead: an hour of
+   headroom before every ramp cost more process-hours than reactive-only used and bought
+   no under-capacity minute (ADR 0029, amendment).
 2. Reactive: current connections above ``high_utilisation`` of capacity, p95 latency,
    CPU or error rate over their limits scale out by ``scale_out_factor`` of the current
    count, whatever the forecast says: the forecast can be wrong, the load is not.
@@ -77,6 +80,13 @@ class ScalingPolicy:
     scale_out_cooldown: dt.timedelta = dt.timedelta(minutes=2)
     scale_in_cooldown: dt.timedelta = dt.timedelta(minutes=30)
     prescale_lead: dt.timedelta = dt.timedelta(hours=1)
+    # The headroom over a forecast slot is provisioned this far ahead of it (one slot, the
+    # forecast's resolution); from prescale_lead until then the slot gets its comfortable
+    # capacity only. A process starts in seconds and the reactive rules see the load as it
+    # comes, so an hour of headroom ahead of every ramp bought no under-capacity minute and
+    # cost more process-hours than the reactive policy spent (ADR 0029). A value above
+    # prescale_lead acts as prescale_lead.
+    headroom_lead: dt.timedelta = dt.timedelta(minutes=15)
     scale_in_lead: dt.timedelta = dt.timedelta(hours=2)
     notice_lead: dt.timedelta = dt.timedelta(hours=24)
     window_lead: dt.timedelta = dt.timedelta(hours=2)
@@ -292,19 +302,36 @@ def decide(
     """The capacity wanted now; called once a minute by the scaling evaluation.
     ``reservations`` in force at ``now`` raise the minimums (rule 6)."""
     reasons: list[str] = []
-    # 1. Forecast, looking prescale_lead ahead.
+    # 1. Forecast: the busiest slot within prescale_lead at its comfortable capacity, and
+    # the busiest within headroom_lead (or the current load) with the headroom.
     ahead = _peak(forecast.slots, now, now + policy.prescale_lead)
+    headroom_lead = min(policy.headroom_lead, policy.prescale_lead)
+    soon = _peak(forecast.slots, now, now + headroom_lead)
     forecast_conn = ahead.connections if ahead else 0.0
     forecast_del = ahead.deliveries_per_s if ahead else 0.0
     load_conn = max(forecast_conn, float(current.connections))
     load_del = max(forecast_del, current.deliveries_per_s or 0.0)
-    asgi_target = _need(load_conn, policy.connections_per_process, policy.headroom)
-    workers_target = _need(load_del, policy.deliveries_per_worker, policy.headroom)
-    if ahead and forecast_conn > current.connections:
+    soon_conn = max(soon.connections if soon else 0.0, float(current.connections))
+    soon_del = max(soon.deliveries_per_s if soon else 0.0, current.deliveries_per_s or 0.0)
+    near_target = _need(soon_conn, policy.connections_per_process, policy.headroom)
+    far_target = _need(forecast_conn, policy.connections_per_process, 0.0)
+    asgi_target = max(near_target, far_target)
+    workers_target = max(
+        _need(soon_del, policy.deliveries_per_worker, policy.headroom),
+        _need(forecast_del, policy.deliveries_per_worker, 0.0),
+    )
+    if ahead and far_target > near_target:
         reasons.append(
             f"forecast peak of {forecast_conn:.0f} connections at "
             f"{ahead.start_utc:%a %H:%M} UTC (within {_hours(policy.prescale_lead)}) "
-            f"needs {asgi_target} process(es) with {policy.headroom:.0%} headroom"
+            f"needs {far_target} process(es) at comfortable capacity, "
+            f"{policy.headroom:.0%} headroom from {_hours(headroom_lead)} before it"
+        )
+    elif soon and soon.connections > current.connections:
+        reasons.append(
+            f"forecast peak of {soon.connections:.0f} connections at "
+            f"{soon.start_utc:%a %H:%M} UTC (within {_hours(headroom_lead)}) "
+            f"needs {near_target} process(es) with {policy.headroom:.0%} headroom"
         )
     else:
         reasons.append(
@@ -415,7 +442,9 @@ def decide(
 
 
 def _hours(delta: dt.timedelta) -> str:
-    return f"{delta.total_seconds() / 3600:g} h"
+    """A lead in words: hours, or minutes below one hour ("1 h", "15 min")."""
+    seconds = delta.total_seconds()
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
 
 
 def plain(value: Any) -> Any:

@@ -58,20 +58,62 @@ def test_decide__scales_out_at_once_to_the_forecast_with_30_percent_headroom():
 
 
 @pytest.mark.parametrize(
-    ("peak_in", "scales_out"),
+    ("peak_in", "processes"),
     [
-        (dt.timedelta(minutes=45), True),
-        (dt.timedelta(hours=1), True),
-        (dt.timedelta(hours=1, minutes=30), False),
+        (dt.timedelta(minutes=15), 12),  # 9000 × 1.3 / 1000 = 11.7: with the headroom
+        (dt.timedelta(minutes=45), 9),  # its comfortable capacity: 9000 / 1000
+        (dt.timedelta(hours=1), 9),
+        (dt.timedelta(hours=1, minutes=30), 4),  # beyond the hour: nothing yet
     ],
 )
-def test_decide__pre_scales_for_a_peak_within_the_hour_not_earlier(peak_in, scales_out):
+def test_decide__pre_scales_for_a_peak_within_the_hour_and_adds_headroom_a_slot_before(
+    peak_in, processes
+):
     fc = _forecast(base=100, peaks={peak_in: 9000})
 
     decision = decide(fc, _quiet(), _capacity(asgi=4), POLICY, NOW)
 
-    assert (decision.asgi_processes == 12) is scales_out
-    assert decision.asgi_processes <= 4 or scales_out
+    assert decision.asgi_processes == processes
+
+
+def test_decide__a_peak_beyond_the_headroom_lead_is_provisioned_at_comfortable_capacity():
+    # given: 9,000 connections and 450 deliveries/s forecast in 45 min, a quiet fleet
+    fc = _forecast(base=100, peaks={dt.timedelta(minutes=45): 9000})
+
+    # when
+    decision = decide(fc, _quiet(), _capacity(asgi=2, workers=1), POLICY, NOW)
+
+    # then: what the peak needs without headroom (9 processes, 450 / 200 → 3 workers); the
+    # 30 % comes 15 min before it (12 processes, 450 × 1.3 / 200 → 3 workers)
+    assert decision.action == "scale_out"
+    assert (decision.asgi_processes, decision.celery_workers) == (9, 3)
+    assert (
+        "forecast peak of 9000 connections at Sat 10:45 UTC (within 1 h) needs 9 process(es) "
+        "at comfortable capacity, 30% headroom from 15 min before it"
+    ) in decision.reason
+
+
+def test_decide__the_headroom_lead_is_a_policy_value_and_never_beyond_the_prescale_lead():
+    fc = _forecast(base=100, peaks={dt.timedelta(minutes=45): 9000})
+
+    hour = decide(
+        fc, _quiet(), _capacity(), ScalingPolicy(headroom_lead=dt.timedelta(hours=1)), NOW
+    )
+    longer = decide(
+        fc, _quiet(), _capacity(), ScalingPolicy(headroom_lead=dt.timedelta(hours=3)), NOW
+    )
+    short = ScalingPolicy(
+        prescale_lead=dt.timedelta(minutes=30), headroom_lead=dt.timedelta(hours=3)
+    )
+    beyond = decide(fc, _quiet(), _capacity(), short, NOW)
+
+    # then: an hour's headroom lead gives the peak its headroom now (12); a 3 h one acts as
+    # the 1 h prescale lead; a peak beyond a 30 min prescale lead gets nothing yet
+    assert hour.asgi_processes == 12
+    assert "(within 1 h) needs 12 process(es) with 30% headroom" in hour.reason
+    assert longer.asgi_processes == 12
+    assert "(within 1 h) needs 12 process(es) with 30% headroom" in longer.reason
+    assert beyond.asgi_processes == 4
 
 
 def test_decide__keeps_what_a_peak_within_two_hours_needs_instead_of_scaling_in():
@@ -337,6 +379,7 @@ def test_decide__carries_its_inputs_as_json():
     assert inputs["capacity"]["asgi_processes"] == 4
     assert inputs["policy"]["headroom"] == 0.3
     assert inputs["policy"]["prescale_lead"] == 3600.0
+    assert inputs["policy"]["headroom_lead"] == 900.0
     assert inputs["policy"]["scale_in_lead"] == 7200.0
 
 
