@@ -146,8 +146,9 @@ class OverloadTraffic:
         """The ok publishes of the mix a second the server sustains, closed-loop.
 
         The mix's own (``MIX``, each class from its publishers), not ``message.posted``
-        alone: an emergency or a timeline change costs the database several times an
-        ordinary message (a transaction under the topic's lock, not one statement), so
+        alone: an emergency or a timeline change costs the server several times an
+        ordinary message (a transaction of several statements under the topic's lock,
+        where a message is one statement), so
         "1.5x capacity" measured in messages asked more than the process's whole capacity
         of the critical classes alone, and no order of work could have kept them on time.
         What the calibration sends is left out of the report (``reset_stats``)."""
