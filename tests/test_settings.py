@@ -190,6 +190,19 @@ def test_redis__unknown_channel_layer_fails_with_a_clear_message() -> None:
     assert "CHANNEL_LAYER must be 'pubsub' or 'core', not 'bogus'" in result.stderr
 
 
+@pytest.mark.parametrize("value", ["0", "500"])
+def test_switch_interval__out_of_range_fails_with_a_clear_message(value: str) -> None:
+    result = run_python(
+        "from django.conf import settings; settings.DEBUG",
+        DJANGO_DEBUG="true",
+        SERVER_SWITCH_INTERVAL_MS=value,
+    )
+
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert "SERVER_SWITCH_INTERVAL_MS must be between 0.1 and 100" in result.stderr
+
+
 # --- (c) secrets -------------------------------------------------------------------------------
 
 

@@ -557,6 +557,14 @@ SERVER_GC_FREEZE = env.bool("SERVER_GC_FREEZE", default=True)
 SERVER_GC_THRESHOLDS = [
     int(v) for v in env.list("SERVER_GC_THRESHOLDS", default=["1500", "10", "100"])
 ]
+# The server processes' thread switch interval (sys.setswitchinterval), in ms: how long the
+# event loop may wait for the GIL while other threads run Python. CPython's 5 ms by
+# default; 1 ms measured better under a member's flood (docs/benchmarks.md).
+SERVER_SWITCH_INTERVAL_MS = env.float("SERVER_SWITCH_INTERVAL_MS", default=5.0)
+if not 0.1 <= SERVER_SWITCH_INTERVAL_MS <= 100:
+    raise ImproperlyConfigured(
+        f"SERVER_SWITCH_INTERVAL_MS must be between 0.1 and 100, not {SERVER_SWITCH_INTERVAL_MS}"
+    )
 # Server processes per `python -m wedsync.serve` (its --workers default): above 1 they
 # share one port through SO_REUSEPORT under a supervisor (docs/adr/0011-workers-on-one-port.md).
 SERVER_WORKERS = env.int("SERVER_WORKERS", default=1)

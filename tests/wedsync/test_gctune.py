@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 import pytest
 
@@ -11,10 +12,11 @@ from wedsync.server.gctune import tune_after_startup
 
 @pytest.fixture
 def restore_gc():
-    thresholds = gc.get_threshold()
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
     yield
     gc.unfreeze()
     gc.set_threshold(*thresholds)
+    sys.setswitchinterval(interval)
 
 
 def test_tune__freezes_the_start_up_heap_and_sets_the_thresholds(settings, restore_gc):
@@ -26,7 +28,11 @@ def test_tune__freezes_the_start_up_heap_and_sets_the_thresholds(settings, resto
 
     assert gc.get_threshold() == (5000, 15, 50)
     assert gc.get_freeze_count() > 10_000  # the modules, Django, the test run
-    assert done == {"thresholds": (5000, 15, 50), "frozen_objects": gc.get_freeze_count()}
+    assert done == {
+        "thresholds": (5000, 15, 50),
+        "frozen_objects": gc.get_freeze_count(),
+        "switch_interval_ms": settings.SERVER_SWITCH_INTERVAL_MS,
+    }
     # What was frozen is no longer tracked by any generation's collections.
     assert len(gc.get_objects()) < done["frozen_objects"]
 
@@ -41,3 +47,13 @@ def test_tune__with_freeze_off_and_default_thresholds_changes_nothing(settings, 
     assert gc.get_threshold() == (700, 10, 10)
     assert gc.get_freeze_count() == 0
     assert done["frozen_objects"] == 0
+
+
+def test_tune__sets_the_thread_switch_interval(settings, restore_gc):
+    settings.SERVER_SWITCH_INTERVAL_MS = 1.0
+    sys.setswitchinterval(0.005)
+
+    done = tune_after_startup()
+
+    assert sys.getswitchinterval() == pytest.approx(0.001)
+    assert done["switch_interval_ms"] == 1.0

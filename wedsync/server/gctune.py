@@ -13,21 +13,30 @@ the load benchmark, docs/benchmarks.md). Two settings, applied once after start-
 * thresholds ``1500,10,100``: a young collection's pause grows with its threshold
   (~1 ms at 1,500, ~10 ms at 7,000), so the first stays small; the last makes a
   full collection of the remaining (connection-sized) heap rare, minutes apart.
+
+And the interpreter's thread switch interval (``SERVER_SWITCH_INTERVAL_MS``, CPython's
+5 ms by default): how long the event loop may wait for the GIL while the database and
+request threads run Python. 1 ms took a flooded wedding's delivery p99 from 57-58 to
+37-44 ms in the hostile-member benchmark at the same CPU, with no gain at the Saturday
+peak (docs/benchmarks.md); the default stays CPython's until more runs say otherwise.
 """
 
 from __future__ import annotations
 
 import gc
+import sys
 
 from django.conf import settings
 
 
 def tune_after_startup() -> dict[str, object]:
-    """Freeze the start-up heap and set the server's thresholds (``SERVER_GC_*``).
+    """Freeze the start-up heap, set the server's thresholds (``SERVER_GC_*``) and its
+    thread switch interval (``SERVER_SWITCH_INTERVAL_MS``).
 
     Returns what was done, for the start-up log. With ``SERVER_GC_FREEZE=false`` and
-    the thresholds left at CPython's defaults this changes nothing.
+    the thresholds and interval left at CPython's defaults this changes nothing.
     """
+    sys.setswitchinterval(settings.SERVER_SWITCH_INTERVAL_MS / 1000)
     thresholds = tuple(settings.SERVER_GC_THRESHOLDS)
     gc.set_threshold(*thresholds)
     frozen = 0
@@ -35,4 +44,8 @@ def tune_after_startup() -> dict[str, object]:
         gc.collect()
         gc.freeze()
         frozen = gc.get_freeze_count()
-    return {"thresholds": thresholds, "frozen_objects": frozen}
+    return {
+        "thresholds": thresholds,
+        "frozen_objects": frozen,
+        "switch_interval_ms": round(sys.getswitchinterval() * 1000, 3),
+    }
