@@ -23,7 +23,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
-from wedsync.server.asgi_server import asgi_server_command
+from wedsync.server.asgi_server import asgi_server_command, die_with_parent_hook
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -224,11 +224,14 @@ class Server:
 
 class RedisServer:
     """A redis-server of the test's own on a free port, to kill and restart in fault
-    tests (the machine's Redis is shared by the rest of the suite)."""
+    tests (the machine's Redis is shared by the rest of the suite). ``die_with_parent``:
+    it ends with this process, even one SIGKILLed (a pytest-xdist worker's own Redis,
+    tests/parallel.py)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, die_with_parent: bool = False) -> None:
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
+        self.die_with_parent = die_with_parent
         self.start()
 
     @property
@@ -241,9 +244,12 @@ class RedisServer:
              "--save", "", "--appendonly", "no", "--loglevel", "warning"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent_hook() if self.die_with_parent else None,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:  # the port was taken meanwhile, or it failed
+                break
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                     sock.sendall(b"PING\r\n")
