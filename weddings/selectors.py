@@ -166,14 +166,18 @@ def _utc_iso(value: dt.datetime | None) -> str | None:
 
 
 def timeline_item_as_dict(item: TimelineItem) -> dict[str, Any]:
-    """The PROTOCOL §5 item payload; no query when ``suppliers`` is prefetched."""
+    """The PROTOCOL §5 item payload; no query when ``suppliers`` is prefetched or the
+    write services loaded its ``loaded_supplier_ids``."""
+    supplier_ids = getattr(item, "loaded_supplier_ids", None)
+    if supplier_ids is None:
+        supplier_ids = sorted(supplier.pk for supplier in item.suppliers.all())
     return {
         "id": item.pk,
         "title": item.title,
         "starts_at": _utc_iso(item.starts_at),
         "ends_at": _utc_iso(item.ends_at),
         "location": item.location,
-        "supplier_ids": sorted(supplier.pk for supplier in item.suppliers.all()),
+        "supplier_ids": supplier_ids,
         "status": item.status,
         "key_moment": item.key_moment,
         "pinned": item.pinned,

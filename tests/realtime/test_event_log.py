@@ -258,6 +258,34 @@ def test_publish__conflict_stores_nothing_and_keeps_the_cursor(world):
     assert _cursor(world.topic) in (None, 0)
 
 
+@pytest.mark.parametrize(
+    ("event", "payload", "field"),
+    [
+        ("timeline.item.updated", {"version": 1, "title": "Theirs now"}, "payload.id"),
+        ("timeline.item.deleted", {"version": 1}, "payload.id"),
+        ("timeline.shifted", {"minutes": 20}, "payload.from_item_id"),
+    ],
+)
+def test_publish__item_of_another_wedding_is_missing_and_unchanged(world, event, payload, field):
+    # given: the planner's wedding, and an item of another wedding, named by its id
+    theirs = make_item(wedding=world.other_wedding, title="Their vows", start=(14, 0))
+    id_field = "from_item_id" if event == "timeline.shifted" else "id"
+
+    # when
+    with pytest.raises(RealtimeError) as info:
+        event_publish(
+            topic=world.topic, event=event, payload={id_field: theirs.pk, **payload},
+            user=world.planner,
+        )  # fmt: skip
+
+    # then: reported like a missing item; the item and both topics untouched
+    assert (info.value.code, info.value.extra["field"]) == ("invalid_payload", field)
+    assert "no such timeline item on this wedding" in info.value.message
+    theirs.refresh_from_db()
+    assert (theirs.title, theirs.version, theirs.starts_at.minute) == ("Their vows", 1, 0)
+    assert not Event.objects.exists()
+
+
 def test_publish__effect_is_undone_when_the_event_cannot_be_stored(world):
     # given: a row squatting on the next seq, so storing the event fails after the
     # timeline service has already changed the item

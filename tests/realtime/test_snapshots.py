@@ -12,12 +12,12 @@ from unittest.mock import ANY
 
 import orjson
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import Client
 
 from core.cache import get_cache
 from realtime.services import event_publish
-from realtime.snapshots import snapshot_get, snapshot_key
+from realtime.snapshots import snapshot_get, snapshot_invalidate, snapshot_key
 from tests.factories import make_booking, make_item, make_supplier, make_user, make_wedding
 from weddings.models import Supplier
 
@@ -161,6 +161,59 @@ def test_snapshot_get__rolled_back_event_does_not_change_it(world):
     # then
     assert snapshot_get(wedding_id) == before
     assert before["seq"] == 0
+
+
+def _drops_after_commit(wedding_id: int) -> int:
+    """The on-commit drops of the wedding's snapshot waiting in this transaction."""
+    key = snapshot_key(wedding_id)
+    return sum(getattr(f, "snapshot_key", None) == key for _, f, _ in connection.run_on_commit)
+
+
+@COMMITS
+def test_snapshot_invalidate__one_drop_after_commit_however_many_writes(world):
+    # given: a timeline publish invalidates for its item's save and for its event
+    wedding_id, item = world["wedding"].pk, world["item"]
+
+    # when
+    with transaction.atomic():
+        event_publish(
+            topic=world["wedding"].topic,
+            event="timeline.item.updated",
+            payload={"id": item.pk, "version": item.version, "title": "Vows"},
+            user=world["planner"],
+        )
+        snapshot_invalidate(wedding_id)
+        drops = _drops_after_commit(wedding_id)
+        inside = snapshot_get(wedding_id)  # cached from inside the transaction
+
+    # then: one drop, which ran after the commit
+    assert drops == 1
+    assert inside["timeline"][0]["title"] == "Vows"
+    assert _cached(wedding_id) is None
+    assert snapshot_get(wedding_id)["seq"] == 1
+
+
+@COMMITS
+def test_snapshot_invalidate__drop_discarded_by_a_savepoint_is_registered_again(world):
+    # given
+    wedding_id, item = world["wedding"].pk, world["item"]
+    snapshot_get(wedding_id)
+
+    # when: the first write's savepoint rolls back (and its on-commit drop with it), a
+    # second write of the wedding commits after a read cached the state in between
+    with transaction.atomic():
+        with pytest.raises(RuntimeError), transaction.atomic():
+            snapshot_invalidate(wedding_id)
+            raise RuntimeError("roll back the savepoint")
+        assert _drops_after_commit(wedding_id) == 0
+        item.title = "Vows"
+        item.save()
+        assert _drops_after_commit(wedding_id) == 1
+        snapshot_get(wedding_id)
+
+    # then
+    assert _cached(wedding_id) is None
+    assert [entry["title"] for entry in snapshot_get(wedding_id)["timeline"]] == ["Vows"]
 
 
 @pytest.mark.django_db

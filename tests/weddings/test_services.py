@@ -452,6 +452,47 @@ def test_shift__leaves_other_weddings_alone(wedding, day):
     assert _starts(other, theirs) == [(16, 0)]
 
 
+def test_shift__returns_each_moved_item_with_its_own_suppliers(wedding, day, booked):
+    # given: suppliers on some items only
+    other = make_supplier()
+    make_booking(supplier=other, wedding=wedding)
+    day["ceremony"].suppliers.set([booked, other])
+    day["dinner"].suppliers.set([other])
+
+    # when
+    moved = timeline_shift(item_id=day["prep"].pk, minutes=10)
+
+    # then
+    assert {timeline_item_as_dict(item)["title"]: timeline_item_as_dict(item)["supplier_ids"]
+            for item in moved} == {
+        "Prep": [],
+        "Ceremony": sorted([booked.pk, other.pk]),
+        "Dinner": [other.pk],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("service", ["update", "delete", "shift"])
+def test_item_services__with_a_wedding__an_item_of_another_is_missing(wedding, day, service):
+    # given
+    theirs = make_item(wedding=make_wedding(), title="Their vows", start=(14, 0))
+    call = {
+        "update": lambda: timeline_item_update(
+            item_id=theirs.pk, expected_version=1, wedding_id=wedding.pk, title="Mine"
+        ),
+        "delete": lambda: timeline_item_delete(
+            item_id=theirs.pk, expected_version=1, wedding_id=wedding.pk
+        ),
+        "shift": lambda: timeline_shift(item_id=theirs.pk, minutes=20, wedding_id=wedding.pk),
+    }[service]
+
+    # when / then
+    with pytest.raises(TimelineItem.DoesNotExist):
+        call()
+    theirs.refresh_from_db()
+    assert (theirs.title, theirs.version, theirs.starts_at.minute) == ("Their vows", 1, 0)
+    assert [item.version for item in TimelineItem.objects.filter(wedding=wedding)] == [1] * 4
+
+
 def test_shift__moves_item_without_end(wedding):
     item = TimelineItem.objects.create(
         wedding=wedding, title="Open bar", starts_at=local_dt(wedding, 18)
