@@ -375,6 +375,15 @@ class UserLimits:
         self.key_prefix = key_prefix
         self.breaker = redis_breaker("rate-limits") if url else None
         self._local: TTLCache[tuple[str, int], TokenBucket] = TTLCache(_LOCAL_BUCKETS, _LOCAL_TTL_S)
+        # What Redis refused, per (budget, user): (until, units, rate, burst). Before
+        # ``until`` (this process's monotonic clock) the bucket cannot hold ``units``
+        # tokens: it refills at ``rate`` from what Redis saw, and taking only lowers it. A
+        # frame needing as many or more is refused here, as Redis would refuse it, without
+        # the round trip: a flooding member's refused frames cost the event loop no Redis
+        # call (ADR 0038).
+        self._refused: TTLCache[tuple[str, int], tuple[float, int, float, int]] = TTLCache(
+            _LOCAL_BUCKETS, _LOCAL_TTL_S
+        )
 
     def key(self, budget: str, user_id: int) -> str:
         return f"{self.key_prefix}:rl:{budget}:{user_id}"
@@ -392,6 +401,13 @@ class UserLimits:
         default the cost, are there): 0 when taken, else the seconds until they are."""
         args = [rate, burst, cost] if need is None else [rate, burst, cost, need]
         if self.breaker is not None:
+            units = cost if need is None else need
+            sent = time.monotonic()
+            refused = self._refused.get((budget, user_id))
+            if refused is not None:
+                until, least, was_rate, was_burst = refused
+                if sent < until and units >= least and (was_rate, was_burst) == (rate, burst):
+                    return max(0.001, until - sent)
             try:
                 allowed, wait_ms = await self.breaker.acall(
                     _TAKE, get_redis(self.url), [self.key(budget, user_id)], args
@@ -401,7 +417,14 @@ class UserLimits:
             except Exception:
                 logger.warning("rate limits: Redis unreachable; limiting in this process")
             else:
-                return 0.0 if int(allowed) else max(0.001, int(wait_ms) / 1000)
+                if int(allowed):
+                    return 0.0
+                wait = max(0.001, int(wait_ms) / 1000)
+                # Redis rounds the wait up to a whole ms and answered after ``sent``: the
+                # bucket holds fewer than ``units`` until at least sent + wait - 1 ms.
+                if wait > 0.002:
+                    self._refused[(budget, user_id)] = (sent + wait - 0.001, units, rate, burst)
+                return wait
         return self._take_local(budget, user_id, rate, burst, cost, need)
 
     def _take_local(

@@ -289,6 +289,59 @@ async def test_user_limits__two_processes_share_one_budget_in_redis(redis_url, r
     assert await two.take("publish", 8, 0.001, 4) == 0.0
 
 
+def _bucket_written_at(redis_url: str, limits: UserLimits, budget: str, user_id: int) -> bytes:
+    """When Redis last ran the take script on the bucket (it writes ``ts`` every time)."""
+    import redis
+
+    return redis.Redis.from_url(redis_url).hget(limits.key(budget, user_id), "ts")
+
+
+@pytest.mark.redis
+async def test_user_limits__a_refusal_is_repeated_without_redis_until_the_units_can_be_there(
+    redis_url, redis_key_prefix
+):
+    # given: a budget of 4 at 10 a second, spent by two takes of 2; a third refused by Redis
+    limits = UserLimits(redis_url, redis_key_prefix)
+    take = lambda cost: limits.take("publish_bytes", 7, 10.0, 4, cost=cost)  # noqa: E731
+    assert [await take(2), await take(2)] == [0.0, 0.0]
+    first = await take(2)
+    written = _bucket_written_at(redis_url, limits, "publish_bytes", 7)
+
+    # when: as many units or more are asked again at once
+    again = [await take(2), await take(3)]
+
+    # then: refused in this process, Redis not asked, within the wait Redis gave
+    assert 0 < first <= 0.21
+    assert all(0 < wait <= first for wait in again)
+    assert _bucket_written_at(redis_url, limits, "publish_bytes", 7) == written
+
+    # fewer units than the refused ones may be there: Redis is asked
+    await take(1)
+    assert _bucket_written_at(redis_url, limits, "publish_bytes", 7) != written
+
+    # once the wait is over the units are there again, and are given
+    await asyncio.sleep(0.25)
+    assert await take(2) == 0.0
+
+
+@pytest.mark.redis
+async def test_user_limits__a_refusal_here_never_outlives_the_shared_bucket(
+    redis_url, redis_key_prefix
+):
+    # given: two processes; the first is refused, the second's refusal comes later
+    one = UserLimits(redis_url, redis_key_prefix)
+    two = UserLimits(redis_url, redis_key_prefix)
+    assert await one.take("presence", 9, 20.0, 1) == 0.0
+    refused_one = await one.take("presence", 9, 20.0, 1)
+
+    # when: the refill is due
+    await asyncio.sleep(refused_one + 0.01)
+
+    # then: the first process gives the token (no stale refusal), the second is refused
+    assert await one.take("presence", 9, 20.0, 1) == 0.0
+    assert await two.take("presence", 9, 20.0, 1) > 0
+
+
 async def test_user_limits__redis_down_degrades_to_this_process(settings):
     # given: a Redis that refuses connections
     limits = UserLimits("redis://127.0.0.1:1/0", "test-down")
