@@ -281,6 +281,10 @@ def _apply_shifted(ctx: PublishContext, data: TimelineShifted) -> dict[str, Any]
 
 
 def _apply_vendor_status(ctx: PublishContext, data: VendorStatus) -> dict[str, Any]:
+    if data.supplier_id in ctx.acting_supplier_ids:
+        # The publisher's own supplier, booked here (read with the access check): allowed
+        # to every role that may publish a status, with no further query.
+        return msgspec.to_builtins(data)
     any_supplier = roles.may(
         "status.any_supplier", staff=ctx.user.is_staff, acting=True, editor=ctx.is_editor
     )

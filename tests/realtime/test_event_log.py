@@ -16,6 +16,7 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import connection, transaction
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -205,6 +206,31 @@ def test_ack__concurrent_acks_each_count_all_earlier_ones(settings):
     updates = Event.objects.filter(topic=world.topic, event="ack.updated").order_by("seq")
     assert [u.payload["count"] for u in updates] == [1, 2, 3, 4]
     assert sorted(updates.last().payload["acked"]) == sorted(u.pk for u in users)
+
+
+@pytest.mark.parametrize("who", ["planner", "photographer"])
+def test_publish__own_supplier_status_costs_no_more_queries_than_a_message(world, who):
+    # given: each member's own supplier, booked on the wedding
+    user = getattr(world, who)
+    supplier = world.planner_supplier if who == "planner" else world.photo_supplier
+    _post(world, "warm", user=user)  # the topic's cursor row exists
+
+    # when
+    with CaptureQueriesContext(connection) as message:
+        _post(world, "a note", user=user)
+    with CaptureQueriesContext(connection) as status:
+        event_publish(
+            topic=world.topic,
+            event="vendor.status",
+            payload={"supplier_id": supplier.pk, "status": "arrived"},
+            user=user,
+        )
+
+    # then: the access check read the acting suppliers; the status needs nothing more
+    assert len(status.captured_queries) == len(message.captured_queries)
+    assert Event.objects.filter(topic=world.topic).latest("seq").payload["supplier_id"] == (
+        supplier.pk
+    )
 
 
 # --- nothing stored on failure --------------------------------------------------------
