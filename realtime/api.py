@@ -285,11 +285,13 @@ def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
         told in (None, epoch) and since <= seq and selectors.replay_covers(wedding.topic, since)
     )
     # The same per-user replay budget as a subscribe with ``since`` (PROTOCOL §8): paging
-    # through the history is a replay too. 429 ``rate_limited`` over it. A spent budget is
+    # through the history is a replay too. 429 ``rate_limited`` over it. A budget that
+    # cannot pay for the page (the log is gapless: min(limit, seq - since) events) is
     # refused before the page is read.
     limits = get_user_limits()
     if recovered:
-        async_to_sync(limits.check_frame_spent)("replay", request.user.pk)
+        page = min(limit, seq - since)
+        async_to_sync(limits.check_frame_spent)("replay", request.user.pk, page)
     events = selectors.events_since(wedding.topic, since, limit=limit) if recovered else []
     view = plan_view_frame if plan_only_on(request.user, wedding.pk) else None  # the couple
     async_to_sync(limits.check_frame)("replay", request.user.pk, len(events))

@@ -57,7 +57,7 @@ from .protocol import (
     CLOSE_TOO_LARGE,
     CLOSE_UNAUTHENTICATED,
 )
-from .replay import Sync, plan_syncs, send_replay
+from .replay import Sync, plan_syncs, replay_need, send_replay
 
 logger = logging.getLogger(__name__)
 
@@ -420,9 +420,12 @@ class RealtimeConsumer:
         since = {t: requested[t].since for t in allowed}
         epochs = {t: requested[t].epoch for t in allowed}
         if any(after is not None for after in since.values()):
-            # A spent replay budget is refused before the log is read (a flood of replays
-            # costs no read); what the replay costs is taken once it is known.
-            await self._check_replay(since, None)
+            # A replay budget that cannot pay for the replays is refused before the log is
+            # read (a flood of replays costs no page read); what the replay costs is
+            # taken once the pages are read.
+            with db_priority(BACKGROUND):
+                need = await replay_need(hub, since, epochs, epoch)
+            await self._check_replay(since, None, need)
         syncs = await plan_syncs(hub, since, epochs, epoch)
         cost = sum(s.seq - s.start for t, s in syncs.items() if since[t] is not None)
         await self._check_replay(since, cost)
@@ -444,13 +447,15 @@ class RealtimeConsumer:
 
         return rest
 
-    async def _check_replay(self, since: dict[str, int | None], cost: int | None) -> None:
+    async def _check_replay(
+        self, since: dict[str, int | None], cost: int | None, need: int = 1
+    ) -> None:
         """``cost`` tokens of the user's replay budget (one per event the subscribe
-        replays; None: only whether it is spent); over it, the frame's new topics are
-        dropped again and the frame is refused."""
+        replays; None: only whether it holds ``need``); over it, the frame's new topics
+        are dropped again and the frame is refused."""
         try:
             if cost is None:
-                await self._limiter().acheck_spent("replay", self.user.pk)
+                await self._limiter().acheck_spent("replay", self.user.pk, need)
             else:
                 await self._limiter().acheck_frame("replay", self.user.pk, cost)
         except RealtimeError:

@@ -281,10 +281,12 @@ class PublishLimiter:
             self._strike(time.monotonic() if now is None else now)
             raise
 
-    async def acheck_spent(self, budget: str, user_id: int, now: float | None = None) -> None:
+    async def acheck_spent(
+        self, budget: str, user_id: int, need: int = 1, now: float | None = None
+    ) -> None:
         """``UserLimits.check_frame_spent``; a refusal is a strike of this connection."""
         try:
-            await get_user_limits().check_frame_spent(budget, user_id)
+            await get_user_limits().check_frame_spent(budget, user_id, need)
         except RealtimeError:
             self._strike(time.monotonic() if now is None else now)
             raise
@@ -475,14 +477,16 @@ class UserLimits:
         if wait:
             raise rate_limited(what, rate, wait)
 
-    async def check_frame_spent(self, budget: str, user_id: int) -> None:
-        """Raise ``rate_limited`` when ``user_id``'s ``budget`` is spent (less than one
-        unit left, or in debt); takes nothing. Asked before costly work whose size is known
-        only after it (a replay): a spent budget is refused without doing the work."""
+    async def check_frame_spent(self, budget: str, user_id: int, need: int = 1) -> None:
+        """Raise ``rate_limited`` when ``user_id``'s ``budget`` holds fewer than ``need``
+        units (at most its burst: a full bucket always passes); takes nothing. Asked
+        before costly work whose exact cost is known only after it (a replay), with what
+        it is expected to cost: a budget that could not pay for it is refused without
+        doing the work that the take after it would refuse anyway."""
         what, prefix = FRAME_BUDGETS[budget]
         rate = getattr(settings, f"{prefix}_RATE")
         burst = getattr(settings, f"{prefix}_BURST")
-        wait = await self.take(budget, user_id, rate, burst, cost=0, need=1)
+        wait = await self.take(budget, user_id, rate, burst, cost=0, need=max(1, need))
         if wait:
             raise rate_limited(what, rate, wait)
 

@@ -214,6 +214,46 @@ async def plan_syncs(
     return syncs
 
 
+def _replay_sizes(since: dict[str, int]) -> int:
+    """How many events replaying each topic after its ``since`` will send: ``seq - since``
+    where the retained history covers it (the log is gapless), none where it does not."""
+    total = 0
+    for topic, after in since.items():
+        seq = selectors.topic_seq(topic)
+        if after < seq and selectors.replay_covers(topic, after):
+            total += seq - after
+    return total
+
+
+replay_sizes = in_db_thread(_replay_sizes)
+
+
+async def replay_need(
+    hub: TopicHub,
+    since: dict[str, int | None],
+    epochs: dict[str, str | None] | None = None,
+    epoch: str | None = None,
+) -> int:
+    """What a subscribe's replays will cost (events), known before the log is read: from
+    the hub's recent events where they cover ``since``, else from the topics' seqs and
+    retained history (one database-thread call, a few index lookups, no event read). A
+    ``since`` of another epoch replays nothing (``plan_syncs``). Asked so that a replay
+    budget that cannot pay is refused before the pages are read (PROTOCOL §8)."""
+    need, ask = 0, {}
+    for topic, after in since.items():
+        told = (epochs or {}).get(topic)
+        if after is None or (told is not None and told != epoch):
+            continue
+        sync = sync_from_memory(hub.recent_of(topic), after)
+        if sync is not None:
+            need += sync.seq - sync.start
+        else:
+            ask[topic] = after
+    if ask:
+        need += await replay_sizes(ask)
+    return need
+
+
 def forget_recent(hub: TopicHub) -> None:
     """Forget the recent events of every topic the hub holds: a new stream epoch
     (``realtime.epoch``) makes them another history's. Subscribes read the log until

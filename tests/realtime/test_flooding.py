@@ -488,6 +488,45 @@ async def test_flood__a_spent_replay_budget_is_refused_before_the_log_is_read(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(60)
+async def test_flood__a_replay_the_budget_cannot_pay_for_is_refused_before_the_log_is_read(
+    opened,  # noqa: F811
+    settings,
+    monkeypatch,
+):
+    # given: a replay budget of 10 events that does not refill, 4 of them spent; a log of 8
+    settings.REALTIME_USER_REPLAY_RATE, settings.REALTIME_USER_REPLAY_BURST = 0.001, 10
+    w = await world()
+    topic = w["a"].topic
+    for n in range(8):
+        await database_sync_to_async(event_publish_system)(topic, "message.posted", {"text": n})
+    conn, _, _ = await opened(user=w["photographer"])
+    first = await conn.request({"type": "subscribe", "topics": {topic: {"since": 4}}})
+    assert first["topics"][topic]["recovered"] is True
+    await conn.request({"type": "unsubscribe", "topics": [topic]})
+    from realtime import replay
+
+    reads: list[dict] = []
+    read = replay.sync_topics
+
+    async def counting(since: dict, *args: Any) -> Any:
+        reads.append(since)
+        return await read(since, *args)
+
+    monkeypatch.setattr(replay, "sync_topics", counting)
+
+    # when: the whole log (8 events) is asked for, with 6 left
+    refused = await conn.request({"type": "subscribe", "topics": {topic: {"since": 0}}})
+
+    # then: refused without reading the log; a replay the 6 can pay for is read and sent
+    assert refused["code"] == "rate_limited"
+    assert reads == []
+    again = await conn.request({"type": "subscribe", "topics": {topic: {"since": 4}}})
+    assert again["topics"][topic]["recovered"] is True
+    assert reads == [{topic: 4}]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_flood__http_history_with_a_spent_budget_is_refused_before_reading(
     settings, django_assert_max_num_queries
 ):
@@ -507,6 +546,31 @@ def test_flood__http_history_with_a_spent_budget_is_refused_before_reading(
     assert response.json()["error"]["code"] == "rate_limited"
     page_reads = [q for q in queries.captured_queries if '"realtime_event"."payload"' in q["sql"]]
     assert page_reads == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_flood__http_history_page_the_budget_cannot_pay_for_is_refused_before_reading(
+    settings, django_assert_max_num_queries
+):
+    # given: a replay budget of 10 events that does not refill, 4 of them spent, and a
+    # history of 8 events: the next page (8) costs more than the 6 left
+    settings.REALTIME_USER_REPLAY_RATE, settings.REALTIME_USER_REPLAY_BURST = 0.001, 10
+    world_ = make_world()
+    for n in range(8):
+        event_publish_system(world_.topic, "message.posted", {"text": n})
+    client = _bearer_client(world_.photographer)
+    base = f"/api/weddings/{world_.wedding.pk}/events"
+    assert len(client.get(f"{base}?since=0&limit=4").json()["events"]) == 4
+
+    # when / then: refused (429) without reading the page
+    with django_assert_max_num_queries(8) as queries:
+        response = client.get(f"{base}?since=0")
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limited"
+    page_reads = [q for q in queries.captured_queries if '"realtime_event"."payload"' in q["sql"]]
+    assert page_reads == []
+    # a page it can pay for still passes
+    assert len(client.get(f"{base}?since=4").json()["events"]) == 4
 
 
 @pytest.mark.django_db(transaction=True)
