@@ -406,6 +406,10 @@ def test_flood__retention_never_prunes_open_emergencies_or_latest_statuses(setti
     assert selectors.oldest_retained_seq(topic) == last - 19
     assert not selectors.replay_covers(topic, open_one.seq)
     assert selectors.replay_covers(topic, last - 20)
+    # for every since, replay_covers agrees with the walk down to the gap
+    for since in range(last + 2):
+        covered = since >= selectors.oldest_retained_seq(topic) - 1
+        assert selectors.replay_covers(topic, since) is covered, since
     # a second prune deletes nothing more
     assert events_prune() == 0
 
@@ -421,6 +425,12 @@ def test_flood__oldest_retained_seq_without_pruning_starts_at_the_first_status()
 
     assert selectors.oldest_retained_seq(world_.topic) == first.seq == 1
     assert selectors.replay_covers(world_.topic, 0)
+    # a kept kind first and a hole above it (an event deleted by hand): not whole from 0
+    Event.objects.filter(topic=world_.topic, seq=2).delete()
+    event_publish_system(world_.topic, "message.posted", {"text": "after the hole"})
+    assert not selectors.replay_covers(world_.topic, 0)
+    assert not selectors.replay_covers(world_.topic, 1)
+    assert selectors.replay_covers(world_.topic, 2)
 
 
 @pytest.mark.django_db
