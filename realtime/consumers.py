@@ -29,6 +29,7 @@ from . import protocol, services
 from .access import authorize_and_describe, authorize_topics, connect_facts, still_allowed
 from .connection_counts import Connection, get_connection_counter, supplier_limit
 from .delivery import (
+    PAGE,
     Outbox,
     OutboxFull,
     TopicStream,
@@ -42,6 +43,7 @@ from .errors import RealtimeError
 from .hub import TopicHub
 from .limits import (
     PublishLimiter,
+    get_user_limits,
     process_capacity,
     publish_priority,
     supplier_rank,
@@ -419,10 +421,12 @@ class RealtimeConsumer:
         await self._open_streams(hub, allowed, plan_only)
         since = {t: requested[t].since for t in allowed}
         epochs = {t: requested[t].epoch for t in allowed}
-        if any(after is not None for after in since.values()):
-            # A replay budget that cannot pay for the replays is refused before the log is
-            # read (a flood of replays costs no page read); what the replay costs is
-            # taken once the pages are read.
+        replays = any(after is not None for after in since.values())
+        if replays and not await get_user_limits().holds("replay", self.user.pk, PAGE):
+            # A replay budget that holds less than the first read (a page of the log)
+            # and cannot pay for the replays is refused before the log is read: a flood
+            # of replays costs no page read, and a reconnect with its budget about full
+            # no extra query. What the replay costs is taken once the pages are read.
             with db_priority(BACKGROUND):
                 need = await replay_need(hub, since, epochs, epoch)
             await self._check_replay(since, None, need)

@@ -490,6 +490,14 @@ class UserLimits:
         if wait:
             raise rate_limited(what, rate, wait)
 
+    async def holds(self, budget: str, user_id: int, units: int) -> bool:
+        """Whether ``user_id``'s ``budget`` holds ``units`` (at most its burst: a full
+        bucket holds anything); takes nothing, and a "no" is no refusal of anything."""
+        _, prefix = FRAME_BUDGETS[budget]
+        rate = getattr(settings, f"{prefix}_RATE")
+        burst = getattr(settings, f"{prefix}_BURST")
+        return await self.take(budget, user_id, rate, burst, cost=0, need=max(1, units)) == 0
+
     async def check_token_issue(self, user_id: int) -> None:
         """Raise ``rate_limited`` when ``user_id`` asks for realtime tokens too often."""
         rate = settings.REALTIME_TOKEN_ISSUE_PER_MINUTE / 60

@@ -459,25 +459,23 @@ def test_flood__http_history_pages_take_from_the_replay_budget(settings):
 # --- what a refused read costs -----------------------------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.timeout(60)
-async def test_flood__a_spent_replay_budget_is_refused_before_the_log_is_read(
-    opened,  # noqa: F811
-    settings,
-    monkeypatch,
+async def _replayed_once(
+    open_connection, settings, monkeypatch, *, burst: int, log: int, since: int
 ):
-    # given: a replay budget of 3 events that does not refill, spent by one replay
-    settings.REALTIME_USER_REPLAY_RATE, settings.REALTIME_USER_REPLAY_BURST = 0.001, 3
-    w = await world()
-    topic = w["a"].topic
-    for n in range(5):
-        await database_sync_to_async(event_publish_system)(topic, "message.posted", {"text": n})
-    conn, _, _ = await opened(user=w["photographer"])
-    first = await conn.request({"type": "subscribe", "topics": {topic: {"since": 0}}})
-    assert first["topics"][topic]["recovered"] is True  # 5 events: passes, in debt
-    await conn.request({"type": "unsubscribe", "topics": [topic]})
+    """A connection whose user's replay budget (``burst`` events, no refill) paid one
+    replay after ``since`` of a log of ``log`` events (subscribed, then unsubscribed
+    again); from then on the log reads of subscribes are counted in ``reads``."""
     from realtime import replay
 
+    settings.REALTIME_USER_REPLAY_RATE, settings.REALTIME_USER_REPLAY_BURST = 0.001, burst
+    w = await world()
+    topic = w["a"].topic
+    for n in range(log):
+        await database_sync_to_async(event_publish_system)(topic, "message.posted", {"text": n})
+    conn, _, _ = await open_connection(user=w["photographer"])
+    first = await conn.request({"type": "subscribe", "topics": {topic: {"since": since}}})
+    assert first["topics"][topic]["recovered"] is True
+    await conn.request({"type": "unsubscribe", "topics": [topic]})
     reads: list[dict] = []
     read = replay.sync_topics
 
@@ -486,6 +484,21 @@ async def test_flood__a_spent_replay_budget_is_refused_before_the_log_is_read(
         return await read(since, *args)
 
     monkeypatch.setattr(replay, "sync_topics", counting)
+    return conn, topic, reads
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(60)
+async def test_flood__a_spent_replay_budget_is_refused_before_the_log_is_read(
+    opened,  # noqa: F811
+    settings,
+    monkeypatch,
+):
+    # given: a replay budget of 3 events that does not refill, spent by one replay of 5
+    # (it passes on the full bucket, in debt)
+    conn, topic, reads = await _replayed_once(
+        opened, settings, monkeypatch, burst=3, log=5, since=0
+    )
 
     # when: it asks for the replay again, and again
     replies = [
@@ -505,25 +518,9 @@ async def test_flood__a_replay_the_budget_cannot_pay_for_is_refused_before_the_l
     monkeypatch,
 ):
     # given: a replay budget of 10 events that does not refill, 4 of them spent; a log of 8
-    settings.REALTIME_USER_REPLAY_RATE, settings.REALTIME_USER_REPLAY_BURST = 0.001, 10
-    w = await world()
-    topic = w["a"].topic
-    for n in range(8):
-        await database_sync_to_async(event_publish_system)(topic, "message.posted", {"text": n})
-    conn, _, _ = await opened(user=w["photographer"])
-    first = await conn.request({"type": "subscribe", "topics": {topic: {"since": 4}}})
-    assert first["topics"][topic]["recovered"] is True
-    await conn.request({"type": "unsubscribe", "topics": [topic]})
-    from realtime import replay
-
-    reads: list[dict] = []
-    read = replay.sync_topics
-
-    async def counting(since: dict, *args: Any) -> Any:
-        reads.append(since)
-        return await read(since, *args)
-
-    monkeypatch.setattr(replay, "sync_topics", counting)
+    conn, topic, reads = await _replayed_once(
+        opened, settings, monkeypatch, burst=10, log=8, since=4
+    )
 
     # when: the whole log (8 events) is asked for, with 6 left
     refused = await conn.request({"type": "subscribe", "topics": {topic: {"since": 0}}})
