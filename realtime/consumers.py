@@ -29,7 +29,6 @@ from . import protocol, services
 from .access import authorize_and_describe, authorize_topics, connect_facts, still_allowed
 from .connection_counts import Connection, get_connection_counter, supplier_limit
 from .delivery import (
-    PAGE,
     Outbox,
     OutboxFull,
     TopicStream,
@@ -59,9 +58,13 @@ from .protocol import (
     CLOSE_TOO_LARGE,
     CLOSE_UNAUTHENTICATED,
 )
-from .replay import Sync, plan_syncs, replay_need, send_replay
+from .replay import Sync, plan_syncs, replay_bound, replay_need, send_replay
 
 logger = logging.getLogger(__name__)
+
+
+# More units than any budget's burst: "is the bucket full?" (``UserLimits.holds``).
+_FULL = 2**31
 
 
 def _wedding_ids(topics: list[str]) -> list[int]:
@@ -421,12 +424,15 @@ class RealtimeConsumer:
         await self._open_streams(hub, allowed, plan_only)
         since = {t: requested[t].since for t in allowed}
         epochs = {t: requested[t].epoch for t in allowed}
-        replays = any(after is not None for after in since.values())
-        if replays and not await get_user_limits().holds("replay", self.user.pk, PAGE):
-            # A replay budget that holds less than the first read (a page of the log)
-            # and cannot pay for the replays is refused before the log is read: a flood
-            # of replays costs no page read, and a reconnect with its budget about full
-            # no extra query. What the replay costs is taken once the pages are read.
+        bound = replay_bound(hub, since, epochs, epoch)  # None: not known to the hub
+        if any(after is not None for after in since.values()) and not await get_user_limits().holds(
+            "replay", self.user.pk, _FULL if bound is None else bound
+        ):
+            # A replay budget that cannot pay for the replays is refused before the log
+            # is read (a flood of replays costs no page read). Asked of the log (a few
+            # index lookups) only when the budget does not hold what the hub says the
+            # replays can cost at most: a reconnect costs no extra query. What the replay
+            # costs is taken once the pages are read.
             with db_priority(BACKGROUND):
                 need = await replay_need(hub, since, epochs, epoch)
             await self._check_replay(since, None, need)

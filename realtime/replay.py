@@ -214,6 +214,28 @@ async def plan_syncs(
     return syncs
 
 
+def replay_bound(
+    hub: TopicHub,
+    since: dict[str, int | None],
+    epochs: dict[str, str | None] | None = None,
+    epoch: str | None = None,
+) -> int | None:
+    """At most what a subscribe's replays will cost (events), from the hub alone: its
+    last seq of each topic less ``since`` (a topic the hub is not in: None, unknown). No
+    read; what ``replay_need`` says exactly is never more (give or take events stored
+    since the hub saw them)."""
+    bound = 0
+    for topic, after in since.items():
+        told = (epochs or {}).get(topic)
+        if after is None or (told is not None and told != epoch):
+            continue
+        recent = hub.recent_of(topic)
+        if recent is None or recent.last is None:
+            return None
+        bound += max(0, recent.last - after)
+    return bound
+
+
 def _replay_sizes(since: dict[str, int]) -> int:
     """How many events replaying each topic after its ``since`` will send: ``seq - since``
     where the retained history covers it (the log is gapless), none where it does not."""
