@@ -533,26 +533,36 @@ async def test_flood__a_replay_the_budget_cannot_pay_for_is_refused_before_the_l
     assert reads == [{topic: 4}]
 
 
+def _history(settings, *, burst: int, log: int) -> tuple[Client, str]:
+    """A member's client and its wedding's history path, the log ``log`` events long,
+    the member's replay budget ``burst`` events that do not refill."""
+    settings.REALTIME_USER_REPLAY_RATE, settings.REALTIME_USER_REPLAY_BURST = 0.001, burst
+    world_ = make_world()
+    for n in range(log):
+        event_publish_system(world_.topic, "message.posted", {"text": n})
+    return _bearer_client(world_.photographer), f"/api/weddings/{world_.wedding.pk}/events"
+
+
+def _refused_unread(client: Client, url: str, assert_max_queries) -> None:
+    """``url`` is refused (429 rate_limited) and no event row is read for it."""
+    with assert_max_queries(8) as queries:
+        response = client.get(url)
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limited"
+    page_reads = [q for q in queries.captured_queries if '"realtime_event"."payload"' in q["sql"]]
+    assert page_reads == []
+
+
 @pytest.mark.django_db(transaction=True)
 def test_flood__http_history_with_a_spent_budget_is_refused_before_reading(
     settings, django_assert_max_num_queries
 ):
     # given: a replay budget of 3 events, spent by one page of 5
-    settings.REALTIME_USER_REPLAY_RATE, settings.REALTIME_USER_REPLAY_BURST = 0.001, 3
-    world_ = make_world()
-    for n in range(5):
-        event_publish_system(world_.topic, "message.posted", {"text": n})
-    client = _bearer_client(world_.photographer)
-    path = f"/api/weddings/{world_.wedding.pk}/events?since=0"
-    assert client.get(path).status_code == 200
+    client, path = _history(settings, burst=3, log=5)
+    assert client.get(f"{path}?since=0").status_code == 200
 
-    # when / then: the next page is refused (429), and no event row was read for it
-    with django_assert_max_num_queries(8) as queries:
-        response = client.get(path)
-    assert response.status_code == 429
-    assert response.json()["error"]["code"] == "rate_limited"
-    page_reads = [q for q in queries.captured_queries if '"realtime_event"."payload"' in q["sql"]]
-    assert page_reads == []
+    # when / then: the next page is refused, and no event row was read for it
+    _refused_unread(client, f"{path}?since=0", django_assert_max_num_queries)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -561,23 +571,13 @@ def test_flood__http_history_page_the_budget_cannot_pay_for_is_refused_before_re
 ):
     # given: a replay budget of 10 events that does not refill, 4 of them spent, and a
     # history of 8 events: the next page (8) costs more than the 6 left
-    settings.REALTIME_USER_REPLAY_RATE, settings.REALTIME_USER_REPLAY_BURST = 0.001, 10
-    world_ = make_world()
-    for n in range(8):
-        event_publish_system(world_.topic, "message.posted", {"text": n})
-    client = _bearer_client(world_.photographer)
-    base = f"/api/weddings/{world_.wedding.pk}/events"
-    assert len(client.get(f"{base}?since=0&limit=4").json()["events"]) == 4
+    client, path = _history(settings, burst=10, log=8)
+    assert len(client.get(f"{path}?since=0&limit=4").json()["events"]) == 4
 
-    # when / then: refused (429) without reading the page
-    with django_assert_max_num_queries(8) as queries:
-        response = client.get(f"{base}?since=0")
-    assert response.status_code == 429
-    assert response.json()["error"]["code"] == "rate_limited"
-    page_reads = [q for q in queries.captured_queries if '"realtime_event"."payload"' in q["sql"]]
-    assert page_reads == []
+    # when / then: refused without reading the page
+    _refused_unread(client, f"{path}?since=0", django_assert_max_num_queries)
     # a page it can pay for still passes
-    assert len(client.get(f"{base}?since=4").json()["events"]) == 4
+    assert len(client.get(f"{path}?since=4").json()["events"]) == 4
 
 
 @pytest.mark.django_db(transaction=True)
