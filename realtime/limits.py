@@ -423,7 +423,8 @@ class UserLimits:
                     return 0.0
                 wait = max(0.001, int(wait_ms) / 1000)
                 # Redis rounds the wait up to a whole ms and answered after ``sent``: the
-                # bucket holds fewer than ``units`` until at least sent + wait - 1 ms.
+                # bucket holds fewer than ``units`` until at least sent + wait - 1 ms (a
+                # wait of a ms or two leaves nothing worth keeping).
                 if wait > 0.002:
                     self._refused[(budget, user_id)] = (sent + wait - 0.001, units, rate, burst)
                 return wait

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -214,6 +215,17 @@ async def plan_syncs(
     return syncs
 
 
+def _replayed(
+    since: dict[str, int | None], epochs: dict[str, str | None] | None, epoch: str | None
+) -> Iterator[tuple[str, int]]:
+    """The topics a subscribe replays, with their ``since``: those with one, of the
+    present epoch or none (a ``since`` of another epoch replays nothing, ``plan_syncs``)."""
+    for topic, after in since.items():
+        told = (epochs or {}).get(topic)
+        if after is not None and (told is None or told == epoch):
+            yield topic, after
+
+
 def replay_bound(
     hub: TopicHub,
     since: dict[str, int | None],
@@ -225,10 +237,7 @@ def replay_bound(
     read; what ``replay_need`` says exactly is never more (give or take events stored
     since the hub saw them)."""
     bound = 0
-    for topic, after in since.items():
-        told = (epochs or {}).get(topic)
-        if after is None or (told is not None and told != epoch):
-            continue
+    for topic, after in _replayed(since, epochs, epoch):
         recent = hub.recent_of(topic)
         if recent is None or recent.last is None:
             return None
@@ -262,10 +271,7 @@ async def replay_need(
     ``since`` of another epoch replays nothing (``plan_syncs``). Asked so that a replay
     budget that cannot pay is refused before the pages are read (PROTOCOL §8)."""
     need, ask = 0, {}
-    for topic, after in since.items():
-        told = (epochs or {}).get(topic)
-        if after is None or (told is not None and told != epoch):
-            continue
+    for topic, after in _replayed(since, epochs, epoch):
         sync = sync_from_memory(hub.recent_of(topic), after)
         if sync is not None:
             need += sync.seq - sync.start

@@ -559,7 +559,8 @@ SERVER_GC_THRESHOLDS = [
 ]
 # The server processes' thread switch interval (sys.setswitchinterval), in ms: how long the
 # event loop may wait for the GIL while other threads run Python. CPython's 5 ms by
-# default; 1 ms measured better under a member's flood (docs/benchmarks.md).
+# default; 1 ms measured better under a member's flood in one sitting, worse in another
+# (docs/benchmarks.md).
 SERVER_SWITCH_INTERVAL_MS = env.float("SERVER_SWITCH_INTERVAL_MS", default=5.0)
 if not 0.1 <= SERVER_SWITCH_INTERVAL_MS <= 100:
     raise ImproperlyConfigured(

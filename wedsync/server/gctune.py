@@ -17,8 +17,8 @@ the load benchmark, docs/benchmarks.md). Two settings, applied once after start-
 And the interpreter's thread switch interval (``SERVER_SWITCH_INTERVAL_MS``, CPython's
 5 ms by default): how long the event loop may wait for the GIL while the database and
 request threads run Python. 1 ms took a flooded wedding's delivery p99 from 57-58 to
-37-44 ms in the hostile-member benchmark at the same CPU, with no gain at the Saturday
-peak (docs/benchmarks.md); the default stays CPython's until more runs say otherwise.
+37-44 ms in one hostile-member sitting and made it worse in another, with no gain at the
+Saturday peak (docs/benchmarks.md): the default stays CPython's.
 """
 
 from __future__ import annotations
