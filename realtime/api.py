@@ -54,6 +54,7 @@ from .tokens import (
     token_expires_at,
     token_issue,
 )
+from .topics import authorize_subscribe
 
 # Longest history page a client may ask for.
 MAX_PAGE = 1000
@@ -97,15 +98,31 @@ async def aapi_authenticate(request: HttpRequest) -> HttpResponse | None:
 api_view, async_api_view = api_views(api_authenticate, aapi_authenticate)
 
 
-def _visible_wedding(request: HttpRequest, wedding_id: int) -> Wedding:
-    weddings = domain.weddings_visible_to(request.user)
-    if (key := api_keys.request_key(request)) is not None and not key.covers_wedding(wedding_id):
-        weddings = Wedding.objects.none()  # outside the key's scope: as a hidden wedding
-    wedding = weddings.filter(pk=wedding_id).first()
-    if wedding is None:
-        err = topic_forbidden(f"wedding:{wedding_id}")
-        raise ApiError("not_found", err.message, 404)
-    return wedding
+def _visible_topic(request: HttpRequest, wedding_id: int) -> str:
+    """The wedding's topic when the request may read it; 404 ``not_found`` alike for a
+    hidden, a missing and an impossible wedding id, and one outside an API key's scope.
+
+    A user is checked with the rule of a subscribe to the topic, from the cached access
+    (``authorize_subscribe(..., cached=True)``; ADR 0012, ADR 0039): the history is the
+    replay a subscribe with ``since`` would give, and a publish is authorised again
+    against the database by ``event_publish``. A refused request (a flood over its
+    budget) so costs no query. An API key's service user is staff of the matrix in memory
+    only (``api_keys._acting``), so a key is checked against the database, within its
+    scope.
+    """
+    topic = f"wedding:{wedding_id}"
+    key = api_keys.request_key(request)
+    try:
+        if key is None:
+            authorize_subscribe(request.user, topic, cached=True)
+        elif not (
+            key.covers_wedding(wedding_id)
+            and domain.weddings_visible_to(request.user).filter(pk=wedding_id).exists()
+        ):
+            raise topic_forbidden(topic)
+    except RealtimeError:
+        raise ApiError("not_found", topic_forbidden(topic).message, 404) from None
+    return topic
 
 
 @api_view("POST")
@@ -273,17 +290,15 @@ def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     as on a subscribe. Without ``epoch`` the ``since`` is taken as it is (v1)."""
     if request.method == "POST":
         return _publish(request, wedding_id)
-    wedding = _visible_wedding(request, wedding_id)
+    topic = _visible_topic(request, wedding_id)
     if (key := api_keys.request_key(request)) is not None:
         api_keys.require(key, "read")
     since = _int_param(request, "since", 0, 0, 2**62)
     limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
     told = _epoch_param(request)
     epoch = epoch_current()
-    seq = selectors.topic_seq(wedding.topic)
-    recovered = (
-        told in (None, epoch) and since <= seq and selectors.replay_covers(wedding.topic, since)
-    )
+    seq = selectors.topic_seq(topic)
+    recovered = told in (None, epoch) and since <= seq and selectors.replay_covers(topic, since)
     # The same per-user replay budget as a subscribe with ``since`` (PROTOCOL §8): paging
     # through the history is a replay too. 429 ``rate_limited`` over it. A budget that
     # cannot pay for the page (the log is gapless: min(limit, seq - since) events) is
@@ -292,13 +307,13 @@ def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
     if recovered:
         page = min(limit, seq - since)
         async_to_sync(limits.check_frame_spent)("replay", request.user.pk, page)
-    events = selectors.events_since(wedding.topic, since, limit=limit) if recovered else []
-    view = plan_view_frame if plan_only_on(request.user, wedding.pk) else None  # the couple
+    events = selectors.events_since(topic, since, limit=limit) if recovered else []
+    view = plan_view_frame if plan_only_on(request.user, wedding_id) else None  # the couple
     async_to_sync(limits.check_frame)("replay", request.user.pk, len(events))
     last = events[-1].seq if events else since
     return json_response(
         {
-            "topic": wedding.topic,
+            "topic": topic,
             "seq": seq,
             "epoch": epoch,
             "recovered": recovered,
@@ -311,7 +326,7 @@ def events_view(request: HttpRequest, wedding_id: int) -> HttpResponse:
 def _publish(request: HttpRequest, wedding_id: int) -> HttpResponse:
     # The same 404 ``not_found`` as the GET endpoints for a hidden, a missing and an
     # impossible wedding id (``event_publish`` would say ``forbidden``/``unknown_topic``).
-    _visible_wedding(request, wedding_id)
+    _visible_topic(request, wedding_id)
     data = json_body(request, MAX_FRAME_BYTES)
     unknown = set(data) - {"event", "payload", "idempotency_key"}
     if unknown:

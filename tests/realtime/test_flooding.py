@@ -238,6 +238,29 @@ def test_flood__http_publish_answers_429_over_the_user_budget():
 
 
 @pytest.mark.django_db
+def test_flood__http_publish_over_the_budget_is_refused_without_a_query(
+    settings, django_assert_num_queries
+):
+    # given: a publish budget of 2 that does not refill, spent; the member's access and
+    # token cached by those two publishes
+    settings.REALTIME_USER_PUBLISH_RATE, settings.REALTIME_USER_PUBLISH_BURST = 0.001, 2
+    world_ = make_world()
+    client = _bearer_client(world_.photographer)
+    path = f"/api/weddings/{world_.wedding.pk}/events"
+    body = orjson.dumps({"event": "message.posted", "payload": {"text": "hi"}})
+    assert [client.post(path, body, content_type=JSON).status_code for _ in range(2)] == [201] * 2
+
+    # when / then: the next one is refused, and the database was not asked anything
+    with django_assert_num_queries(0):
+        response = client.post(path, body, content_type=JSON)
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limited"
+    # a wedding the member may not see is still the same 404, not a 429
+    hidden = f"/api/weddings/{world_.other_wedding.pk}/events"
+    assert client.post(hidden, body, content_type=JSON).status_code == 404
+
+
+@pytest.mark.django_db
 def test_flood__http_emergencies_have_the_critical_budget(settings):
     settings.REALTIME_OPEN_EMERGENCIES_PER_USER = 1000  # the budget, not the cap
     world_ = make_world()

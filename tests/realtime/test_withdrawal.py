@@ -188,6 +188,26 @@ async def test_couple_cleared__wedding_unsubscribed(opened, side):
     assert await unsubscribed_topics(conn, 1) == {w["a"].topic}
 
 
+def test_booking_ended__http_history_and_publish_refused_at_once():
+    # given: a photographer reading and publishing over HTTP with a token; both requests
+    # have cached the photographer's access
+    wedding, photographer = make_wedding(), make_user()
+    booking = make_booking(supplier=make_supplier(users=(photographer,)), wedding=wedding)
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=photographer)}")
+    path = f"/api/weddings/{wedding.pk}/events"
+    body = orjson.dumps({"event": "message.posted", "payload": {"text": "x"}})
+    assert client.get(path).status_code == 200
+    assert client.post(path, body, content_type="application/json").status_code == 201
+
+    # when: the booking ends
+    booking.active = False
+    booking.save()
+
+    # then: the next history page and publish are the hidden wedding's 404
+    assert client.get(path).status_code == 404
+    assert client.post(path, body, content_type="application/json").status_code == 404
+
+
 # --- sign out everywhere -----------------------------------------------------------------
 
 
