@@ -27,7 +27,7 @@ lint: bootstrap
 PYTEST_WORKERS ?= 2
 
 test: lint
-	.venv/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Formats the code as `make lint` checks it.
 format: bootstrap

@@ -18,6 +18,13 @@ This module runs when pytest loads its plugins, before pytest-django reads the D
 settings, so everything that reads ``REDIS_URL`` (settings, the servers the tests start)
 sees the worker's. Outside a worker (``PYTEST_WORKERS=0``, or ``pytest`` run by hand) it
 does nothing.
+
+The order of the files (``pytest_collection_modifyitems``, with ``--no-loadscope-reorder``
+in the Makefile): pytest-xdist hands each worker whole files, by default the files with
+the most tests first, so the few files of one long test each (the soak, the DR drill,
+the multi-host run: a minute or so apiece) came last and one worker ran them alone while
+the other had finished: minutes of tail. Files whose tests start real processes (marked
+``slow``) go first, the most of those tests first, then the rest by number of tests.
 """
 
 from __future__ import annotations
@@ -26,8 +33,16 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections import defaultdict
+from typing import Any
+
+import pytest
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+# What a test is guessed to take, in seconds, for the order of the files only: one that
+# starts real server processes (marker ``slow``; ``slow(seconds=70)`` for the few that
+# take a minute or so), and any other.
+SLOW_TEST_S, TEST_S = 10.0, 0.1
 # A port taken between choosing it and redis-server binding it: another port.
 REDIS_START_ATTEMPTS = 3
 
@@ -61,3 +76,22 @@ if WORKER is not None:
     _metrics = tempfile.mkdtemp(prefix=f"wedsync-metrics-{WORKER}-")
     atexit.register(shutil.rmtree, _metrics, ignore_errors=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-django's order of test kinds, kept per file
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """The files in the order their tests are guessed to take, longest first; each file's
+    tests in their own order (a file's module-scoped servers start once)."""
+    by_file: dict[str, list[Any]] = defaultdict(list)
+    for item in items:
+        by_file[item.nodeid.split("::", 1)[0]].append(item)
+
+    def guess_test(item: Any) -> float:
+        slow = item.get_closest_marker("slow")
+        return TEST_S if slow is None else float(slow.kwargs.get("seconds", SLOW_TEST_S))
+
+    def guess(name: str) -> float:
+        return sum(guess_test(item) for item in by_file[name])
+
+    order = sorted(by_file, key=lambda name: -guess(name))  # stable: ties keep their order
+    items[:] = [item for name in order for item in by_file[name]]

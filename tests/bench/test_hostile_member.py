@@ -112,7 +112,7 @@ def test_flooder_limited__needs_something_with_a_budget() -> None:
 # --- end to end ----------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 @pytest.mark.timeout(240)
 @pytest.mark.django_db(transaction=True)
 def test_hostile_member__the_flood_is_limited_and_the_wedding_loses_nothing(tmp_path) -> None:

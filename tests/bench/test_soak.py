@@ -141,7 +141,7 @@ def test_memory_verdict__growth_past_the_bound_fails_and_short_lives_are_not_jud
 # --- end to end ---------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=70)
 @pytest.mark.postgres
 @pytest.mark.timeout(240)
 @pytest.mark.django_db(transaction=True)

@@ -25,7 +25,7 @@ from realtime.models import Event
 from .conftest import Deployment
 from .processes import REDIS_PORT, HostServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow(seconds=45), pytest.mark.timeout(300)]
 
 # Publishers may go well past the per-connection and per-user rate limits here.
 FAST = {

@@ -44,7 +44,7 @@ from tests.ops.drill import (
     subscribe_reply,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow(seconds=70), pytest.mark.postgres, pytest.mark.timeout(600)]
 
 # The product's promises (docs/operations.md), asserted as targets, not as speed.
 RPO_TARGET_S = 30.0

@@ -256,6 +256,7 @@ async def test_one_of_two_servers_sigkilled__its_clients_move_over_and_miss_noth
 
 
 @pytest.mark.postgres
+@pytest.mark.slow(seconds=30)
 async def test_database_connections_killed__publishes_fail_clearly_or_succeed_none_lost(
     redis_url,
 ):
