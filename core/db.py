@@ -104,14 +104,6 @@ class PriorityExecutor(Executor):
             self._cond.notify()
         return future
 
-    def waited(self, priority: int) -> float:
-        """Seconds the oldest queued call of ``priority`` has waited; 0.0 when none waits.
-        Read without the lock (one deque index under the GIL): an answer a call old."""
-        try:
-            return max(0.0, time.monotonic() - self._queues[priority][0][0])
-        except IndexError:
-            return 0.0
-
     def queued(self) -> list[int]:
         """Calls waiting per class (critical, ordinary, background)."""
         with self._cond:

@@ -156,9 +156,6 @@ PUBLISHES = Counter(
 )
 ACKS = Counter("wedsync_acks", "New acknowledgements recorded", ["ack_required"])
 RATE_LIMITED = Counter("wedsync_rate_limited", "Publishes refused with rate_limited")
-PUBLISHES_SHED = Counter(
-    "wedsync_publishes_shed", "Ordinary publishes refused (unavailable) under overload"
-)
 BREAKER_OPENS = Counter(
     "wedsync_circuit_breaker_opens", "Times a Redis circuit breaker opened", ["name"]
 )
@@ -262,12 +259,6 @@ def acked(*, ack_required: bool) -> None:
 def rate_limited() -> None:
     """A publish was refused by the per-connection rate limit."""
     RATE_LIMITED.inc()
-
-
-@_guard
-def publish_shed() -> None:
-    """An ordinary publish was refused because the process's database work is backed up."""
-    PUBLISHES_SHED.inc()
 
 
 @_guard

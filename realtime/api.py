@@ -37,7 +37,7 @@ from .access import plan_only_on, snapshot_view
 from .connection_counts import get_connection_counter, supplier_limit
 from .epoch import aepoch_current, epoch_current
 from .errors import RealtimeError, topic_forbidden
-from .limits import get_user_limits, shed_ordinary_publish
+from .limits import get_user_limits
 from .protocol import EPOCH_PATTERN, MAX_EPOCH_CHARS, MAX_FRAME_BYTES, event_frame, plan_view_frame
 from .snapshots import (
     snapshot_contacts,
@@ -342,8 +342,6 @@ def _publish(request: HttpRequest, wedding_id: int) -> HttpResponse:
         raise RealtimeError(
             "invalid_payload", "idempotency_key must be a string", field="idempotency_key"
         )
-    # Past the process's capacity an ordinary publish is a 503 before it spends a budget.
-    shed_ordinary_publish(data["event"])  # (ADR 0040)
     if (grant := api_keys.request_key(request)) is not None:
         # A key: its scope, then its own budget, shared by every process (429).
         api_keys.require(grant, "publish")

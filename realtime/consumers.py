@@ -45,7 +45,6 @@ from .limits import (
     get_user_limits,
     process_capacity,
     publish_priority,
-    shed_ordinary_publish,
     supplier_rank,
     user_slots,
 )
@@ -365,9 +364,6 @@ class RealtimeConsumer:
                     await self._drop_topic(topic)
                 await self._reply(protocol.reply_ok(frame.ref, topics=list(frame.topics)))
             case protocol.Publish():
-                # Past the process's capacity an ordinary publish is refused before it
-                # spends the user's budget: its retry is not charged twice (ADR 0040).
-                shed_ordinary_publish(frame.event)
                 await self._limiter().acheck(frame.event, self.user.pk, size=self.frame_size)
                 if process.draining:
                     raise RealtimeError(

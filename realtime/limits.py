@@ -558,27 +558,6 @@ def event_class(event: str) -> str:
     return "critical" if event in _critical_events else "ordinary"
 
 
-def shed_ordinary_publish(event: str) -> None:
-    """Refuse an ordinary publish while this process's ordinary database work is backed
-    up: its oldest queued call has waited ``REALTIME_SHED_PUBLISH_WAIT_MS`` or more
-    (docs/adr/0040-ordinary-publishes-shed-under-overload.md). ``unavailable`` with
-    ``retry_after_ms``; nothing is stored, and both packaged clients send it again after
-    a back-off. Critical events are never refused here. Off with ``REALTIME_PRIORITY``
-    false or a wait of 0."""
-    limit_ms = settings.REALTIME_SHED_PUBLISH_WAIT_MS
-    if not (limit_ms and settings.REALTIME_PRIORITY):
-        return
-    backlog_ms = db_class.db_executor().waited(db_class.ORDINARY) * 1000
-    if backlog_ms < limit_ms or event_class(event) == "critical":
-        return
-    metrics.publish_shed()
-    raise RealtimeError(
-        "unavailable",
-        "the server is overloaded: ordinary events wait; send it again shortly",
-        retry_after_ms=max(1, round(backlog_ms)),
-    )
-
-
 def publish_priority(event: str) -> int:
     """The database-thread class of a publish of ``event`` (``core.db``)."""
     return db_class.CRITICAL if event_class(event) == "critical" else db_class.ORDINARY

@@ -535,11 +535,6 @@ REALTIME_DB_THREADS = env.int("REALTIME_DB_THREADS", default=6)
 REALTIME_PRIORITY = env.bool("REALTIME_PRIORITY", default=True)
 # A queued ordinary call or replay that waited this long is taken next (no starvation).
 REALTIME_DB_PRIORITY_MAX_WAIT_MS = env.float("REALTIME_DB_PRIORITY_MAX_WAIT_MS", default=250.0)
-# An ordinary publish is refused (unavailable, retried by the clients) while the oldest
-# queued ordinary database call has waited this long: past the process's capacity the
-# ordinary backlog stops growing, and critical events keep the database threads (ADR 0040).
-# 0: never.
-REALTIME_SHED_PUBLISH_WAIT_MS = env.float("REALTIME_SHED_PUBLISH_WAIT_MS", default=500.0)
 # WebSocket connections per server process (0: no cap of our own). From
 # REALTIME_CAPACITY_RESERVE x the cap only the categories of REALTIME_CATEGORY_PRIORITY
 # connect (the later ones refused first), at the cap nobody (4029).

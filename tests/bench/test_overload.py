@@ -64,16 +64,14 @@ def test_overload_smoke__every_class_published_delivered_and_reported(tmp_path) 
         stdout=out, stderr=io.StringIO(),
     )  # fmt: skip
 
-    # then the capacity was measured, each class was published and reached the
-    # observers, the critical ones without error (ordinary ones may be refused
-    # ``unavailable`` past the capacity: ADR 0040), and the report shows the classes
+    # then the capacity was measured, each class was published without error and reached
+    # the observers, and the report shows the classes
     report = json.loads(report_path.read_bytes())
     assert report["capacity_per_s"] > 0
     assert report["offered_per_s"] == pytest.approx(report["capacity_per_s"] * 1.5, rel=0.01)
     for name in ("emergency", "timeline", "ordinary"):
         stats = report["classes"][name]
-        assert stats["ok"] > 0, name
-        allowed = {"unavailable"} if name == "ordinary" else set()
-        assert set(stats["errors"]) <= allowed, (name, stats["errors"])
+        assert stats["sent"] > 0, name
+        assert stats["errors"] == {}, (name, stats["errors"])
         assert stats["delivery_latency"]["count"] == stats["ok"], name
     assert "delivery p99 ms" in render(report)

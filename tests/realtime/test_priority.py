@@ -19,7 +19,6 @@ import orjson
 import pytest
 from channels.db import database_sync_to_async
 from django.db import connections
-from django.test import Client
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -34,7 +33,6 @@ from realtime.protocol import event_frame_text
 from realtime.tokens import token_issue
 from scaling.warming import ceremony_at, warm_plan
 from tests.factories import make_booking, make_supplier, make_user, make_wedding
-from tests.realtime.test_consumer import opened  # noqa: F401 - fixture
 from tests.servers import Server
 
 pytestmark = [pytest.mark.timeout(30)]
@@ -203,128 +201,6 @@ async def test_in_db_thread__a_critical_publish_overtakes_queued_ordinary_ones(m
     assert executor.taken[CRITICAL] == 1
     await in_db_thread(connections.close_all)()  # the thread's own connection
     executor.shutdown()
-
-
-def test_executor__waited_is_the_oldest_queued_call_of_the_class() -> None:
-    executor = PriorityExecutor(1, max_wait=10.0)
-    gate = Gate()
-    busy = executor.submit(gate.block)
-    assert gate.started.wait(5)
-    assert executor.waited(ORDINARY) == 0.0  # nothing queued
-
-    first = _submit(executor, ORDINARY, gate.record, "o0")
-    time.sleep(0.1)
-    second = _submit(executor, ORDINARY, gate.record, "o1")
-
-    assert executor.waited(ORDINARY) >= 0.1  # the first one's wait, not the second's
-    assert executor.waited(CRITICAL) == 0.0
-    gate.open.set()
-    for future in (busy, first, second):
-        future.result(5)
-    assert executor.waited(ORDINARY) == 0.0
-    executor.shutdown()
-
-
-@pytest.fixture
-def backed_up(monkeypatch):
-    """The process's database threads reduced to one, held busy, with an ordinary call
-    queued behind it; yields the gate (opened at the end)."""
-    executor = PriorityExecutor(1, max_wait=10.0)
-    monkeypatch.setattr(db, "_executor", executor)
-    gate = Gate()
-    busy = executor.submit(gate.block)
-    assert gate.started.wait(5)
-    queued = _submit(executor, ORDINARY, gate.record, "queued")
-    time.sleep(0.1)  # it has waited 100 ms
-    yield gate
-    gate.open.set()
-    busy.result(5)
-    queued.result(5)
-    executor.submit(connections.close_all).result(5)
-    executor.shutdown()
-
-
-def _stored(topic: str, event: str) -> int:
-    return Event.objects.filter(topic=topic, event=event).count()
-
-
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("shed_ms", [50, 0])
-async def test_shed__ordinary_publishes_refused_while_ordinary_work_waits_critical_taken(
-    vendor_conn, settings, backed_up, shed_ms
-) -> None:
-    # given a vendor connected, then the process's ordinary database work backed up for
-    # 100 ms: over the shedding wait of 50 ms (or with shedding off)
-    settings.REALTIME_SHED_PUBLISH_WAIT_MS = shed_ms
-    topic, conn = vendor_conn
-    gate = backed_up
-
-    # when the vendor publishes a message, then an emergency
-    message = asyncio.ensure_future(
-        conn.request({"type": "publish", "topic": topic, "event": "message.posted",
-                      "payload": {"text": "hi"}})
-    )  # fmt: skip
-    await asyncio.sleep(0.2)
-    refused_at_once = message.done()
-    emergency = asyncio.ensure_future(
-        conn.request({"type": "publish", "topic": topic, "event": "emergency.raised",
-                      "payload": {"kind": "medical", "text": "guest fainted"}})
-    )  # fmt: skip
-    await asyncio.sleep(0.2)
-    gate.open.set()
-    replies = [await message, await emergency]
-
-    # then with shedding the message is refused at once, unavailable with when to retry,
-    # and not stored; the emergency is taken. Without it both wait their turn.
-    stored = await database_sync_to_async(_stored)(topic, "message.posted")
-    if shed_ms:
-        assert refused_at_once
-        assert replies[0]["status"] == "error" and replies[0]["code"] == "unavailable"
-        assert replies[0]["retry_after_ms"] >= 100
-        assert stored == 0
-    else:
-        assert not refused_at_once
-        assert replies[0]["status"] == "ok" and stored == 1
-    assert replies[1]["status"] == "ok"
-    # once the backlog is gone a message goes through again
-    again = await conn.request(
-        {"type": "publish", "topic": topic, "event": "message.posted", "payload": {"text": "2"}}
-    )
-    assert again["status"] == "ok"
-
-
-@pytest.fixture
-async def vendor_conn(opened):  # noqa: F811
-    """A vendor booked on a wedding, connected: (its topic, its connection)."""
-    wedding, user = await database_sync_to_async(_wedding_with_vendor)()
-    conn, _, _ = await opened(user=user)
-    await conn.request({"type": "ping"})
-    return wedding.topic, conn
-
-
-@pytest.mark.django_db(transaction=True)
-def test_shed__http_publish_is_503_while_ordinary_work_waits(settings, backed_up) -> None:
-    settings.REALTIME_SHED_PUBLISH_WAIT_MS = 50
-    wedding, user = _wedding_with_vendor()
-    client = Client(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=user)}")
-    path = f"/api/weddings/{wedding.pk}/events"
-
-    response = client.post(
-        path, orjson.dumps({"event": "message.posted", "payload": {"text": "hi"}}),
-        content_type="application/json",
-    )  # fmt: skip
-
-    assert response.status_code == 503
-    assert response.json()["error"]["code"] == "unavailable"
-    assert response.json()["error"]["retry_after_ms"] >= 100
-    assert _stored(wedding.topic, "message.posted") == 0
-    # an emergency is critical: never shed
-    emergency = client.post(
-        path, orjson.dumps({"event": "emergency.raised",
-                            "payload": {"kind": "medical", "text": "guest fainted"}}),
-        content_type="application/json",
-    )  # fmt: skip
-    assert emergency.status_code == 201
 
 
 def _priority_of(event: str) -> int:
@@ -544,7 +420,7 @@ async def test_capacity__refuses_others_first_then_caterer_venue_photographer(
     # given a process capped at 6 connections, reserve from 3 (50 %): others up to 3,
     # caterers up to 4, venues up to 5, photographers up to the cap
     tokens = await database_sync_to_async(_category_tokens)()
-    opened = []  # noqa: F811 - not the fixture
+    opened = []
 
     async def attempt(category: str) -> Any:
         result = await _try_connect(capped_server, tokens[category])
