@@ -23,7 +23,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from weddings.models import MAX_GUESTS_PER_WEDDING, Guest, TimelineItem, Wedding
-from weddings.selectors import active_supplier_ids
+from weddings.selectors import active_supplier_ids, load_supplier_ids
 
 # A shift is a delay or a gain on the day; more than a day either way is a new plan.
 MAX_SHIFT_MINUTES = 24 * 60
@@ -35,19 +35,6 @@ LOCATION_MAX_LENGTH = TimelineItem._meta.get_field("location").max_length
 UPDATABLE_FIELDS = frozenset(
     {"title", "starts_at", "ends_at", "location", "supplier_ids", "status", "key_moment", "pinned"}
 )
-
-
-def _load_supplier_ids(items: list[TimelineItem]) -> None:
-    """Load the items' supplier ids (``loaded_supplier_ids``, what ``timeline_item_as_dict``
-    reads) in one query of the link table. A prefetch of ``suppliers`` built a model with
-    parsed timestamps per link: 13 items x 13 suppliers cost ~20 ms of Python in a shift,
-    holding the GIL the event loop needs, for the same ids."""
-    ids: dict[int, list[int]] = {item.pk: [] for item in items}
-    links = TimelineItem.suppliers.through.objects.filter(timelineitem_id__in=list(ids))
-    for item_id, supplier_id in links.values_list("timelineitem_id", "supplier_id"):
-        ids[item_id].append(supplier_id)
-    for item in items:
-        item.loaded_supplier_ids = sorted(ids[item.pk])
 
 
 class Conflict(Exception):
@@ -152,7 +139,7 @@ def _locked_item(
         items = items.filter(wedding_id=wedding_id)
     item = items.get()
     if item.version != expected_version:
-        _load_supplier_ids([item])
+        load_supplier_ids([item])
         raise Conflict(current=item)
     return item
 
@@ -188,7 +175,7 @@ def timeline_item_create(
     item = TimelineItem.objects.create(wedding_id=wedding_id, version=1, **cleaned)
     if supplier_set:
         item.suppliers.set(supplier_set)
-    _load_supplier_ids([item])
+    load_supplier_ids([item])
     return item
 
 
@@ -211,7 +198,7 @@ def timeline_item_update(
     item.save(update_fields=[*(changes.keys() - {"supplier_ids"}), "version", "updated_at"])
     if "supplier_ids" in changes:
         item.suppliers.set(cleaned["supplier_ids"])
-    _load_supplier_ids([item])
+    load_supplier_ids([item])
     return item
 
 
@@ -222,7 +209,7 @@ def timeline_item_delete(
     """Delete an item at ``expected_version``; return it as it was (id and version kept).
     With ``wedding_id``, an item of another wedding is missing (``DoesNotExist``)."""
     item = _locked_item(item_id=item_id, expected_version=expected_version, wedding_id=wedding_id)
-    _load_supplier_ids([item])  # read before the links go with the row
+    load_supplier_ids([item])  # read before the links go with the row
     pk = item.pk
     item.delete()
     item.pk = pk  # Model.delete() clears it; callers announce the deleted id
@@ -267,7 +254,7 @@ def timeline_shift(
     if origin is None:  # deleted (or moved to another wedding) before we locked
         raise TimelineItem.DoesNotExist(f"no timeline item {item_id}")
     if expected_version is not None and origin.version != expected_version:
-        _load_supplier_ids([origin])
+        load_supplier_ids([origin])
         raise Conflict(current=origin)
 
     delta = dt.timedelta(minutes=minutes)
@@ -290,7 +277,7 @@ def timeline_shift(
             updated_at=now,
         )
     moved.sort(key=lambda item: (item.starts_at, item.pk))
-    _load_supplier_ids(moved)
+    load_supplier_ids(moved)
     return moved
 
 
