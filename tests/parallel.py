@@ -23,8 +23,9 @@ The order of the files (``pytest_collection_modifyitems``, with ``--no-loadscope
 in the Makefile): pytest-xdist hands each worker whole files, by default the files with
 the most tests first, so the few files of one long test each (the soak, the DR drill,
 the multi-host run: a minute or so apiece) came last and one worker ran them alone while
-the other had finished: minutes of tail. Files whose tests start real processes (marked
-``slow``) go first, the most of those tests first, then the rest by number of tests.
+the other had finished: minutes of tail. Here the files go by a guess of their time,
+longest first: a test marked ``slow`` (it starts real processes) counts ``SLOW_TEST_S``
+or the ``seconds`` its marker gives, any other ``TEST_S`` (docs/adr/0036).
 """
 
 from __future__ import annotations
