@@ -42,13 +42,16 @@ def merge_counters(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"reconnects": 0, "resets": 0, "strays": 0}
     closes: Counter = Counter()
     errors: Counter = Counter()
+    hosts: Counter = Counter()
     for part in parts:
         for key in ("reconnects", "resets", "strays"):
             out[key] += part.get(key, 0)
         closes.update(part.get("closes", {}))
         errors.update(part.get("errors", {}))
+        hosts.update(part.get("source_hosts", {}))
     out["server_closes"] = {str(k): v for k, v in closes.items()}
     out["errors"] = dict(errors)
+    out["source_hosts"] = dict(sorted(hosts.items()))  # connections opened from each address
     out["loop"] = parts[0]["loop"] if parts else None
     return out
 

@@ -48,8 +48,9 @@ class _Receivers:
         self.world = world
         self.topics = sorted({w.topic for w in world})
         self.group = WorkerGroup(
-            run.target.ws_url, plan, processes, subscribe=subscribe, concurrency=concurrency
-        )
+            run.target.ws_url, plan, processes, subscribe=subscribe, concurrency=concurrency,
+            source_addresses=run.target.source_addresses,
+        )  # fmt: skip
         self.publishers = Publishers(run.target.ws_url, [(w.topic, w.tokens) for w in world])
         self.counters: dict[str, Any] = {}
 

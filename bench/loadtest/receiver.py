@@ -60,10 +60,17 @@ class ReceiverError(Exception):
 class Receiver(asyncio.Protocol):
     """One WebSocket connection that subscribes to its topics and accounts every event."""
 
-    def __init__(self, pool: ReceiverPool, token: str, topics: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        pool: ReceiverPool,
+        token: str,
+        topics: tuple[str, ...],
+        source: tuple[str, int] | None = None,
+    ) -> None:
         self.pool = pool
         self.token = token
         self.topics = topics
+        self.source = source  # (address, 0): the local address it connects from, if chosen
         self.streams: dict[str, Stream] = {}
         self.transport: asyncio.Transport | None = None
         self.ws: ClientProtocol | None = None
@@ -81,6 +88,9 @@ class Receiver(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sockname = transport.get_extra_info("sockname")
+        if sockname:
+            self.pool.source_hosts[sockname[0]] += 1
         self.ws = ClientProtocol(self.pool.uri_for(self.token), max_size=2**20)
         self.ws.send_request(self.ws.connect())
         self._flush()
@@ -229,7 +239,9 @@ class Receiver(asyncio.Protocol):
         pool = self.pool
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-                await loop.create_connection(lambda: self, pool.host, pool.port)
+                await loop.create_connection(
+                    lambda: self, pool.host, pool.port, local_addr=self.source
+                )
                 await self.handshake
                 self.open = True
                 if not pool.subscribe:
@@ -294,13 +306,21 @@ class ReceiverPool:
         *,
         subscribe: bool = True,
         concurrency: int = 100,
+        source_addresses: tuple[str, ...] = (),
     ) -> None:
         self.url = url
         uri = parse_uri(url)
         self.host, self.port = uri.host, uri.port
         self.subscribe = subscribe
         self.concurrency = concurrency
-        self.receivers = [Receiver(self, token, topics) for token, topics in assignments]
+        # Receiver i connects from source_addresses[i % n]: past ~28,000 connections to one
+        # server port a single local address runs out of ephemeral ports.
+        sources = [(address, 0) for address in source_addresses] or [None]
+        self.receivers = [
+            Receiver(self, token, topics, sources[i % len(sources)])
+            for i, (token, topics) in enumerate(assignments)
+        ]
+        self.source_hosts: Counter = Counter()  # connections made, by local address
         self.opened = 0  # receivers [0, opened) have been started
         self.latencies = Latencies()
         self.received = self.duplicates = self.strays = self.resets = 0

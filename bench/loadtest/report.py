@@ -176,15 +176,19 @@ def _request_rows(req: dict[str, Any] | None) -> Rows:
 
 
 def _receiver_rows(rx: dict[str, Any]) -> Rows:
+    rows: Rows = []
+    hosts = rx.get("source_hosts") or {}
+    if len(hosts) > 1:  # --source-addresses: where the connections came from
+        rows.append(("connected from", ", ".join(f"{h} {_fmt(n)}" for h, n in hosts.items())))
     if not (rx.get("reconnects") or rx.get("server_closes") or rx.get("errors")
             or rx.get("resets")):  # fmt: skip
-        return []
+        return rows
     text = (
         f"reconnects {rx.get('reconnects', 0)}, server closes "
         f"{_fmt(rx.get('server_closes'))}, errors {_fmt(rx.get('errors'))}, "
         f"resets {rx.get('resets', 0)}"
     )
-    return [("receivers", text)]
+    return [*rows, ("receivers", text)]
 
 
 def _hostile_rows(report: dict[str, Any]) -> Rows:

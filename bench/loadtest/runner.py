@@ -52,6 +52,9 @@ class Target:
     port: int
     server: dict[str, Any]  # kind, channel layer, database, pids ... (for the report)
     sampler: ProcSampler | None = None
+    # Loopback addresses the receivers connect from, in turn (empty: the system's choice).
+    # One address reaches one server port from ~28,000 ephemeral ports at most.
+    source_addresses: tuple[str, ...] = ()
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 # connections, not a raised server limit: the figures are of the default configuration.
 PUBLISHER_MAX_RATE = 10.0
 # Generator-side bound; the server's own connection limits are what is measured.
-MAX_CONNECTIONS = 20_000
+MAX_CONNECTIONS = 60_000
 
 
 class ScenarioError(ValueError):

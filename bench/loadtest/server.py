@@ -68,7 +68,8 @@ def server_env(overrides: dict[str, str]) -> dict[str, str]:
 
 
 def _raise_nofile() -> None:
-    """preexec_fn: the server's soft open-file limit up to its hard limit."""
+    """preexec_fn: the server's soft open-file limit up to its hard limit (the generator
+    has raised that where it may: ``worker.raise_open_file_limit``)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         target = 1 << 20 if hard == resource.RLIM_INFINITY else hard

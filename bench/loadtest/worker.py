@@ -41,12 +41,19 @@ class WorkerSpec:
     assignments: list[tuple[str, tuple[str, ...]]]  # (token, topics) per connection
     subscribe: bool = True
     concurrency: int = 100
+    source_addresses: tuple[str, ...] = ()  # ReceiverPool's
 
 
 def raise_open_file_limit(wanted: int = 1 << 20) -> int:
-    """Raise this process's soft RLIMIT_NOFILE towards the hard limit; returns the new soft
-    limit. Each connection is a file descriptor: 10,000 need more than the usual 1,024."""
+    """Raise this process's soft RLIMIT_NOFILE towards the hard limit, and the hard limit
+    itself where the process may (root: a machine whose hard limit is 20,000 still runs
+    50,000 connections); returns the new soft limit. Each connection is a file
+    descriptor: 10,000 need more than the usual 1,024."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with contextlib.suppress(ValueError, OSError):  # not root, or past fs.nr_open
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if target > soft:
         with contextlib.suppress(ValueError, OSError):
@@ -109,8 +116,9 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
 async def _serve(spec: WorkerSpec, conn: Connection) -> None:
     loop = asyncio.get_running_loop()
     pool = ReceiverPool(
-        spec.url, spec.assignments, subscribe=spec.subscribe, concurrency=spec.concurrency
-    )
+        spec.url, spec.assignments, subscribe=spec.subscribe, concurrency=spec.concurrency,
+        source_addresses=spec.source_addresses,
+    )  # fmt: skip
     commands: asyncio.Queue = asyncio.Queue()
     listen_pipe(conn, loop, commands.put_nowait, lambda exc: commands.put_nowait(("close",)))
 
@@ -154,6 +162,7 @@ async def _run(pool: ReceiverPool, command: str, args: list[Any]) -> Any:
             "strays": pool.strays,
             "closes": dict(pool.closes),
             "errors": dict(pool.errors),
+            "source_hosts": dict(pool.source_hosts),
             "loop": loop_name(asyncio.get_running_loop()),
         }
         await pool.close()
@@ -176,6 +185,7 @@ class WorkerGroup:
         *,
         subscribe: bool = True,
         concurrency: int = 100,
+        source_addresses: tuple[str, ...] = (),
     ) -> None:
         import multiprocessing
 
@@ -189,8 +199,9 @@ class WorkerGroup:
         for index in range(self.size):
             parent, child = ctx.Pipe()
             spec = WorkerSpec(
-                index, url, assignments[index :: self.size], subscribe, per_worker_concurrency
-            )
+                index, url, assignments[index :: self.size], subscribe, per_worker_concurrency,
+                source_addresses,
+            )  # fmt: skip
             proc = ctx.Process(
                 target=worker_main, args=(spec, child), name=f"loadtest-{index}", daemon=True
             )

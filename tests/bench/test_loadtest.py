@@ -195,7 +195,7 @@ def test_scenarios__defaults_are_the_issue_s_figures() -> None:
 
 
 def test_scenarios__out_of_range_names_the_option() -> None:
-    with pytest.raises(ScenarioError, match=r"--connections must be between 1 and 20000, not 0"):
+    with pytest.raises(ScenarioError, match=r"--connections must be between 1 and 60000, not 0"):
         SaturdayPeak(connections=0)
     with pytest.raises(ScenarioError, match=r"--duration must be between"):
         SaturdayPeak(duration=-5)
@@ -212,8 +212,8 @@ def test_scenarios__checks_across_fields() -> None:
         SaturdayPeak(rate=0.1, duration=5)
     with pytest.raises(ScenarioError, match="--processes"):
         SnapshotRead(processes=2)
-    with pytest.raises(ScenarioError, match="at most 20000"):
-        FanoutMax(weddings=500, per_wedding=100)
+    with pytest.raises(ScenarioError, match="at most 60000"):
+        FanoutMax(weddings=500, per_wedding=121)
 
 
 def test_scenarios__connection_levels_parse_and_must_rise() -> None:
@@ -246,6 +246,20 @@ def test_publishers__spread_so_none_exceeds_half_the_server_limit() -> None:
     assert publishers_per_wedding(50, 25) == 1  # 2/s per wedding
     assert publishers_per_wedding(500, 25) == 2  # 20/s per wedding
     assert publishers_per_wedding(2000, 25) == 8  # 80/s per wedding
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--source-addresses", "0"], "between 1 and 64"),
+        (["--source-addresses", "65"], "between 1 and 64"),
+        (["--source-addresses", "2", "--url", "ws://10.1.2.3:8000/ws/realtime/"], "loopback"),
+        (["--source-addresses", "2", "--url", "http://x"], "must be a ws:// URL"),
+    ],
+)
+def test_command__source_addresses_are_checked_before_anything_is_seeded(args, message) -> None:
+    with pytest.raises(CommandError, match=message):
+        call_command("loadtest", "saturday-peak", *args, stderr=io.StringIO())
 
 
 def test_command__refuses_options_of_another_scenario() -> None:
@@ -302,11 +316,13 @@ def test_saturday_peak_smoke__every_receiver_gets_every_event_once_in_order(tmp_
     # given a real server started by the command, on this run's database (and Redis)
     report_path = tmp_path / "peak.json"
 
-    # when a tiny saturday-peak runs: 50 receivers on 2 weddings, 50 publishes/s for 5 s
+    # when a tiny saturday-peak runs: 50 receivers on 2 weddings, 50 publishes/s for 5 s,
+    # the receivers connecting from three loopback addresses in turn
+    out = io.StringIO()
     call_command(
         "loadtest", "saturday-peak", "--connections", "50", "--duration", "5",
-        "--processes", "2", "--json", str(report_path),
-        stdout=io.StringIO(), stderr=io.StringIO(),
+        "--processes", "2", "--source-addresses", "3", "--json", str(report_path),
+        stdout=out, stderr=io.StringIO(),
     )  # fmt: skip
 
     # then every publish was accepted and every receiver got each event once, in order
@@ -321,3 +337,10 @@ def test_saturday_peak_smoke__every_receiver_gets_every_event_once_in_order(tmp_
     assert deliveries["duplicates"] == 0
     assert deliveries["out_of_order"] == 0
     assert deliveries["latency"]["count"] == deliveries["received"]
+    # and the connections came from the three addresses, as the report says
+    hosts = report["receivers"]["source_hosts"]
+    assert set(hosts) == {"127.0.0.1", "127.0.0.2", "127.0.0.3"}, hosts
+    assert sum(hosts.values()) == 50 + report["receivers"]["reconnects"]
+    assert min(hosts.values()) >= 16
+    row = next(line for line in out.getvalue().splitlines() if line.startswith("connected from"))
+    assert "127.0.0.1" in row and "127.0.0.3" in row

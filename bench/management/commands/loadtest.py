@@ -68,6 +68,8 @@ _OPTIONS: list[tuple[str, Any, str, str]] = [
     ("--processes", int, "N", "generator processes for the receivers (default 1)"),
 ]
 _DEST = {"--p99-limit": "p99_limit_ms"}
+# 127.0.0.1 to 127.0.0.N; 64 x ~28,000 ephemeral ports is far past any run on one host.
+MAX_SOURCE_ADDRESSES = 64
 
 
 class Command(BaseCommand):
@@ -100,6 +102,11 @@ class Command(BaseCommand):
             "--server-env", action="append", default=[], metavar="KEY=VALUE",
             help="an environment variable for the started server (repeatable)",
         )  # fmt: skip
+        parser.add_argument(
+            "--source-addresses", type=int, default=1, metavar="N",
+            help="the receivers connect from 127.0.0.1 to 127.0.0.N in turn (default 1): one"
+            " address reaches one server port from ~28,000 ephemeral ports at most",
+        )  # fmt: skip
         parser.add_argument("--json", type=Path, default=None, metavar="PATH")
         parser.add_argument(
             "--cleanup",
@@ -121,6 +128,7 @@ class Command(BaseCommand):
             asgi_server_command("127.0.0.1", 0, options["server"], workers)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        sources = self._source_addresses(options["source_addresses"], options["url"])
         nofile = raise_open_file_limit()
         weddings, per_wedding = weddings_needed(scenario)
         self._say(f"seeding {weddings} weddings x {per_wedding} suppliers ({database_kind()})")
@@ -147,6 +155,9 @@ class Command(BaseCommand):
                     ProcSampler(lambda: server.pids),
                 )  # fmt: skip
             target.server["generator_open_file_limit"] = nofile
+            if sources:
+                target.source_addresses = sources
+                target.server["generator_source_addresses"] = list(sources)
             head = reporting.header(scenario, target.server)
             self._say(f"server at {target.ws_url}; sampling PIDs {target.server['pids']}")
             with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
@@ -179,6 +190,23 @@ class Command(BaseCommand):
             return scenario_from_options(name, options)
         except ScenarioError as exc:
             raise CommandError(str(exc)) from None
+
+    def _source_addresses(self, count: int, url: str | None) -> tuple[str, ...]:
+        """``--source-addresses``: 127.0.0.1 to 127.0.0.N (loopback: Linux answers every
+        127/8 address on ``lo``); () for one, the system's choice."""
+        if not 1 <= count <= MAX_SOURCE_ADDRESSES:
+            raise CommandError(
+                f"--source-addresses must be between 1 and {MAX_SOURCE_ADDRESSES}, not {count}"
+            )
+        if count == 1:
+            return ()
+        try:
+            host = http_address(url)[0] if url is not None else "127.0.0.1"
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        if not host.startswith("127."):
+            raise CommandError("--source-addresses needs a server on loopback (127.x) to reach")
+        return tuple(f"127.0.0.{n}" for n in range(1, count + 1))
 
     def _server_env(self, pairs: list[str]) -> dict[str, str]:
         env = {}
