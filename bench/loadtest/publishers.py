@@ -95,9 +95,11 @@ class Publishers:
             client = RealtimeClient(self.url, token=token, request_timeout=30.0)
             try:
                 await client.connect()
-            except Exception:
+            except Exception as exc:
                 self.failed += 1
-                raise
+                # The command reports a RuntimeError as the run's failure, with the server's
+                # output (a server out of file descriptors closes handshakes unanswered).
+                raise RuntimeError(f"publisher {name} could not connect: {exc!r}") from exc
             self.by_wedding[index].append(_Publisher(client, topic, name))
 
         for i in range(0, len(pending), 100):  # 100 handshakes at a time
