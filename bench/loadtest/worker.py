@@ -46,9 +46,10 @@ class WorkerSpec:
 
 def raise_open_file_limit(wanted: int = 1 << 20) -> int:
     """Raise this process's soft RLIMIT_NOFILE towards the hard limit, and the hard limit
-    itself where the process may (root: a machine whose hard limit is 20,000 still runs
-    50,000 connections); returns the new soft limit. Each connection is a file
-    descriptor: 10,000 need more than the usual 1,024."""
+    itself where the process may (``CAP_SYS_RESOURCE``: root, unless a sandbox withholds
+    it, as one of ours does: docs/benchmarks.md, "50,000 connections on one host");
+    returns the new soft limit. Each connection is a file descriptor: 10,000 need more
+    than the usual 1,024."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < wanted:
         with contextlib.suppress(ValueError, OSError):  # not root, or past fs.nr_open
