@@ -807,6 +807,20 @@ def test_publish__hidden_wedding_is_404_identical_to_missing_one(w, body):
     assert not Event.objects.exists()
 
 
+@pytest.mark.parametrize("who", ["photographer", "staff"])
+def test_events__an_impossible_wedding_id_is_the_same_404(w, who):
+    # an id past any topic's (PROTOCOL §3) and past PostgreSQL's bigint
+    client, auth = Client(), bearer(getattr(w, who))
+    path = w.path(2**70, "events")
+
+    read = client.get(path, **auth)
+    publish = post(client, path, message(), **auth)
+
+    for response in (read, publish):
+        error_of(response, 404, "not_found")
+    assert not Event.objects.exists()
+
+
 def test_publish__session_without_csrf_is_403_and_with_csrf_is_201(w):
     client = logged_in(w.photographer)
 
