@@ -330,7 +330,9 @@ async def hostile_member(scenario: HostileMember, world: list[WeddingLogins], ru
         )
     )  # fmt: skip
     plan = [(token, (topic,)) for token in wedding.tokens[:members]]
-    group = WorkerGroup(target.ws_url, plan, scenario.processes)
+    group = WorkerGroup(
+        target.ws_url, plan, scenario.processes, source_addresses=target.source_addresses
+    )
     planner = PlannerTraffic(
         target.ws_url, wedding.tokens[0], topic, wedding.supplier_ids[0], timeline
     )
