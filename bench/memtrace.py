@@ -84,6 +84,58 @@ def _loop_facts() -> dict[str, Any]:
     return {"connections": len(consumers), "tasks": tasks, "outbox_writers": writers}
 
 
+def _pymalloc() -> dict[str, int]:
+    """pymalloc's arenas (``sys._debugmallocstats``): bytes in arenas, in blocks in use,
+    free in pools and in empty pools. Arenas that hold a few live blocks cannot be given
+    back, so the gap between the first two is what fragmentation holds."""
+    import re
+    import tempfile
+
+    with tempfile.TemporaryFile(mode="w+") as tmp:
+        saved = os.dup(2)
+        sys.stderr.flush()
+        os.dup2(tmp.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read()
+    wanted = {
+        "arenas_bytes": r"# bytes in allocated blocks\s+=\s+([\d,]+)",
+        "free_in_pools": r"# bytes in available blocks\s+=\s+([\d,]+)",
+        "empty_pools": r"(\d+) unused pools \* \d+ bytes\s+=\s+([\d,]+)",
+        "arenas": r"# arenas allocated current\s+=\s+([\d,]+)",
+    }
+    facts: dict[str, int] = {}
+    for key, pattern in wanted.items():
+        match = re.search(pattern, text)
+        if match:
+            facts[key] = int(match.groups()[-1].replace(",", ""))
+    facts["in_use"] = facts.pop("arenas_bytes", 0)
+    return facts
+
+
+def _sizes(objects: list[Any]) -> dict[str, int]:
+    """Bytes of each type's objects (``sys.getsizeof``, with an instance dict).
+
+    Reading ``__dict__`` makes the dict of an instance that CPython kept without one
+    (its attributes inline): a later snapshot's RSS holds those dicts too. Compare RSS
+    between the snapshot before the connections and the first one after them."""
+    sizes: Counter[str] = Counter()
+    for obj in objects:
+        try:
+            size = sys.getsizeof(obj)
+            d = getattr(obj, "__dict__", None) if not isinstance(obj, type) else None
+            if type(d) is dict:
+                size += sys.getsizeof(d)
+        except Exception:  # noqa: S112 - a proxy or half-made object: not counted
+            continue
+        sizes[type(obj).__qualname__] += size
+    return dict(sizes.most_common(60))
+
+
 def take(out: Path, index: int) -> Path:
     """Write snapshot ``index`` (and its facts) into ``out``; returns its path stem."""
     gc.collect()
@@ -92,8 +144,12 @@ def take(out: Path, index: int) -> Path:
         "rss_kib": _rss_kib(),
         "malloc": _mallinfo(),
         **_loop_facts(),
-        "objects": dict(Counter(type(o).__qualname__ for o in gc.get_objects()).most_common(80)),
+        "pymalloc": _pymalloc(),
     }
+    objects = gc.get_objects()
+    facts["objects"] = dict(Counter(type(o).__qualname__ for o in objects).most_common(80))
+    facts["object_bytes"] = _sizes(objects)
+    del objects
     if tracemalloc.is_tracing():
         snapshot = tracemalloc.take_snapshot().filter_traces(
             [tracemalloc.Filter(False, tracemalloc.__file__)]
@@ -172,6 +228,11 @@ def compare(args: argparse.Namespace) -> None:
         for key in ("in_use", "free", "mmapped"):
             grew = after["malloc"][key] - before["malloc"][key]
             print(f"malloc {key}: {grew / per:,.0f} {unit}")
+    if before.get("pymalloc") and after.get("pymalloc"):
+        for key in ("in_use", "free_in_pools", "empty_pools", "arenas"):
+            grew = after["pymalloc"].get(key, 0) - before["pymalloc"].get(key, 0)
+            shown = f"{grew:,}" if key == "arenas" else f"{grew / per:,.0f} {unit}"
+            print(f"pymalloc {key}: {shown}")
     for key in ("connections", "tasks", "outbox_writers"):
         print(f"{key}: {before.get(key)} -> {after.get(key)}")
     if snap_a is not None and snap_b is not None:
@@ -192,6 +253,15 @@ def compare(args: argparse.Namespace) -> None:
     for name, n in grew_objects.most_common(25):
         if n > 0:
             print(f"{n / per:8.2f}  {name}")
+    if "object_bytes" in before and "object_bytes" in after:
+        grew_bytes = Counter(after["object_bytes"])
+        grew_bytes.subtract(before["object_bytes"])
+        total = sum(n for n in grew_bytes.values() if n > 0)
+        print(f"\nbytes of gc-tracked objects (sys.getsizeof, with instance dicts): "
+              f"{total / per:,.0f} {unit}")  # fmt: skip
+        for name, n in grew_bytes.most_common(25):
+            if n > 0:
+                print(f"{n / per:8,.0f}  {name}")
 
 
 def main(argv: list[str] | None = None) -> None:
