@@ -30,6 +30,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from asgiref.sync import markcoroutinefunction
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
@@ -144,6 +145,11 @@ def _session_user(session_key: str) -> Any:
 session_user = in_db_thread(_session_user)
 
 
+# The scope key under which ``RealtimeAuthMiddleware`` hands itself to an application
+# that runs the admission (``RealtimeAuthMiddleware.admit``) as its first step.
+ADMISSION = "wedsync.admission"
+
+
 class RealtimeAuthMiddleware:
     """The origin check, the path, and ``scope["user"]`` from ``?token=``, ``?ticket=``
     or, for a browser, the session cookie; then the consumer."""
@@ -151,12 +157,30 @@ class RealtimeAuthMiddleware:
     def __init__(self, app: Any, *, path: str) -> None:
         self.app = app
         self.path = path
+        # An application that runs the admission itself as its first step (the realtime
+        # consumer: ``runs_admission``) is handed the connection at once, and this layer
+        # holds no coroutine frame for the connection's life (ADR 0035). Any other
+        # application is admitted here first, as before.
+        self._hand_over = getattr(app, "runs_admission", False) is True
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
-        if not await self._admit(scope):
-            return await WebsocketDenier()(scope, receive, send)
-        # This frame stays suspended for the connection's life: it holds nothing more.
+    def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
+        if self._hand_over:
+            scope[ADMISSION] = self
+            return self.app(scope, receive, send)
+        return self._admitted(scope, receive, send)
+
+    async def _admitted(self, scope: dict, receive: Any, send: Any) -> Any:
+        if not await self.admit(scope, receive, send):
+            return None
         return await self.app(scope, receive, send)
+
+    async def admit(self, scope: dict, receive: Any, send: Any) -> bool:
+        """Check the handshake and set ``scope["user"]``: True when the application may
+        go on; else the handshake was refused (403) and it must return."""
+        if await self._admit(scope):
+            return True
+        await WebsocketDenier()(scope, receive, send)
+        return False
 
     async def _admit(self, scope: dict) -> bool:
         """False for a foreign Origin or another path; else sets ``scope["user"]``.
@@ -187,3 +211,8 @@ class RealtimeAuthMiddleware:
             if session_key:
                 scope["user"] = await session_user(session_key)
         return True
+
+
+# A plain function handing over a coroutine: marked, so that servers and asgiref take the
+# layer for ASGI 3 (an ``async def`` would be detected as one).
+markcoroutinefunction(RealtimeAuthMiddleware.__call__)

@@ -27,6 +27,7 @@ from core.logging import bind_connection
 
 from . import protocol, services
 from .access import authorize_and_describe, authorize_topics, connect_facts, still_allowed
+from .auth import ADMISSION
 from .connection_counts import Connection, get_connection_counter, supplier_limit
 from .delivery import (
     Outbox,
@@ -140,12 +141,19 @@ class RealtimeConsumer:
 
         app.consumer_class = cls  # type: ignore[attr-defined]
         app._asgi_single_callable = True  # type: ignore[attr-defined]  # ASGI 3 (asgiref)
+        # The handshake's admission (``realtime.auth.RealtimeAuthMiddleware``) runs as
+        # this coroutine's first step, so that the middleware holds no frame either.
+        app.runs_admission = True  # type: ignore[attr-defined]
         return app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        admission = scope.pop(ADMISSION, None)
+        if admission is not None and not await admission.admit(scope, receive, send):
+            return
         bind_connection(self.conn_id, scope.get("user"))  # on every log line of this connection
         self.scope = scope
         self._base_send = send
+        del scope  # held by the consumer only; this frame lives as long as the connection
         try:
             while True:
                 await self.dispatch(await receive())

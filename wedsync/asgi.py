@@ -10,7 +10,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wedsync.settings")
 # touches models, such as the WebSocket routes.
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
 from core.metrics import start_sampler  # noqa: E402
@@ -18,6 +17,7 @@ from realtime.routing import sse_application, websocket_application  # noqa: E40
 from realtime.sse import with_sse  # noqa: E402
 from wedsync.server.gctune import tune_after_startup  # noqa: E402
 from wedsync.server.request_budget import request_budget  # noqa: E402
+from wedsync.server.tail import TailProtocolTypeRouter  # noqa: E402
 from wedsync.server.token_api import TokenApiHandler, token_api_router  # noqa: E402
 
 # Bearer requests under /api/ skip the browser's middleware (docs/adr/0012-lean-api-path.md);
@@ -35,7 +35,9 @@ start_sampler()
 get_resolver().url_patterns  # noqa: B018
 tune_after_startup()
 
-application = ProtocolTypeRouter(
+# Channels' ProtocolTypeRouter, handing over the application's coroutine rather than
+# awaiting it: no frame of its own held for each WebSocket's life (ADR 0035).
+application = TailProtocolTypeRouter(
     {
         "http": http_application,
         "websocket": websocket_application,

@@ -29,7 +29,7 @@ from realtime.node import get_node
 from realtime.tokens import token_issue
 from tests.factories import make_user
 from tests.servers import free_port
-from wedsync.server import serve
+from wedsync.server import serve, websocket
 from wedsync.server.websocket import Inbox, LeanWebSocketProtocol, Writable, restart_parser
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
@@ -106,6 +106,41 @@ async def test_idle_connection__the_consumer_has_no_dict_and_no_strikes_deque(se
         # the limiter every frame goes through keeps its strikes only once there is one
         assert consumer.limiter is not None
         assert consumer.limiter._strikes is None
+
+
+def _awaiting(task: asyncio.Task) -> list[str]:
+    """The coroutines a task is suspended in, outermost first, by name."""
+    names, awaited = [], task.get_coro()
+    while asyncio.iscoroutine(awaited):
+        names.append(awaited.cr_code.co_qualname)
+        awaited = awaited.cr_await
+    return names
+
+
+async def test_idle_connection__three_coroutines_wait_for_the_next_frame(server, token):
+    # given an idle connection
+    async with connect(_url(server, token), compression=None) as ws:
+        await _pong(ws, "p1")
+        (task,) = server.server_state.tasks
+
+        # then its task waits in uvicorn's run_asgi, the consumer and the protocol's
+        # receive: no proxy-headers, router or authentication layer, no inbox coroutine
+        assert _awaiting(task) == [
+            "WebSocketsSansIOProtocol.run_asgi",
+            "RealtimeConsumer.__call__",
+            "LeanWebSocketProtocol.receive",
+        ]
+
+
+async def test_idle_connection__uvicorns_protocol_has_no_instance_dict(server, token):
+    async with connect(_url(server, token), compression=None) as ws:
+        await _pong(ws, "p1")
+        protocol = _connection(server)
+
+        # every attribute uvicorn sets is a slot
+        assert vars(protocol) == {}
+        # and the compression settings are the one shared factory, not one each
+        assert protocol.conn.available_extensions is websocket._DEFLATE
 
 
 async def test_access_recheck__the_user_it_connected_as_is_freed(server, token):

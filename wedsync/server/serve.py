@@ -171,6 +171,22 @@ def log_config() -> dict:
     return log
 
 
+class LeanConfig(uvicorn.Config):
+    """uvicorn's settings, with its proxy-headers middleware (``FORWARDED_ALLOW_IPS``)
+    run as ``wedsync.server.tail.TailProxyHeaders``: the same rules, without a
+    coroutine frame of its own held for each WebSocket's life (ADR 0035)."""
+
+    def load(self) -> None:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        from wedsync.server.tail import TailProxyHeaders
+
+        super().load()
+        app = self.loaded_app
+        if type(app) is ProxyHeadersMiddleware:
+            self.loaded_app = TailProxyHeaders(app)
+
+
 def config(host: str, port: int, *, log_level: str = "warning") -> uvicorn.Config:
     """uvicorn's settings for WedSync (docs/adr/0003-asgi-server.md).
 
@@ -195,7 +211,7 @@ def config(host: str, port: int, *, log_level: str = "warning") -> uvicorn.Confi
         (GuardedHttpProtocol,),
         {"header_timeout": float(settings.SERVER_HEADER_TIMEOUT)},
     )
-    return uvicorn.Config(
+    return LeanConfig(
         "wedsync.asgi:application",
         host=host,
         port=port,
@@ -203,6 +219,9 @@ def config(host: str, port: int, *, log_level: str = "warning") -> uvicorn.Confi
         # (uvicorn 0.54: uvloop, httptools, and websockets-sansio whenever `websockets` is
         # importable): a missing one is then an error at start, not a slower fallback.
         loop="uvloop",
+        # Said, not detected: the application hands over coroutines from plain functions
+        # (wedsync.server.tail), which a detection may not take for ASGI 3.
+        interface="asgi3",
         # httptools, with a header timeout and the WebSocket concurrency cap.
         http=http,
         # websockets-sansio without its per-connection queue, event and handshake kept

@@ -24,6 +24,7 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.protocol import Protocol, State
 from websockets.streams import StreamReader
 
@@ -53,16 +54,30 @@ class Inbox:
     def qsize(self) -> int:
         return len(self._items)
 
+    def get_nowait(self) -> Any:
+        return self._items.pop(0)
+
+    def arrival(self) -> asyncio.Future | None:
+        """None when a message is there; else a future done when one arrives, for the
+        one reader (a second waiting reader is a ``RuntimeError``). The reader passes it
+        to ``forget`` once it stops waiting, cancelled or not."""
+        if self._items:
+            return None
+        if self._getter is not None:
+            raise RuntimeError("a connection's messages have one reader at a time")
+        getter = self._getter = asyncio.get_running_loop().create_future()
+        return getter
+
+    def forget(self, getter: asyncio.Future) -> None:
+        if self._getter is getter:  # cancelled while waiting
+            self._getter = None
+
     async def get(self) -> Any:
-        while not self._items:
-            if self._getter is not None:
-                raise RuntimeError("a connection's messages have one reader at a time")
-            getter = self._getter = asyncio.get_running_loop().create_future()
+        while (getter := self.arrival()) is not None:
             try:
                 await getter
             finally:
-                if self._getter is getter:  # cancelled while waiting
-                    self._getter = None
+                self.forget(getter)
         return self._items.pop(0)
 
 
@@ -98,18 +113,59 @@ class Writable:
         return True
 
 
+# uvicorn's per-connection factory, made once: it holds only these settings (websockets
+# makes each connection's own compressor from it when a client negotiates compression).
+_DEFLATE = (
+    ServerPerMessageDeflateFactory(
+        server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5}
+    ),
+)
+
+
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol with a lean queue and flow-control flag,
-    and without the handshake kept once it is answered."""
+    and without the handshake kept once it is answered.
+
+    Every attribute uvicorn 0.54 sets is a slot: its 37 attributes are more than an
+    instance dict shares keys for (30 in CPython), so each connection held a dict of its
+    own (~1.2 KB); slots are 8 bytes each. An attribute a later uvicorn adds still works
+    (it goes to the instance dict, which then costs what it did before)."""
+
+    __slots__ = (
+        "app", "app_state", "asgi_version", "client", "close_sent", "close_timeout",
+        "close_timer", "config", "conn", "connections", "curr_msg_data_type",
+        "default_headers", "disconnected", "frames", "handshake_complete",
+        "handshake_initiated", "initial_response", "last_ping_rtt", "logger", "loop",
+        "pending_ping_payload", "ping_interval", "ping_sent_at", "ping_timeout",
+        "ping_timer", "pong_timer", "queue", "read_paused", "request", "response",
+        "root_path", "scheme", "scope", "server", "tasks", "transport", "writable",
+    )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = Writable()  # type: ignore[assignment]
+        if self.conn.available_extensions:  # the one factory uvicorn makes, shared
+            self.conn.available_extensions = _DEFLATE
+
+    async def receive(self) -> Any:  # type: ignore[override]
+        """uvicorn's ``receive`` with the inbox's wait written in: one coroutine frame
+        held while an idle connection waits for a message, not two."""
+        inbox: Inbox = self.queue  # type: ignore[assignment]
+        while (getter := inbox.arrival()) is not None:
+            try:
+                await getter
+            finally:
+                inbox.forget(getter)
+        message = inbox.get_nowait()
+        if self.read_paused and inbox.empty():
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
 
     async def send(self, message: Any) -> None:
         await super().send(message)
-        if self.handshake_complete and self.__dict__.get("response") is not None:
+        if self.handshake_complete and getattr(self, "response", None) is not None:
             # Answered (accepted or refused): nothing reads the request or response again.
             self.request = self.response = None
             restart_parser(self.conn)
