@@ -80,11 +80,13 @@ def _database_unavailable() -> RealtimeError:
     )
 
 
-# What of a WebSocket scope only the handshake reads (``RealtimeAuthMiddleware``): dropped
-# once the connection is accepted (~0.9 KB a connection, docs/adr/0035). The user too: the
-# consumer holds it, and the access re-check replaces it with a fresh one, which must not
-# leave the first alive in the scope for the connection's life.
-_HANDSHAKE_ONLY = ("headers", "query_string", "raw_path", "subprotocols", "extensions", "user")
+# What of a WebSocket scope is kept once the connection is accepted (docs/adr/0035): the
+# rest only the handshake reads (``RealtimeAuthMiddleware``, uvicorn's access log line),
+# and the scope, shared with the server, lives as long as the connection: its headers,
+# query string (the token), ASGI versions and state copy were ~1.3 KB a connection. Not
+# the user either: the consumer holds it, and the access re-check replaces it with a fresh
+# one, which must not leave the first alive in the scope for the connection's life.
+_KEPT_AFTER_ACCEPT = ("type", "scheme", "client", "path")
 
 
 class RealtimeConsumer:
@@ -191,9 +193,11 @@ class RealtimeConsumer:
         # again, and the scope, shared with the server, lives as long as the connection.
         # Only a WebSocket's: the SSE stream (realtime.sse) reads its query string and
         # Last-Event-ID after this.
-        if self.scope.get("type") == "websocket":
-            for key in _HANDSHAKE_ONLY:
-                self.scope.pop(key, None)
+        scope = self.scope
+        if scope.get("type") == "websocket":
+            kept = {key: scope[key] for key in _KEPT_AFTER_ACCEPT if key in scope}
+            scope.clear()  # frees the dict's table too: popping keys would not shrink it
+            scope.update(kept)
         metrics.connection_opened()
         self.outbox = Outbox(
             self._send_text,

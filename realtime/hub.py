@@ -65,7 +65,9 @@ class TopicHub:
     def __init__(self) -> None:
         self.layer = get_channel_layer()
         self.topics: dict[str, set[Member]] = {}
-        self.users: dict[int, set[Member]] = {}  # the local connections of each user
+        # The local connections of each user: a tuple (a few at most, the per-user slots
+        # cap them), ~56 bytes for one where a set was ~216 (ADR 0035).
+        self.users: dict[int, tuple[Member, ...]] = {}
         self.unjoined: set[str] = set()  # topics whose group join failed; retried
         self.recent: dict[str, Recent] = {}  # each joined topic's latest events
         # Topics without local connections whose group the hub stays in for RECENT_S,
@@ -138,16 +140,20 @@ class TopicHub:
 
     async def watch_user(self, user_id: int, member: Member) -> None:
         """Hand notices about ``user_id`` to ``member`` from now on (its connect)."""
-        self.users.setdefault(user_id, set()).add(member)
+        members = self.users.get(user_id, ())
+        if member not in members:
+            self.users[user_id] = (*members, member)
         if self._access is None:  # the first connection joins; a failed join the sweep retries
             self._access = asyncio.ensure_future(self._join_access())
         await asyncio.shield(self._access)
 
     def unwatch_user(self, user_id: int, member: Member) -> None:
         members = self.users.get(user_id)
-        if members is not None:
-            members.discard(member)
-            if not members:
+        if members is not None and member in members:
+            rest = tuple(m for m in members if m is not member)
+            if rest:
+                self.users[user_id] = rest
+            else:
                 del self.users[user_id]
 
     async def _join_access(self) -> bool:
@@ -242,12 +248,12 @@ class TopicHub:
 
     def _dispatch_user(self, kind: str, message: dict[str, Any]) -> None:
         """A notice about a user, to that user's local connections."""
-        members = list(self.users.get(message.get("user_id"), ()))  # type: ignore[arg-type]
+        members = self.users.get(message.get("user_id"), ())  # type: ignore[arg-type]
         if kind == USER_REVOKED:
             for member in members:
                 self.spawn(member.rt_user_revoked(message))
         elif members and self.recheck is not None:  # USER_RECHECK: one batched check
-            self.spawn(self.recheck(members))
+            self.spawn(self.recheck(list(members)))
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background, keeping a reference until it is done."""

@@ -95,6 +95,27 @@ async def test_idle_connection__server_keeps_no_queue_event_or_handshake(server,
         assert "headers" not in protocol.scope
         assert "query_string" not in protocol.scope
         assert "user" not in protocol.scope
+        # nor the ASGI versions, the state copy or the paths: four keys are left
+        assert sorted(protocol.scope) == ["client", "path", "scheme", "type"]
+
+
+async def test_idle_connection__the_hub_holds_a_users_connections_in_a_tuple(server, token):
+    async with connect(_url(server, token), compression=None) as one:
+        await _pong(one, "p1")
+        (consumer,) = get_node().consumers.consumers()
+        user_id = consumer.user.pk
+        hub = get_node().hub
+        assert hub.users[user_id] == (consumer,)
+
+        # a second connection of the same user joins the tuple; its close leaves the first
+        async with connect(_url(server, token), compression=None) as two:
+            await _pong(two, "p2")
+            assert len(hub.users[user_id]) == 2
+        for _ in range(200):
+            if len(hub.users.get(user_id, ())) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert hub.users[user_id] == (consumer,)
 
 
 async def test_idle_connection__the_consumer_has_no_dict_and_no_strikes_deque(server, token):
