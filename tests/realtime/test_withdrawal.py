@@ -17,7 +17,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from realtime import tokens
+from realtime import consumer_registry, tokens
 from realtime.access import connections_recheck
 from realtime.node import get_node
 from realtime.tokens import TokenInvalid, token_authenticate, token_issue, tokens_revoke_all
@@ -307,6 +307,37 @@ async def test_recheck__token_version_bumped_without_notice_closes(opened, setti
     await bump_silently()
     await get_node().consumers.recheck_access()
     assert await close_code(conn) == 4001
+
+
+async def test_recheck__in_batches_of_connections_each_applied(opened, monkeypatch):
+    # given three open connections, and a batch of two connections at a time
+    w = await world()
+    couple, _, _ = await opened(user=w["couple"])
+    planner, _, _ = await opened(user=w["planner"])
+    other, _, _ = await opened(user=w["other"])
+    for conn in (couple, planner, other):
+        await conn.request({"type": "ping"})  # connected and registered
+    sizes: list[int] = []
+
+    def counted(connections: list) -> Any:
+        sizes.append(len(connections))
+        return connections_recheck(connections)
+
+    monkeypatch.setattr(consumer_registry, "connections_recheck", counted)
+    monkeypatch.setattr(consumer_registry, "RECHECK_BATCH", 2)
+
+    @database_sync_to_async
+    def deactivate() -> None:
+        get_user_model().objects.filter(pk=w["couple"].pk).update(is_active=False)
+
+    await deactivate()
+    await get_node().consumers.recheck_access()
+
+    # then two database calls, and each batch's verdicts were applied
+    assert sizes == [2, 1]
+    assert await close_code(couple, 3) == 4001
+    for kept in (planner, other):
+        assert (await kept.request({"type": "ping"}))["type"] == "pong"
 
 
 def test_connections_recheck__queries_do_not_grow_with_connections(
