@@ -8,12 +8,14 @@ with their headers (~2.5 KB), none of which an idle connection uses: measured wi
 ``bench/memtrace.py`` (docs/benchmarks.md, "Memory per idle connection"). Here the queue
 is a list and at most one future while the application waits for a message, the flag a
 bool and a future only while a send waits for the socket to drain, and the handshake is
-dropped once answered (uvicorn's copy, and the one websockets' parser keeps).
-Everything else, keepalive pings and the 1009 frame limit included, is uvicorn's own
-code.
+dropped once answered (uvicorn's copy, and the one websockets' parser keeps). uvicorn's
+attributes are slots (no instance dict of ~1.2 KB), and ``receive`` waits on the inbox's
+future itself (one coroutine frame held by an idle connection, not two). Everything
+else, keepalive pings and the 1009 frame limit included, is uvicorn's own code.
 
 The protocol relies on what uvicorn 0.54 asks of ``self.queue`` (``put_nowait``,
-``get``, ``empty``) and ``self.writable`` (``set``, ``clear``, ``wait``, ``is_set``);
+``empty``; ``get`` before its ``receive``, replaced here) and ``self.writable`` (``set``,
+``clear``, ``wait``, ``is_set``), and on the attributes it sets being the slots listed;
 ``tests/realtime/test_memory_per_connection.py`` runs a real server with it and fails if
 uvicorn starts using anything else.
 """
