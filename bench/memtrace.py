@@ -218,12 +218,8 @@ def _load(stem: str) -> tuple[dict[str, Any], tracemalloc.Snapshot | None]:
         return facts, pickle.load(fh)  # noqa: S301 -- our own file
 
 
-def compare(args: argparse.Namespace) -> None:
-    (before, snap_a), (after, snap_b) = _load(args.before), _load(args.after)
-    per = max(1, args.per)
-    unit = "B per connection" if per > 1 else "B"
-    print(f"RSS {before['rss_kib']} -> {after['rss_kib']} KiB: "
-          f"{(after['rss_kib'] - before['rss_kib']) * 1024 / per:,.0f} {unit}")  # fmt: skip
+def _print_heaps(before: dict[str, Any], after: dict[str, Any], per: int, unit: str) -> None:
+    """What grew in glibc's heap and in pymalloc's arenas."""
     if before.get("malloc") and after.get("malloc"):
         for key in ("in_use", "free", "mmapped"):
             grew = after["malloc"][key] - before["malloc"][key]
@@ -233,20 +229,25 @@ def compare(args: argparse.Namespace) -> None:
             grew = after["pymalloc"].get(key, 0) - before["pymalloc"].get(key, 0)
             shown = f"{grew:,}" if key == "arenas" else f"{grew / per:,.0f} {unit}"
             print(f"pymalloc {key}: {shown}")
-    for key in ("connections", "tasks", "outbox_writers"):
-        print(f"{key}: {before.get(key)} -> {after.get(key)}")
-    if snap_a is not None and snap_b is not None:
-        grown: Counter[str] = Counter()
-        where: dict[str, str] = {}
-        for stat in snap_b.compare_to(snap_a, "traceback"):
-            if stat.size_diff:
-                owner, source = _owner(stat)
-                grown[owner] += stat.size_diff
-                where.setdefault(owner, source)
-        total = sum(grown.values())
-        print(f"\ntraced: {total / per:,.0f} {unit}; by nearest frame outside the stdlib:")
-        for owner, size in grown.most_common(args.top):
-            print(f"{size / per:10,.0f}  {owner}  {where[owner]}")
+
+
+def _print_traced(
+    snap_a: tracemalloc.Snapshot, snap_b: tracemalloc.Snapshot, per: int, unit: str, top: int
+) -> None:
+    grown: Counter[str] = Counter()
+    where: dict[str, str] = {}
+    for stat in snap_b.compare_to(snap_a, "traceback"):
+        if stat.size_diff:
+            owner, source = _owner(stat)
+            grown[owner] += stat.size_diff
+            where.setdefault(owner, source)
+    total = sum(grown.values())
+    print(f"\ntraced: {total / per:,.0f} {unit}; by nearest frame outside the stdlib:")
+    for owner, size in grown.most_common(top):
+        print(f"{size / per:10,.0f}  {owner}  {where[owner]}")
+
+
+def _print_objects(before: dict[str, Any], after: dict[str, Any], per: int, unit: str) -> None:
     grew_objects = Counter(after["objects"])
     grew_objects.subtract(before["objects"])
     print(f"\nobjects tracked by gc ({unit.replace('B ', 'count ')}):")
@@ -262,6 +263,20 @@ def compare(args: argparse.Namespace) -> None:
         for name, n in grew_bytes.most_common(25):
             if n > 0:
                 print(f"{n / per:8,.0f}  {name}")
+
+
+def compare(args: argparse.Namespace) -> None:
+    (before, snap_a), (after, snap_b) = _load(args.before), _load(args.after)
+    per = max(1, args.per)
+    unit = "B per connection" if per > 1 else "B"
+    print(f"RSS {before['rss_kib']} -> {after['rss_kib']} KiB: "
+          f"{(after['rss_kib'] - before['rss_kib']) * 1024 / per:,.0f} {unit}")  # fmt: skip
+    _print_heaps(before, after, per, unit)
+    for key in ("connections", "tasks", "outbox_writers"):
+        print(f"{key}: {before.get(key)} -> {after.get(key)}")
+    if snap_a is not None and snap_b is not None:
+        _print_traced(snap_a, snap_b, per, unit, args.top)
+    _print_objects(before, after, per, unit)
 
 
 def main(argv: list[str] | None = None) -> None:
