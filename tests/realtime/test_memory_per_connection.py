@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
@@ -29,7 +30,7 @@ from realtime.node import get_node
 from realtime.tokens import token_issue
 from tests.factories import make_user
 from tests.servers import free_port
-from wedsync.server import serve, websocket
+from wedsync.server import serve
 from wedsync.server.websocket import Inbox, LeanWebSocketProtocol, Writable, restart_parser
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
@@ -154,14 +155,18 @@ async def test_idle_connection__three_coroutines_wait_for_the_next_frame(server,
 
 
 async def test_idle_connection__uvicorns_protocol_has_no_instance_dict(server, token):
-    async with connect(_url(server, token), compression=None) as ws:
-        await _pong(ws, "p1")
-        protocol = _connection(server)
+    async with connect(_url(server, token), compression=None) as one:
+        await _pong(one, "p1")
+        async with connect(_url(server, token)) as two:  # this one compresses
+            await _pong(two, "p2")
+            first, second = server.server_state.connections
 
-        # every attribute uvicorn sets is a slot
-        assert vars(protocol) == {}
-        # and the compression settings are the one shared factory, not one each
-        assert protocol.conn.available_extensions is websocket._DEFLATE
+            # every attribute uvicorn sets is a slot
+            assert vars(first) == {} and vars(second) == {}
+            # and the compression settings are one factory for both, not one each
+            shared = first.conn.available_extensions
+            assert shared is second.conn.available_extensions
+            assert [type(f) for f in shared] == [ServerPerMessageDeflateFactory]
 
 
 async def test_access_recheck__the_user_it_connected_as_is_freed(server, token):

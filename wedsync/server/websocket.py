@@ -115,13 +115,11 @@ class Writable:
         return True
 
 
-# uvicorn's per-connection factory, made once: it holds only these settings (websockets
-# makes each connection's own compressor from it when a client negotiates compression).
-_DEFLATE = (
-    ServerPerMessageDeflateFactory(
-        server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5}
-    ),
-)
+# The permessage-deflate factory uvicorn makes for each connection, kept from the first
+# and shared: it holds only settings (websockets makes each connection's own compressor
+# from it when a client negotiates compression), the same for every connection of the
+# process.
+_shared_extensions: tuple[ServerPerMessageDeflateFactory, ...] | None = None
 
 
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -147,8 +145,12 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = Writable()  # type: ignore[assignment]
-        if self.conn.available_extensions:  # the one factory uvicorn makes, shared
-            self.conn.available_extensions = _DEFLATE
+        made = self.conn.available_extensions
+        if made and all(type(f) is ServerPerMessageDeflateFactory for f in made):
+            global _shared_extensions
+            if _shared_extensions is None:
+                _shared_extensions = tuple(made)
+            self.conn.available_extensions = _shared_extensions
 
     async def receive(self) -> Any:  # type: ignore[override]
         """uvicorn's ``receive`` with the inbox's wait written in: one coroutine frame
