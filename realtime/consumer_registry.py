@@ -128,7 +128,10 @@ class ConsumerRegistry:
         # not every connection's (10,000 connections: ~10 MB that the process's heap kept
         # as its high-water mark; docs/adr/0035).
         for start in range(0, len(live), RECHECK_BATCH):
-            batch = live[start : start + RECHECK_BATCH]
+            # Not one that closed while an earlier batch was being checked.
+            batch = [c for c in live[start : start + RECHECK_BATCH] if not c.closing]
+            if not batch:
+                continue
             verdicts, now = await in_db_thread(connections_recheck)(
                 [(c.user, list(c.streams), c.full_view()) for c in batch]
             )

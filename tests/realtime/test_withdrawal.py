@@ -340,6 +340,33 @@ async def test_recheck__in_batches_of_connections_each_applied(opened, monkeypat
         assert (await kept.request({"type": "ping"}))["type"] == "pong"
 
 
+async def test_recheck__a_connection_closed_meanwhile_is_not_checked(opened, monkeypatch):
+    # given two connections, checked one a batch
+    w = await world()
+    first, _, _ = await opened(user=w["planner"])
+    second, _, _ = await opened(user=w["other"])
+    for conn in (first, second):
+        await conn.request({"type": "ping"})  # connected and registered
+    consumers = get_node().consumers.consumers()
+    checked: list[list[int]] = []
+
+    def closing_the_rest(connections: list) -> Any:
+        # while the first batch is read, the other connection starts closing
+        checked.append([user.pk for user, *_ in connections])
+        for consumer in consumers:
+            if consumer.user.pk != connections[0][0].pk:
+                consumer.closing = True
+        return connections_recheck(connections)
+
+    monkeypatch.setattr(consumer_registry, "connections_recheck", closing_the_rest)
+    monkeypatch.setattr(consumer_registry, "RECHECK_BATCH", 1)
+
+    await get_node().consumers.recheck_access(consumers)
+
+    # then one database call: the closing connection was skipped, not checked
+    assert len(checked) == 1
+
+
 def test_connections_recheck__queries_do_not_grow_with_connections(
     django_assert_max_num_queries,
 ):
