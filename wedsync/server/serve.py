@@ -31,6 +31,7 @@ import time
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from wedsync.server.asgi_server import die_with_parent_hook, exit_text
@@ -177,8 +178,8 @@ class LeanConfig(uvicorn.Config):
     coroutine frame of its own held for each WebSocket's life (ADR 0035)."""
 
     def load(self) -> None:
-        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-
+        # Here, not at the top: tail.py imports Channels, and the supervisor imports this
+        # module without loading Django.
         from wedsync.server.tail import TailProxyHeaders
 
         super().load()

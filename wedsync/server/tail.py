@@ -12,6 +12,7 @@ server awaits in its place. Marked as coroutine functions (asgiref's
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from asgiref.sync import markcoroutinefunction
@@ -36,8 +37,8 @@ class TailProxyHeaders:
 
     def __init__(self, middleware: ProxyHeadersMiddleware) -> None:
         self.app = middleware.app
-        self._rules = ProxyHeadersMiddleware(_unchanged, trusted_hosts="127.0.0.1")
-        self._rules.trusted_hosts = middleware.trusted_hosts
+        self._rules = copy.copy(middleware)  # its trusted hosts, in front of no application
+        self._rules.app = _unchanged
 
     def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
         step = self._rules(scope, receive, send)
